@@ -1,0 +1,11 @@
+"""causcell-bench: benchmarking disentangled representation learning and
+counterfactual generation on single-cell omics data.
+
+Built around CausCell (Gao, Dong et al., "Causal disentanglement for
+single-cell representations and controllable counterfactual generation",
+Nat Commun 16, 6775, 2025) and the baselines it was compared with.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

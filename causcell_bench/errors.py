@@ -1,0 +1,20 @@
+"""User-facing errors.
+
+Everything a user can get wrong (a missing column, a cyclic DAG, an unknown
+method) raises :class:`BenchError` with a message that names the problem and
+the fix. The CLI prints these without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class BenchError(ValueError):
+    """An input problem the user can fix; the message says how."""
+
+
+class DataError(BenchError):
+    """The dataset (file, spec or AnnData) is unusable as given."""
+
+
+class NotFittedError(BenchError):
+    """A method was asked for outputs before ``fit`` was called."""

@@ -1,0 +1,201 @@
+"""The common method interface (DESIGN.md, "The method interface").
+
+Every method in the benchmark, ours or a plugin's, is a :class:`Method`.
+
+Data contract — what ``fit``/``embed``/``generate`` receive (the runner's
+preprocessing guarantees it; :func:`causcell_bench.testing.tiny_dataset`
+builds the same for tests):
+
+- ``adata.X``: log1p(counts / library * 1e4), float32, usually scipy CSR.
+- ``adata.layers["counts"]``: the raw integer counts of the same genes.
+- ``adata.obs[c]`` for every ``c`` in ``spec.concepts``: pandas Categorical.
+
+``generate`` returns a dense float32 array in the same log1p(CP10k) space as
+``adata.X``, one row per input cell.
+"""
+
+from __future__ import annotations
+
+import abc
+import pickle
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import scipy.sparse as sp
+from anndata import AnnData
+
+from causcell_bench.datasets.spec import DatasetSpec
+from causcell_bench.errors import BenchError, NotFittedError
+
+ConceptEmbeddings = dict[str, np.ndarray]
+"""Concept name -> (n_cells, d) array; plus ``"unexplained"`` where a method has one."""
+
+UNEXPLAINED = "unexplained"
+
+EmbeddingKind = Literal["per_concept", "label_lookup", "shared", "none"]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a method can do; the runner asks only for these and records n/a otherwise.
+
+    embedding:
+        ``per_concept`` — a distinct single-cell embedding per concept (CausCell, scDisInFact);
+        ``label_lookup`` — per-concept vectors identical for all cells sharing a label
+        (Biolord, CPA): flagged and excluded from the disentanglement ranking;
+        ``shared`` — one latent returned for every concept (scVI, scGen, MichiGAN);
+        ``none`` — no embedding.
+    """
+
+    embedding: EmbeddingKind = "none"
+    unexplained: bool = False
+    reconstruct: bool = False
+    counterfactual: bool = False
+    uses_dag: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Method(abc.ABC):
+    """Base class of every benchmarked method.
+
+    Subclasses set ``name``, ``capabilities`` and ``presets`` (hyperparameters
+    per preset: ``quick`` for CPU demos/CI, ``paper`` for the authors'
+    settings). Keyword arguments to ``__init__`` override the preset.
+    """
+
+    name: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+    presets: ClassVar[dict[str, dict[str, Any]]] = {"quick": {}, "paper": {}}
+
+    def __init__(self, preset: str = "quick", device: str = "auto", **params: Any) -> None:
+        if preset not in self.presets:
+            raise BenchError(
+                f"{self.name} has no preset {preset!r}; choose one of {sorted(self.presets)}"
+            )
+        defaults = self.presets[preset]
+        unknown = sorted(set(params) - set(defaults))
+        if unknown and defaults:
+            raise BenchError(
+                f"{self.name} has no parameter(s) {unknown}; known parameters: {sorted(defaults)}"
+            )
+        self.preset = preset
+        self.device = device
+        self.params: dict[str, Any] = {**defaults, **params}
+        self.spec_: DatasetSpec | None = None
+        self.var_names_: list[str] | None = None
+        self.categories_: dict[str, list[str]] | None = None
+
+    # --- the interface ---------------------------------------------------
+    @abc.abstractmethod
+    def fit(self, train: AnnData, spec: DatasetSpec, *, seed: int) -> None:
+        """Train on ``train``; call :meth:`_remember` first."""
+
+    def embed(self, adata: AnnData) -> ConceptEmbeddings:
+        raise NotImplementedError(f"{self.name} gives no embeddings (capabilities.embedding = 'none')")
+
+    def generate(
+        self, adata: AnnData, do: Mapping[str, str] | None = None, *, seed: int
+    ) -> np.ndarray:
+        raise NotImplementedError(f"{self.name} cannot generate cells")
+
+    def save(self, path: str | Path) -> None:
+        """Write the fitted method into directory ``path`` (default: pickle of self)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        with open(path / "method.pkl", "wb") as fh:
+            pickle.dump(self, fh, protocol=pickle.HIGHEST_PROTOCOL)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Method:
+        path = Path(path)
+        f = path / "method.pkl"
+        if not f.is_file():
+            raise BenchError(f"no saved {cls.__name__} in {path} (expected {f.name})")
+        with open(f, "rb") as fh:
+            obj = pickle.load(fh)
+        if not isinstance(obj, cls):
+            raise BenchError(f"{path} holds a {type(obj).__name__}, not a {cls.__name__}")
+        return obj
+
+    # --- shared bookkeeping for subclasses ------------------------------
+    def _remember(self, train: AnnData, spec: DatasetSpec) -> None:
+        """Store genes, concept values and spec seen at fit time (for query checks)."""
+        missing = [c for c in spec.concepts if c not in train.obs.columns]
+        if missing:
+            raise BenchError(
+                f"concept column(s) {missing} not in adata.obs; available: {list(train.obs.columns)}"
+            )
+        self.spec_ = spec
+        self.var_names_ = [str(g) for g in train.var_names]
+        self.categories_ = {c: [str(v) for v in category_values(train.obs[c])] for c in spec.concepts}
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.spec_ is not None
+
+    def _check_query(self, adata: AnnData, do: Mapping[str, str] | None = None) -> None:
+        """Refuse data (or interventions) the fitted model does not know, with a clear message."""
+        if self.spec_ is None or self.var_names_ is None or self.categories_ is None:
+            raise NotFittedError(f"{self.name} is not fitted; call fit() first")
+        genes = [str(g) for g in adata.var_names]
+        if genes != self.var_names_:
+            unknown = [g for g in genes if g not in set(self.var_names_)]
+            hint = f"{len(unknown)} unknown, e.g. {unknown[:5]}" if unknown else "same genes, other order"
+            raise BenchError(
+                f"{self.name} was trained on {len(self.var_names_)} genes; this data has "
+                f"{len(genes)} ({hint}). Subset/reorder it to the training genes first."
+            )
+        for c in self.spec_.concepts:
+            if c not in adata.obs.columns:
+                raise BenchError(f"concept column {c!r} missing from adata.obs; the model was trained with {self.spec_.concepts}")
+        for c, v in (do or {}).items():
+            if c not in self.categories_:
+                raise BenchError(
+                    f"cannot intervene on {c!r}: not a concept of this model; concepts are {list(self.categories_)}"
+                )
+            if str(v) not in self.categories_[c]:
+                raise BenchError(
+                    f"cannot set {c} = {v!r}: value never seen in training; seen values are {self.categories_[c]}"
+                )
+
+    def _codes(self, adata: AnnData, concept: str) -> np.ndarray:
+        """Integer codes of ``concept`` under the mapping fixed at fit time (-1 = unseen value)."""
+        assert self.categories_ is not None
+        lut = {v: i for i, v in enumerate(self.categories_[concept])}
+        return np.array([lut.get(str(v), -1) for v in adata.obs[concept].astype(str)], dtype=np.int64)
+
+
+# --- helpers shared by adapters --------------------------------------------
+def category_values(series: Any) -> list[Any]:
+    """Values of a label column in a stable order: categories if categorical, else sorted unique."""
+    if hasattr(series, "cat"):
+        present = set(series.astype(str))
+        return [c for c in series.cat.categories if str(c) in present]
+    return sorted(set(series.astype(str)))
+
+
+def counts_of(adata: AnnData) -> Any:
+    """The raw counts matrix (``layers['counts']``), sparse or dense as stored."""
+    if "counts" not in adata.layers:
+        raise BenchError("adata.layers['counts'] is missing; preprocess the data with causcell_bench.datasets.preprocess")
+    return adata.layers["counts"]
+
+
+def dense_rows(x: Any, idx: np.ndarray | slice) -> np.ndarray:
+    """Rows ``idx`` of a sparse or dense matrix as a dense float32 array (densifies only these rows)."""
+    rows = x[idx]
+    if sp.issparse(rows):
+        rows = rows.toarray()
+    return np.asarray(rows, dtype=np.float32)
+
+
+def iter_batches(n: int, batch_size: int, rng: np.random.Generator | None = None) -> Iterator[np.ndarray]:
+    """Index batches over ``n`` rows, shuffled when ``rng`` is given."""
+    order = rng.permutation(n) if rng is not None else np.arange(n)
+    for start in range(0, n, batch_size):
+        yield order[start:start + batch_size]

@@ -1,0 +1,2 @@
+"""Our own torch models. They know nothing of the benchmark: arrays and
+tensors in, arrays and tensors out."""

@@ -1,0 +1,170 @@
+"""Test kit for method adapters, ours and third-party plugins.
+
+``tiny_dataset()`` builds a small, already-preprocessed AnnData obeying the
+method data contract (see :mod:`causcell_bench.methods.base`), with a causal
+structure age -> celltype <- domain so that concept signal is learnable.
+
+``check_method(cls)`` is the conformance kit: it fits the method on tiny data
+and checks shapes, determinism under a seed, the save/load round trip and that
+the declared capabilities are honoured. A plugin's test suite can call it::
+
+    from causcell_bench.testing import check_method
+    def test_my_method_conforms():
+        check_method(MyMethod, params={"epochs": 2})
+"""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+
+from causcell_bench.datasets.spec import DatasetSpec
+from causcell_bench.errors import BenchError
+from causcell_bench.methods.base import UNEXPLAINED, Method
+
+
+def tiny_dataset(n_cells: int = 240, n_genes: int = 60, seed: int = 0) -> tuple[AnnData, DatasetSpec]:
+    """A small preprocessed dataset with concepts age (3), domain (2), celltype (3; child of both)."""
+    rng = np.random.default_rng(seed)
+    age = rng.integers(0, 3, n_cells)
+    domain = rng.integers(0, 2, n_cells)
+    w = rng.normal(0, 1.5, (3 + 2, 3))
+    logits = w[age] + w[3 + domain] + rng.gumbel(size=(n_cells, 3))
+    ctype = logits.argmax(1)
+    fine = ctype * 2 + rng.integers(0, 2, n_cells)
+    u = rng.normal(size=n_cells)
+    base = rng.normal(0, 1, n_genes)
+    effects = [rng.normal(0, 1.2, (k, n_genes)) * (rng.random((k, n_genes)) < 0.25) for k in (3, 2, 3, 6)]
+    log_mu = base + effects[0][age] + effects[1][domain] + effects[2][ctype] + 0.5 * effects[3][fine]
+    log_mu = log_mu + np.outer(u, rng.normal(0, 0.3, n_genes))
+    p = np.exp(log_mu - log_mu.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    lib = rng.lognormal(np.log(2000), 0.3, n_cells)
+    counts = rng.poisson(p * lib[:, None]).astype(np.float32)
+    counts[counts.sum(1) == 0, 0] = 1.0
+    x = np.log1p(counts / counts.sum(1, keepdims=True) * 1e4).astype(np.float32)
+    obs = pd.DataFrame(
+        {
+            "age": pd.Categorical([f"age{a}" for a in age], categories=["age0", "age1", "age2"]),
+            "domain": pd.Categorical([f"dom{d}" for d in domain], categories=["dom0", "dom1"]),
+            "celltype": pd.Categorical([f"type{t}" for t in ctype], categories=["type0", "type1", "type2"]),
+            "celltype_fine": pd.Categorical([f"sub{f}" for f in fine]),
+            "u": u,
+        },
+        index=[f"cell{i}" for i in range(n_cells)],
+    )
+    adata = AnnData(X=sp.csr_matrix(x), obs=obs, var=pd.DataFrame(index=[f"gene{g}" for g in range(n_genes)]))
+    adata.layers["counts"] = sp.csr_matrix(counts)
+    spec = DatasetSpec(
+        name="tiny",
+        source="builtin:tiny",
+        concepts=["age", "domain", "celltype"],
+        edges=[("age", "celltype"), ("domain", "celltype")],
+        fine_labels={"celltype": "celltype_fine"},
+        n_hvg=None,
+    )
+    return adata, spec
+
+
+def check_method(
+    method_cls: type[Method],
+    params: dict[str, Any] | None = None,
+    *,
+    n_cells: int = 240,
+    n_genes: int = 60,
+    check_determinism: bool = True,
+) -> Method:
+    """Run the conformance kit on ``method_cls``; raise AssertionError on the first violation.
+
+    Returns the fitted method so callers can make further, method-specific checks.
+    """
+    params = params or {}
+    adata, spec = tiny_dataset(n_cells=n_cells, n_genes=n_genes)
+    rng = np.random.default_rng(1)
+    test_mask = rng.random(adata.n_obs) < 0.25
+    train, test = adata[~test_mask].copy(), adata[test_mask].copy()
+    caps = method_cls.capabilities
+
+    assert isinstance(getattr(method_cls, "name", None), str) and method_cls.name, "method needs a name"
+    m = method_cls(preset="quick", device="cpu", **params)
+
+    # outputs before fit must fail clearly, not with a deep traceback
+    if caps.embedding != "none":
+        _expect_bench_error(lambda: m.embed(test), "embed() before fit()")
+
+    m.fit(train, spec, seed=0)
+
+    emb = None
+    if caps.embedding != "none":
+        emb = m.embed(test)
+        for c in spec.concepts:
+            assert c in emb, f"embed() lacks concept {c!r}"
+            assert emb[c].ndim == 2 and emb[c].shape[0] == test.n_obs, f"embedding {c!r} has shape {emb[c].shape}"
+            assert np.isfinite(emb[c]).all(), f"embedding {c!r} has non-finite values"
+        assert (UNEXPLAINED in emb) == caps.unexplained, "capabilities.unexplained disagrees with embed()"
+        if caps.embedding == "shared":
+            first = emb[spec.concepts[0]]
+            assert all(np.array_equal(emb[c], first) for c in spec.concepts), "'shared' embedding differs per concept"
+        if caps.embedding == "label_lookup":
+            for c in spec.concepts:
+                for value in test.obs[c].unique():
+                    rows = emb[c][(test.obs[c] == value).to_numpy()]
+                    assert np.allclose(rows, rows[0], atol=1e-5), f"'label_lookup' embedding of {c} varies within a label"
+
+    gen = None
+    if caps.reconstruct:
+        gen = m.generate(test, seed=0)
+        assert gen.shape == (test.n_obs, test.n_vars), f"generate() shape {gen.shape} != {(test.n_obs, test.n_vars)}"
+        assert np.isfinite(gen).all(), "generate() returned non-finite values"
+        if check_determinism:
+            again = m.generate(test, seed=0)
+            np.testing.assert_allclose(gen, again, rtol=1e-4, atol=1e-4, err_msg="generate() not deterministic under a seed")
+
+    if caps.counterfactual:
+        target = spec.concepts[0]
+        value = str(train.obs[target].cat.categories[-1])
+        cf = m.generate(test, do={target: value}, seed=0)
+        assert cf.shape == (test.n_obs, test.n_vars), "counterfactual shape wrong"
+        assert np.isfinite(cf).all(), "counterfactual has non-finite values"
+        _expect_bench_error(lambda: m.generate(test, do={target: "no-such-value"}, seed=0), "do() with an unseen value")
+        _expect_bench_error(lambda: m.generate(test, do={"no_such_concept": value}, seed=0), "do() on an unknown concept")
+    else:
+        try:
+            m.generate(test, do={spec.concepts[0]: str(train.obs[spec.concepts[0]].cat.categories[0])}, seed=0)
+        except (NotImplementedError, BenchError):
+            pass
+        else:
+            raise AssertionError("capabilities.counterfactual is False but generate(do=...) succeeded")
+
+    # genes the model does not know are refused clearly
+    if caps.reconstruct or caps.embedding != "none":
+        bad = test[:, ::-1].copy()
+        call = (lambda: m.generate(bad, seed=0)) if caps.reconstruct else (lambda: m.embed(bad))
+        _expect_bench_error(call, "data with other genes")
+
+    # save / load round trip gives the same outputs
+    with tempfile.TemporaryDirectory() as d:
+        m.save(d)
+        m2 = method_cls.load(d)
+        if emb is not None:
+            emb2 = m2.embed(test)
+            for c in emb:
+                np.testing.assert_allclose(emb[c], emb2[c], rtol=1e-4, atol=1e-4, err_msg=f"embedding {c} changed after load")
+        if gen is not None and check_determinism:
+            np.testing.assert_allclose(gen, m2.generate(test, seed=0), rtol=1e-4, atol=1e-4, err_msg="generate() changed after load")
+    return m
+
+
+def _expect_bench_error(fn: Any, what: str) -> None:
+    try:
+        fn()
+    except BenchError:
+        return
+    except Exception as e:  # noqa: BLE001 - we report what was raised instead
+        raise AssertionError(f"{what} raised {type(e).__name__}: {e}; expected a clear BenchError") from e
+    raise AssertionError(f"{what} did not raise")
