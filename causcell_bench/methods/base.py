@@ -199,3 +199,14 @@ def iter_batches(n: int, batch_size: int, rng: np.random.Generator | None = None
     order = rng.permutation(n) if rng is not None else np.arange(n)
     for start in range(0, n, batch_size):
         yield order[start:start + batch_size]
+
+
+def lightning_accelerator(device: str) -> str:
+    """Map our ``--device`` value to a Lightning ``accelerator`` (for scvi-tools based adapters)."""
+    if device == "auto":
+        return "auto"
+    if device == "cpu":
+        return "cpu"
+    if device.startswith("cuda"):
+        return "gpu"
+    raise BenchError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'")

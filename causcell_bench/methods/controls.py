@@ -1,0 +1,80 @@
+"""Positive and negative controls that anchor every metric (as Open Problems does).
+
+Every real method should land between them; a metric where one does not is a
+bug to investigate (DESIGN.md, "Two control methods anchor every metric").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from anndata import AnnData
+
+from causcell_bench.datasets.spec import DatasetSpec
+from causcell_bench.methods.base import UNEXPLAINED, Capabilities, ConceptEmbeddings, Method, dense_rows
+
+
+class PositiveControl(Method):
+    """The best a method could do: one-hot labels as embeddings, the test data itself as reconstruction."""
+
+    name = "positive_control"
+    capabilities = Capabilities(embedding="per_concept", unexplained=False, reconstruct=True, counterfactual=False)
+    presets = {"quick": {}, "paper": {}}
+
+    def fit(self, train: AnnData, spec: DatasetSpec, *, seed: int) -> None:
+        self._remember(train, spec)
+
+    def embed(self, adata: AnnData) -> ConceptEmbeddings:
+        self._check_query(adata)
+        assert self.categories_ is not None and self.spec_ is not None
+        out = {}
+        for c in self.spec_.concepts:
+            codes = self._codes(adata, c)
+            onehot = np.zeros((adata.n_obs, len(self.categories_[c])), dtype=np.float32)
+            seen = codes >= 0
+            onehot[np.flatnonzero(seen), codes[seen]] = 1.0
+            out[c] = onehot
+        return out
+
+    def generate(self, adata: AnnData, do: Mapping[str, str] | None = None, *, seed: int) -> np.ndarray:
+        if do:
+            raise NotImplementedError("positive_control has no counterfactuals: it only knows the observed cells")
+        self._check_query(adata)
+        return dense_rows(adata.X, slice(None))
+
+
+class NegativeControl(Method):
+    """No information: random embeddings, random training cells as "reconstructions",
+    and the input returned unchanged as its "counterfactual" (a no-op intervention).
+
+    Random training cells are plausible but unpaired cells, so the control
+    separates "looks like data" from "reconstructs this cell".
+    """
+
+    name = "negative_control"
+    capabilities = Capabilities(embedding="per_concept", unexplained=True, reconstruct=True, counterfactual=True)
+    presets = {"quick": {"dim": 8, "pool": 2000}, "paper": {"dim": 8, "pool": 2000}}
+
+    def fit(self, train: AnnData, spec: DatasetSpec, *, seed: int) -> None:
+        self._remember(train, spec)
+        rng = np.random.default_rng(seed)
+        # a bounded pool of training cells keeps the saved control small
+        idx = np.sort(rng.choice(train.n_obs, size=min(self.params["pool"], train.n_obs), replace=False))
+        self.pool_ = dense_rows(train.X, idx)
+        self.seed_ = seed
+
+    def embed(self, adata: AnnData) -> ConceptEmbeddings:
+        self._check_query(adata)
+        assert self.spec_ is not None
+        # seeded by the cell names so the same cell gets the same vector in every call
+        rng = np.random.default_rng([self.seed_, adata.n_obs])
+        keys = [*self.spec_.concepts, UNEXPLAINED]
+        return {k: rng.normal(size=(adata.n_obs, self.params["dim"])).astype(np.float32) for k in keys}
+
+    def generate(self, adata: AnnData, do: Mapping[str, str] | None = None, *, seed: int) -> np.ndarray:
+        self._check_query(adata, do)
+        if do:
+            return dense_rows(adata.X, slice(None))
+        rng = np.random.default_rng(seed)
+        return self.pool_[rng.integers(0, self.pool_.shape[0], adata.n_obs)].copy()

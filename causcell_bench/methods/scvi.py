@@ -1,0 +1,124 @@
+"""scVI (Lopez et al., Nat Methods 15, 1053, 2018) through scvi-tools' own `SCVI` model.
+
+A generative model without disentanglement: one shared latent serves as the
+embedding of every concept (the probe then measures informativeness, not
+disentanglement), reconstruction decodes each cell's own latent, and there is
+no counterfactual.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+from anndata import AnnData
+
+from causcell_bench.datasets.spec import DatasetSpec
+from causcell_bench.errors import BenchError
+from causcell_bench.methods.base import Capabilities, ConceptEmbeddings, Method, counts_of, lightning_accelerator
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's per-run banners (GPU available, etc.): a grid would print pages of them."""
+    for name in ("lightning", "lightning.pytorch", "pytorch_lightning", "scvi"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="lightning")
+    warnings.filterwarnings("ignore", message=".*num_workers.*")
+
+
+def _counts_adata(adata: AnnData) -> AnnData:
+    """A lean AnnData with only what scVI reads: the counts layer."""
+    counts = counts_of(adata)
+    out = AnnData(X=sp.csr_matrix(counts, dtype=np.float32), obs=adata.obs[[]].copy(), var=adata.var[[]].copy())
+    out.layers["counts"] = out.X
+    return out
+
+
+class SCVI(Method):
+    name = "scVI"
+    capabilities = Capabilities(embedding="shared", unexplained=False, reconstruct=True, counterfactual=False)
+    presets = {
+        "quick": {"n_latent": 10, "n_hidden": 128, "n_layers": 1, "max_epochs": 60, "batch_size": 128, "lr": 1e-3},
+        # scvi-tools' defaults; its own heuristic picks ~400 epochs for small data
+        "paper": {"n_latent": 10, "n_hidden": 128, "n_layers": 1, "max_epochs": 400, "batch_size": 128, "lr": 1e-3},
+    }
+
+    def fit(self, train: AnnData, spec: DatasetSpec, *, seed: int) -> None:
+        import scvi
+
+        quiet_lightning()
+        self._remember(train, spec)
+        scvi.settings.seed = seed
+        data = _counts_adata(train)
+        scvi.model.SCVI.setup_anndata(data, layer="counts")
+        p = self.params
+        self.model_ = scvi.model.SCVI(data, n_latent=p["n_latent"], n_hidden=p["n_hidden"], n_layers=p["n_layers"])
+        self.model_.train(
+            max_epochs=p["max_epochs"],
+            batch_size=p["batch_size"],
+            accelerator=lightning_accelerator(self.device),
+            plan_kwargs={"lr": p["lr"]},
+            enable_progress_bar=False,
+            logger=False,
+            enable_checkpointing=False,
+        )
+
+    def _prepared(self, adata: AnnData) -> AnnData:
+        self._check_query(adata)
+        data = _counts_adata(adata)
+        self.model_._validate_anndata(data)  # registers the query against the training setup
+        return data
+
+    def embed(self, adata: AnnData) -> ConceptEmbeddings:
+        data = self._prepared(adata)
+        z = np.asarray(self.model_.get_latent_representation(data, give_mean=True), dtype=np.float32)
+        assert self.spec_ is not None
+        return {c: z for c in self.spec_.concepts}
+
+    def generate(self, adata: AnnData, do: Mapping[str, str] | None = None, *, seed: int) -> np.ndarray:
+        if do:
+            raise NotImplementedError("scVI has no counterfactual generation (no concept structure in its latent)")
+        import scvi
+
+        data = self._prepared(adata)
+        scvi.settings.seed = seed  # the decoder input is a posterior sample: fix it
+        rho = self.model_.get_normalized_expression(data, library_size=1e4, n_samples=1, return_numpy=True)
+        return np.log1p(np.asarray(rho, dtype=np.float32))
+
+    # scvi-tools saves the torch module; our wrapper keeps the benchmark state beside it
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model_.save(str(path / "scvi_model"), overwrite=True, save_anndata=False)
+        state = {
+            "preset": self.preset, "device": self.device, "params": self.params,
+            "spec": self.spec_.model_dump() if self.spec_ else None,
+            "var_names": self.var_names_, "categories": self.categories_,
+        }
+        (path / "adapter.json").write_text(json.dumps(state))
+
+    @classmethod
+    def load(cls, path: str | Path) -> SCVI:
+        import scvi
+
+        quiet_lightning()
+        path = Path(path)
+        if not (path / "adapter.json").is_file():
+            raise BenchError(f"no saved scVI model in {path} (expected adapter.json and scvi_model/)")
+        state = json.loads((path / "adapter.json").read_text())
+        self = cls(preset=state["preset"], device=state["device"], **state["params"])
+        self.spec_ = DatasetSpec.model_validate(state["spec"])
+        self.var_names_, self.categories_ = state["var_names"], state["categories"]
+        # scvi-tools needs an AnnData to rebuild the model: one cell with the training genes suffices
+        # (all-zero would be mistaken for scvi's "minified" data and refused)
+        stub = AnnData(X=sp.csr_matrix(np.ones((1, len(self.var_names_)), dtype=np.float32)))
+        stub.var_names = self.var_names_
+        stub.layers["counts"] = stub.X
+        scvi.model.SCVI.setup_anndata(stub, layer="counts")
+        self.model_ = scvi.model.SCVI.load(str(path / "scvi_model"), adata=stub, accelerator=lightning_accelerator(self.device))
+        return self

@@ -1,0 +1,34 @@
+"""Conformance of the controls and the scVI adapter."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from causcell_bench.methods.controls import NegativeControl, PositiveControl
+from causcell_bench.methods.scvi import SCVI
+from causcell_bench.testing import check_method, tiny_dataset
+
+
+def test_positive_control_conforms() -> None:
+    m = check_method(PositiveControl)
+    adata, _ = tiny_dataset()
+    emb = m.embed(adata)
+    # one-hot of the label: argmax recovers every label exactly
+    assert (emb["age"].argmax(1) == adata.obs["age"].cat.codes.to_numpy()).all()
+
+
+def test_negative_control_conforms() -> None:
+    m = check_method(NegativeControl)
+    adata, _ = tiny_dataset()
+    gen = m.generate(adata, seed=0)
+    x = adata.X.toarray()
+    # unpaired: far less similar to its own cell than the data itself
+    assert not np.allclose(gen, x)
+    np.testing.assert_array_equal(m.generate(adata, do={"age": "age1"}, seed=0), x)  # a no-op intervention
+
+
+def test_scvi_conforms() -> None:
+    m = check_method(SCVI, params={"max_epochs": 3})
+    adata, _ = tiny_dataset()
+    emb = m.embed(adata)
+    assert emb["age"].shape == (adata.n_obs, 10)
