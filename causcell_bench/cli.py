@@ -1,0 +1,241 @@
+"""The `causcell-bench` command line (typer + rich)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from causcell_bench.errors import BenchError
+
+app = typer.Typer(
+    name="causcell-bench",
+    help="Benchmark disentangled representations and counterfactual generation on single-cell data.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly(fn: F) -> F:
+    """Print user errors as one clear line instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from pydantic import ValidationError
+
+        try:
+            return fn(*args, **kwargs)
+        except BenchError as e:
+            err_console.print(f"[red]error:[/red] {e}", highlight=False)
+            raise typer.Exit(2) from None
+        except ValidationError as e:
+            msgs = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+            err_console.print(f"[red]error:[/red] {msgs}", highlight=False)
+            raise typer.Exit(2) from None
+        except FileNotFoundError as e:
+            err_console.print(f"[red]error:[/red] {e}", highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _csv(value: str | None) -> list[str] | None:
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _parse_params(items: list[str] | None) -> dict[str, dict[str, Any]]:
+    """``--param CausCell.n_steps=500`` -> {"CausCell": {"n_steps": 500}} (values parsed as JSON when possible)."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items or []:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise BenchError(f"cannot read --param {item!r}; write it as Method.name=value, e.g. CausCell.n_steps=500")
+        lhs, raw = item.split("=", 1)
+        method, name = lhs.split(".", 1)
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out.setdefault(method, {})[name] = value
+    return out
+
+
+@app.command()
+@friendly
+def run(
+    methods: Annotated[str, typer.Option(help="'all', 'controls', or a comma-separated list of method names")] = "all",
+    dataset: Annotated[str, typer.Option(help="built-in or paper dataset name(s), a spec .toml, or an .h5ad (comma-separated)")] = "synthetic",
+    settings: Annotated[str, typer.Option(help="ID, OOD or ID,OOD")] = "ID,OOD",
+    folds: Annotated[str | None, typer.Option(help="fold indices to run, e.g. '0,1' (default: all)")] = None,
+    n_folds: Annotated[int, typer.Option(help="number of folds of each split")] = 5,
+    seeds: Annotated[str, typer.Option(help="model seeds, comma-separated")] = "0",
+    preset: Annotated[str, typer.Option(help="training budgets: quick (CPU) or paper (authors' settings, GPU)")] = "quick",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    jobs: Annotated[int, typer.Option(help="grid cells run in parallel")] = 1,
+    out: Annotated[Path | None, typer.Option(help="run directory (default runs/<dataset>)")] = None,
+    n_cells: Annotated[int | None, typer.Option(help="cells to simulate (synthetic) or subsample")] = None,
+    n_genes: Annotated[int | None, typer.Option(help="genes to simulate (synthetic only)")] = None,
+    n_hvg: Annotated[int | None, typer.Option(help="highly variable genes kept (chosen on training cells)")] = None,
+    concepts: Annotated[str | None, typer.Option(help="override the spec's concept columns, comma-separated")] = None,
+    dag: Annotated[str | None, typer.Option(help="override the DAG, e.g. 'treatment->celltype,patient->celltype'; '' for none")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="where the paper datasets' files are")] = None,
+    param: Annotated[list[str] | None, typer.Option(help="hyperparameter override Method.name=value (repeatable)")] = None,
+    probe: Annotated[str, typer.Option(help="probe for predictive metrics: logreg or knn")] = "logreg",
+    retry_failed: Annotated[bool, typer.Option(help="rerun cells recorded as failed")] = False,
+    report: Annotated[bool, typer.Option(help="build the leaderboard when the grid is done")] = True,
+) -> None:
+    """Run a benchmark grid; finished cells are kept, so rerunning resumes."""
+    from causcell_bench.config import RunConfig
+    from causcell_bench.datasets.spec import parse_edges
+    from causcell_bench.registry import resolve_methods
+    from causcell_bench.runner import run_grid, summarize_outcomes
+
+    names = _csv(dataset) or []
+    kw: dict[str, Any] = {}
+    if n_cells is not None:
+        kw["n_cells"] = n_cells
+    if n_genes is not None:
+        kw["n_genes"] = n_genes
+    config = RunConfig(
+        datasets=names, methods=resolve_methods(methods), settings=_csv(settings) or [],  # type: ignore[arg-type]
+        n_folds=n_folds, folds=[int(f) for f in _csv(folds)] if folds else None,
+        seeds=[int(s) for s in _csv(seeds) or ["0"]], preset=preset, device=device, jobs=jobs,
+        dataset_kwargs=kw, method_params=_parse_params(param), concepts=_csv(concepts),
+        edges=parse_edges(dag) if dag is not None else None, n_hvg=n_hvg,
+        data_dir=str(data_dir) if data_dir else None, probe=probe,  # type: ignore[arg-type]
+    )
+    config.fold_indices()
+    run_dir = out or Path("runs") / "_".join(Path(n).stem for n in names)
+    err_console.print(f"run directory: {run_dir}")
+    try:
+        outcomes = run_grid(config, run_dir, retry_failed=retry_failed)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    counts = summarize_outcomes(outcomes)
+    err_console.print("cells: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    if report:
+        _report(run_dir, None)
+    if counts.get("failed", 0) and not counts.get("ok", 0) and not counts.get("skipped", 0):
+        raise typer.Exit(1)
+
+
+def _report(run_dir: Path, out: Path | None) -> None:
+    from causcell_bench.leaderboard import build_report
+
+    paths = build_report(run_dir, out)
+    console.print(paths["markdown"].read_text(), markup=False, highlight=False)
+    err_console.print("written: " + ", ".join(str(p) for p in paths.values()))
+
+
+@app.command()
+@friendly
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory written by `run`")],
+    out: Annotated[Path | None, typer.Option(help="where to write (default RUN_DIR/report)")] = None,
+) -> None:
+    """Rebuild the leaderboard (tables, markdown, funky heatmap) from a run's cell files."""
+    if not (run_dir / "cells").is_dir():
+        raise BenchError(f"{run_dir} holds no results (no cells/ folder); pass the --out directory of a run")
+    _report(run_dir, out)
+
+
+@app.command()
+@friendly
+def check(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory written by `run`")],
+    reference: Annotated[Path, typer.Option(help="committed reference summary CSV (results/<name>.csv)")],
+    abs_tol: Annotated[float, typer.Option(help="absolute tolerance when the reference has no tolerance column")] = 0.05,
+    rel_tol: Annotated[float, typer.Option(help="relative tolerance (of |reference|)")] = 0.25,
+    strict: Annotated[bool, typer.Option(help="also fail on improvements beyond tolerance")] = False,
+) -> None:
+    """Compare a run's summary with a reference table; exit 1 listing each regression."""
+    import pandas as pd
+
+    from causcell_bench.leaderboard import check as check_tables
+    from causcell_bench.leaderboard import summarize, tidy_table
+    from causcell_bench.store import ResultStore
+
+    if not reference.is_file():
+        raise BenchError(f"reference table {reference} does not exist")
+    summary = summarize(tidy_table(ResultStore(run_dir).records()))
+    if summary.empty:
+        raise BenchError(f"{run_dir} holds no successful results to check")
+    problems = check_tables(summary, pd.read_csv(reference), {"abs": abs_tol, "rel": rel_tol}, strict=strict)
+    if problems:
+        for p in problems:
+            err_console.print(f"[red]{p}[/red]", highlight=False)
+        err_console.print(f"{len(problems)} regression(s) against {reference}")
+        raise typer.Exit(1)
+    console.print(f"OK: {len(pd.read_csv(reference))} reference values within tolerance")
+
+
+@app.command("list")
+@friendly
+def list_(what: Annotated[str, typer.Argument(help="methods, datasets or metrics")] = "methods") -> None:
+    """Show the available methods (with capabilities), datasets or metrics."""
+    from causcell_bench import registry
+
+    if what == "methods":
+        t = Table("method", "embedding", "unexplained", "reconstruct", "counterfactual", "uses DAG")
+        for name in registry.method_names():
+            try:
+                c = registry.get_method(name).capabilities
+                t.add_row(name, c.embedding, *("yes" if v else "-" for v in
+                          (c.unexplained, c.reconstruct, c.counterfactual, c.uses_dag)))
+            except BenchError as e:
+                t.add_row(name, f"[red]unavailable: {e}[/red]", "", "", "", "")
+        console.print(t)
+    elif what == "datasets":
+        from causcell_bench.datasets import BUILTIN_DATASETS, PAPER_DATASETS
+
+        t = Table("dataset", "kind", "description")
+        for name in registry.dataset_names():
+            kind = "built-in" if name in BUILTIN_DATASETS else "paper (local files)" if name in PAPER_DATASETS else "plugin"
+            desc = BUILTIN_DATASETS.get(name) or PAPER_DATASETS.get(name) or ""
+            t.add_row(name, kind, str(getattr(desc, "description", desc))[:90])
+        console.print(t)
+    elif what == "metrics":
+        from causcell_bench.metrics import list_metrics
+
+        t = Table("metric", "group", "better", "needs", "description")
+        for m in list_metrics():
+            t.add_row(m.name, m.group, "higher" if m.higher_is_better else "lower", ",".join(sorted(m.needs)),
+                      m.description[:70])
+        console.print(t)
+    else:
+        raise BenchError(f"cannot list {what!r}; choose methods, datasets or metrics")
+
+
+@app.command()
+@friendly
+def prepare(
+    dataset: Annotated[str, typer.Argument(help="dataset to prepare (ICI_response)")],
+    counts: Annotated[Path, typer.Option(help="GEO counts file (GSE123813_bcc_scRNA_counts.txt.gz)")],
+    metadata: Annotated[Path, typer.Option(help="GEO metadata file (GSE123813_bcc_all_metadata.txt.gz)")],
+    out: Annotated[Path | None, typer.Option(help="output .h5ad (default: the data directory the loader searches)")] = None,
+) -> None:
+    """Build a paper dataset's h5ad from the files a user downloads."""
+    from causcell_bench.datasets import prepare_ici_response
+
+    if dataset != "ICI_response":
+        raise BenchError(f"prepare knows ICI_response only; {dataset!r} is read from its h5ad directly")
+    path = prepare_ici_response(counts, metadata, out)
+    console.print(f"wrote {path}")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,300 @@
+"""The grid runner: expand (dataset x method x setting x fold x seed) cells, run
+them, store one JSON each, resume without redoing finished cells.
+
+Each cell runs in a forked child process: the parent loads every dataset and
+computes the splits once, children inherit them copy-on-write (data is read
+once, not once per cell), a crash or out-of-memory kill in one method is
+recorded as that cell's failure, and the per-cell peak memory is the child's
+own.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import resource
+import signal
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from causcell_bench.config import RunConfig
+from causcell_bench.errors import BenchError
+from causcell_bench.store import CellKey, ResultStore, atomic_write_json
+
+VERSIONED = ("causcell-bench", "torch", "numpy", "scanpy", "anndata", "scikit-learn", "scvi-tools", "biolord", "pertpy")
+
+# Datasets loaded by the parent before forking: {name: (AnnData, DatasetSpec)}; splits likewise.
+_DATA: dict[str, Any] = {}
+_SPLITS: dict[tuple[str, str], Any] = {}
+
+
+@dataclass
+class CellOutcome:
+    key: CellKey
+    status: str  # "ok" | "failed" | "skipped"
+    seconds: float
+    error: str | None = None
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in VERSIONED:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def expand_grid(config: RunConfig) -> list[CellKey]:
+    return [
+        CellKey(d, m, s, f, seed)
+        for d in config.datasets
+        for s in config.settings
+        for f in config.fold_indices()
+        for m in config.methods
+        for seed in config.seeds
+    ]
+
+
+# --- data preparation (parent) ---------------------------------------------
+def load_dataset(name: str, config: RunConfig) -> tuple[Any, Any]:
+    """Load one dataset with the run's overrides applied (concepts, DAG, HVGs)."""
+    from causcell_bench.datasets import validate_adata
+    from causcell_bench.registry import dataset_loader
+
+    kw = dict(config.dataset_kwargs)
+    if config.data_dir:
+        kw.setdefault("data_dir", config.data_dir)
+    adata, spec = dataset_loader(name)(**kw)
+    if config.concepts is not None or config.edges is not None:
+        spec = spec.with_overrides(concepts=config.concepts, edges=config.edges)
+    if config.n_hvg is not None:
+        spec = spec.model_copy(update={"n_hvg": config.n_hvg})
+    validate_adata(adata, spec, n_folds=config.n_folds)
+    return adata, spec
+
+
+def prepare(config: RunConfig, run_dir: Path, log: Callable[[str], None] = print) -> dict[tuple[str, str], str]:
+    """Load datasets and make (or reuse) the saved splits. Returns {(dataset, setting): error} for
+    pairs whose splits cannot be made, so their cells are recorded as failed instead of aborting."""
+    from causcell_bench.datasets import load_splits, make_splits, save_splits
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / "config.json", config.model_dump())
+    problems: dict[tuple[str, str], str] = {}
+    for name in config.datasets:
+        if name not in _DATA:
+            _DATA[name] = load_dataset(name, config)
+        adata, spec = _DATA[name]
+        for setting in config.settings:
+            path = run_dir / "splits" / _safe(name) / f"{setting}.json"
+            try:
+                if path.is_file():
+                    splits = load_splits(path)
+                    if len(splits) != config.n_folds or sum(len(s.test_idx) for s in splits) > adata.n_obs:
+                        raise BenchError(f"saved splits {path} do not match this run; delete {path.parent} to remake them")
+                else:
+                    splits = make_splits(adata, spec, setting, n_folds=config.n_folds, seed=config.split_seed)
+                    save_splits(splits, path)
+                _SPLITS[(name, setting)] = splits
+            except BenchError as e:
+                problems[(name, setting)] = str(e)
+                log(f"[yellow]cannot make {setting} splits for {name}: {e}[/yellow]")
+    return problems
+
+
+def _safe(name: str) -> str:
+    return name.replace("/", "_").replace("\\", "_")
+
+
+# --- one cell (child) --------------------------------------------------------
+def evaluate_cell(config: RunConfig, key: CellKey) -> dict[str, Any]:
+    """Fit one method on one fold and score it. Runs in the child; returns the metrics part of the record."""
+    from causcell_bench import metrics as M
+    from causcell_bench.datasets import preprocess
+    from causcell_bench.registry import get_method
+
+    adata, spec = _DATA[key.dataset]
+    split = _SPLITS[(key.dataset, key.setting)][key.fold]
+    t = {}
+    t0 = time.perf_counter()
+    train, test = preprocess(adata[split.train_idx], adata[split.test_idx], spec)
+    t["preprocess_s"] = time.perf_counter() - t0
+
+    cls = get_method(key.method)
+    method = cls(preset=config.preset, device=config.device, **config.method_params.get(key.method, {}))
+    caps = cls.capabilities
+    t0 = time.perf_counter()
+    method.fit(train, spec, seed=key.seed)
+    t["fit_s"] = time.perf_counter() - t0
+
+    values: dict[str, float] = {}
+    na: list[str] = []
+    if caps.embedding != "none":
+        t0 = time.perf_counter()
+        emb_train, emb_test = method.embed(train), method.embed(test)
+        t["embed_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        values.update(M.score_disentanglement(
+            emb_train, train.obs, emb_test, test.obs, spec.concepts, spec.fine_labels,
+            probe=config.probe, seed=key.seed,
+        ))
+        t["score_disentanglement_s"] = time.perf_counter() - t0
+    else:
+        na.append("disentanglement")
+    if caps.reconstruct:
+        t0 = time.perf_counter()
+        gen = method.generate(test, seed=key.seed)
+        t["generate_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        values.update(M.score_reconstruction(test.X, gen, test.obs, spec.concepts, list(test.var_names), seed=key.seed))
+        t["score_reconstruction_s"] = time.perf_counter() - t0
+    else:
+        na.append("reconstruction")
+    return {
+        "metrics": values, "na": na, "timings": t,
+        "n_train": int(train.n_obs), "n_test": int(test.n_obs), "n_genes": int(train.n_vars),
+        "capabilities": caps.as_dict(),
+    }
+
+
+def _child(config: RunConfig, key: CellKey, run_dir: str, threads: int) -> None:
+    """Child process body: run the cell and write its record, whatever happens."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    import torch
+
+    torch.set_num_threads(threads)
+    store = ResultStore(run_dir)
+    t0 = time.perf_counter()
+    base = {
+        "dataset": key.dataset, "method": key.method, "setting": key.setting, "fold": key.fold, "seed": key.seed,
+        "config_hash": config.cell_hash(key.dataset, key.method, key.setting, key.fold, key.seed),
+        "preset": config.preset, "device": config.device, "versions": package_versions(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    try:
+        result = evaluate_cell(config, key)
+        record = {**base, "status": "ok", **result}
+    except Exception as e:  # noqa: BLE001 - a failing method is recorded and the grid goes on
+        record = {
+            **base, "status": "failed", "error": f"{type(e).__name__}: {e}",
+            "traceback": traceback.format_exc(limit=20)[-4000:],
+        }
+    record["total_s"] = time.perf_counter() - t0
+    record["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    store.write(key, record)
+
+
+# --- the grid (parent) -------------------------------------------------------
+def _is_done(record: dict[str, Any] | None, config: RunConfig, key: CellKey, retry_failed: bool) -> bool:
+    if record is None:
+        return False
+    if record.get("config_hash") != config.cell_hash(key.dataset, key.method, key.setting, key.fold, key.seed):
+        return False  # stale: settings changed since it ran
+    return record.get("status") == "ok" or (record.get("status") == "failed" and not retry_failed)
+
+
+def run_grid(
+    config: RunConfig,
+    run_dir: str | Path,
+    *,
+    retry_failed: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> list[CellOutcome]:
+    """Run every cell not already done; return one outcome per cell (skipped ones included)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from causcell_bench.registry import get_method
+
+    console = Console(stderr=True, quiet=not progress)
+    log = log or console.print
+    run_dir = Path(run_dir)
+    for m in config.methods:
+        get_method(m)  # unknown names and missing packages fail before any work
+    problems = prepare(config, run_dir, log=log)
+    store = ResultStore(run_dir)
+    keys = expand_grid(config)
+    outcomes: list[CellOutcome] = []
+    todo: list[CellKey] = []
+    for key in keys:
+        rec = store.read(key)
+        if _is_done(rec, config, key, retry_failed):
+            outcomes.append(CellOutcome(key, "skipped", 0.0, rec.get("error") if rec else None))
+        elif (key.dataset, key.setting) in problems:
+            store.write(key, {
+                "dataset": key.dataset, "method": key.method, "setting": key.setting, "fold": key.fold,
+                "seed": key.seed, "status": "failed", "error": problems[(key.dataset, key.setting)],
+                "config_hash": config.cell_hash(key.dataset, key.method, key.setting, key.fold, key.seed),
+            })
+            outcomes.append(CellOutcome(key, "failed", 0.0, problems[(key.dataset, key.setting)]))
+        else:
+            todo.append(key)
+    if outcomes and todo:
+        log(f"resuming: {len(outcomes)} of {len(keys)} cells already done")
+
+    threads = max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) // config.jobs)
+    ctx = mp.get_context("fork")
+    running: dict[Any, tuple[CellKey, float]] = {}
+    queue = list(todo)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False, disable=not progress) as bar:
+        task = bar.add_task("grid", total=len(todo))
+        try:
+            while queue or running:
+                while queue and len(running) < config.jobs:
+                    key = queue.pop(0)
+                    proc = ctx.Process(target=_child, args=(config, key, str(run_dir), threads), daemon=False)
+                    proc.start()
+                    running[proc] = (key, time.perf_counter())
+                    bar.update(task, description=f"running {key}")
+                time.sleep(0.05)
+                for proc in [p for p in running if not p.is_alive()]:
+                    key, started = running.pop(proc)
+                    proc.join()
+                    outcome = _collect(store, key, proc.exitcode, time.perf_counter() - started, config)
+                    outcomes.append(outcome)
+                    bar.advance(task)
+                    mark = "[green]ok[/green]" if outcome.status == "ok" else f"[red]failed[/red]: {outcome.error}"
+                    log(f"{key}  {outcome.seconds:.1f}s  {mark}")
+        except KeyboardInterrupt:
+            for proc in running:
+                proc.terminate()
+            for proc in running:
+                proc.join(5)
+            done = sum(o.status in ("ok", "failed", "skipped") for o in outcomes)
+            log(f"[yellow]interrupted: {done} of {len(keys)} cells are stored in {run_dir}; "
+                "rerun the same command to resume.[/yellow]")
+            raise
+    return outcomes
+
+
+def _collect(store: ResultStore, key: CellKey, exitcode: int | None, seconds: float, config: RunConfig) -> CellOutcome:
+    rec = store.read(key)
+    if rec is None:
+        # the child died before writing (killed, out of memory, segfault): record why
+        why = f"signal {-exitcode}" if exitcode is not None and exitcode < 0 else f"exit code {exitcode}"
+        if exitcode == -signal.SIGKILL:
+            why += " (killed; out of memory?)"
+        err = f"worker process died ({why}) before writing a result"
+        store.write(key, {
+            "dataset": key.dataset, "method": key.method, "setting": key.setting, "fold": key.fold,
+            "seed": key.seed, "status": "failed", "error": err, "total_s": seconds,
+            "config_hash": config.cell_hash(key.dataset, key.method, key.setting, key.fold, key.seed),
+        })
+        return CellOutcome(key, "failed", seconds, err)
+    return CellOutcome(key, rec.get("status", "failed"), seconds, rec.get("error"))
+
+
+def summarize_outcomes(outcomes: Iterable[CellOutcome]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        counts[o.status] = counts.get(o.status, 0) + 1
+    return counts
