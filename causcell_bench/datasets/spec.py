@@ -18,6 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from causcell_bench.errors import DataError
 
+SOURCE_SCHEMES = ("builtin:", "paper:")
+"""``source`` prefixes that name a dataset rather than a file (never resolved as paths)."""
+
 
 def find_cycle(nodes: Iterable[str], edges: Iterable[tuple[str, str]]) -> list[str] | None:
     """Return one directed cycle as a node list (first node repeated at the end), or None."""
@@ -71,7 +74,8 @@ class DatasetSpec(BaseModel):
 
     name: str
     source: str = Field(
-        description="'builtin:<name>' for a built-in generator, or a path to an .h5ad file",
+        description="'builtin:<name>' for a built-in generator, 'paper:<name>' for one of the paper's "
+        "datasets (read from the data directory), or a path to an .h5ad file",
     )
     concepts: list[str] = Field(min_length=1)
     edges: list[tuple[str, str]] = Field(default_factory=list)
@@ -208,7 +212,7 @@ class DatasetSpec(BaseModel):
         if "edges" in data and isinstance(data["edges"], str):
             data["edges"] = parse_edges(data["edges"])
         src = data.get("source")
-        if src and not str(src).startswith("builtin:") and not Path(src).is_absolute():
+        if src and not str(src).startswith(SOURCE_SCHEMES) and not Path(src).is_absolute():
             data["source"] = str((path.parent / src).resolve())
         return spec_from_dict(data, where=str(path))
 
