@@ -222,14 +222,16 @@ def prepare(
     dataset: Annotated[str, typer.Argument(help="dataset to prepare (ICI_response)")],
     counts: Annotated[Path, typer.Option(help="GEO counts file (GSE123813_bcc_scRNA_counts.txt.gz)")],
     metadata: Annotated[Path, typer.Option(help="GEO metadata file (GSE123813_bcc_all_metadata.txt.gz)")],
-    out: Annotated[Path | None, typer.Option(help="output .h5ad (default: the data directory the loader searches)")] = None,
+    out: Annotated[Path | None, typer.Option(help="output .h5ad or directory (default: the first data directory the loader searches)")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="data directory (default $CAUSCELL_BENCH_DATA or ~/.cache/causcell-bench)")] = None,
 ) -> None:
     """Build a paper dataset's h5ad from the files a user downloads."""
-    from causcell_bench.datasets import prepare_ici_response
+    from causcell_bench.datasets import data_dirs, prepare_ici_response
 
     if dataset != "ICI_response":
         raise BenchError(f"prepare knows ICI_response only; {dataset!r} is read from its h5ad directly")
-    path = prepare_ici_response(counts, metadata, out)
+    target = out or data_dirs(data_dir)[0]
+    path = prepare_ici_response(counts, metadata, target)
     console.print(f"wrote {path}")
 
 

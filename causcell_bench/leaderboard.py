@@ -12,7 +12,10 @@ Raw values stay in the tables.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -136,6 +139,10 @@ def scores(summary: pd.DataFrame) -> pd.DataFrame:
     return per_group[[*KEYS, "embedding", *group_cols, "overall", "note"]]
 
 
+# the figure shows these headline metrics (all metrics stay in the tables), in this order
+HEATMAP_METRICS = ("acc", "f1_w", "exclusivity", "nmi_fine", "ari_fine", "dci_d", "mig",
+                   "pcc", "mse", "nmi_geom", "ari_geom", "marker",
+                   "effect_pcc", "cf_pcc", "causal_acc", "edist", "mean_pcc", "deg_overlap")
 EMBEDDING_FLAG = {"label_lookup": " †", "shared": " *"}
 
 
@@ -197,6 +204,7 @@ def heatmap(summary: pd.DataFrame, score_table: pd.DataFrame, path: str | Path) 
     matplotlib.use("Agg")
     import funkyheatmappy
     import matplotlib.pyplot as plt
+    from funkyheatmappy.position_arguments import position_arguments
 
     head = headline(summary)
     path = Path(path)
@@ -215,12 +223,15 @@ def heatmap(summary: pd.DataFrame, score_table: pd.DataFrame, path: str | Path) 
                 data.setdefault(r.method, {})[cid] = r.overall
             col_rows.append({"id": cid, "name": "overall", "geom": "funkyrect", "group": f"{setting}_score",
                              "palette": "overall"})
-            groups_seen.append({"group": f"{setting}_score", "level1": setting, "level2": "score", "palette": "overall"})
-            for g in GROUP_ORDER:
-                gb = block[block.group == g]
-                if gb.empty:
+            groups_seen.append({"group": f"{setting}_score", "level1": setting, "palette": "overall"})
+            for category, cat_groups in (("disentanglement", DISENTANGLEMENT_GROUPS),
+                                         ("reconstruction", RECONSTRUCTION_GROUPS),
+                                         ("counterfactual", COUNTERFACTUAL_GROUPS)):
+                cb = block[block.group.isin(cat_groups) & block.metric.isin(HEATMAP_METRICS)]
+                if cb.empty:
                     continue
-                for metric, mb in gb.groupby("metric", sort=False):
+                for metric in [m for m in HEATMAP_METRICS if m in set(cb.metric)]:
+                    mb = cb[cb.metric == metric]
                     cid = f"{setting}_{metric}"
                     vals = dict(zip(mb.method, mb["mean"]))
                     hib = bool(mb.higher_is_better.iloc[0])
@@ -229,9 +240,10 @@ def heatmap(summary: pd.DataFrame, score_table: pd.DataFrame, path: str | Path) 
                     for method, v in vals.items():
                         s = 0.0 if hi == lo else (v - lo) / (hi - lo)
                         data.setdefault(method, {})[cid] = s if hib else 1.0 - s
-                    col_rows.append({"id": cid, "name": metric, "geom": "bar", "group": f"{setting}_{g}",
-                                     "palette": _palette(g)})
-                groups_seen.append({"group": f"{setting}_{g}", "level1": setting, "level2": g, "palette": _palette(g)})
+                    col_rows.append({"id": cid, "name": metric, "geom": "bar", "group": f"{setting}_{category}",
+                                     "palette": category})
+                groups_seen.append({"group": f"{setting}_{category}", "level1": f"{setting} {category}",
+                                    "palette": category})
         if not data:
             continue
         df = pd.DataFrame.from_dict(data, orient="index")
@@ -243,15 +255,21 @@ def heatmap(summary: pd.DataFrame, score_table: pd.DataFrame, path: str | Path) 
         column_info = column_info[column_info.id.isin(df.columns)]
         column_info.index = column_info["id"]
         column_info["options"] = [{"width": 5, "ha": 0}] + [{}] * (len(column_info) - 1)
-        column_groups = pd.DataFrame([{"group": "method", "level1": "", "level2": "", "palette": "overall"},
+        column_groups = pd.DataFrame([{"group": "method", "level1": "", "palette": "overall"},
                                       *groups_seen])
-        palettes = pd.DataFrame({"palettes": ["overall", "disentanglement", "reconstruction", "counterfactual"],
-                                 "colours": ["Greys", "Blues", "Reds", "Greens"]})
-        fig = funkyheatmappy.funky_heatmap(
-            df.fillna(np.nan), column_info=column_info, column_groups=column_groups, palettes=palettes,
-            scale_column=False, add_abc=False,
-            position_args={"col_annot_offset": 3, "col_annot_angle": 30, "expand_xmax": 3},
-        )
+        # 101-step ramps indexed by the scaled value: dark = best
+        palettes = {name: [matplotlib.colors.to_hex(matplotlib.colormaps[cmap](i / 100)) for i in range(101)]
+                    for name, cmap in (("overall", "Greys"), ("disentanglement", "Blues"),
+                                       ("reconstruction", "Reds"), ("counterfactual", "Greens"))}
+        position = {**position_arguments(), "col_annot_offset": 3, "col_annot_angle": 30, "expand_xmax": 3}
+        # funkyheatmappy prints what it infers about legends: keep a grid's log readable
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # funkyheatmappy cannot draw NaN: n/a cells are drawn empty (0), the tables keep n/a
+            fig = funkyheatmappy.funky_heatmap(
+                df.fillna(0.0), column_info=column_info, column_groups=column_groups, palettes=palettes,
+                scale_column=False, add_abc=False, position_args=position,
+            )
         for suffix in (".png", ".svg"):
             out = path.with_name(f"{path.stem}_{_safe(dataset)}{suffix}")
             fig.savefig(out, dpi=150, bbox_inches="tight")
@@ -263,14 +281,6 @@ def heatmap(summary: pd.DataFrame, score_table: pd.DataFrame, path: str | Path) 
 def _emb(score_table: pd.DataFrame, method: str) -> str:
     v = score_table.loc[score_table.method == method, "embedding"]
     return str(v.iloc[0]) if len(v) else ""
-
-
-def _palette(group: str) -> str:
-    if group in DISENTANGLEMENT_GROUPS:
-        return "disentanglement"
-    if group in RECONSTRUCTION_GROUPS:
-        return "reconstruction"
-    return "counterfactual"
 
 
 def _safe(name: str) -> str:
@@ -301,8 +311,12 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, figure:
     status.to_csv(paths["status"], index=False)
     paths["markdown"].write_text(markdown(summary, score_table, status))
     if figure and not summary.empty:
-        for p in heatmap(summary, score_table, out / "heatmap"):
-            paths[p.name] = p
+        try:
+            for p in heatmap(summary, score_table, out / "heatmap"):
+                paths[p.name] = p
+        except Exception as e:  # noqa: BLE001 - the figure must never cost the user the tables
+            (out / "heatmap_error.txt").write_text(f"{type(e).__name__}: {e}\n")
+            paths["heatmap_error"] = out / "heatmap_error.txt"
     return paths
 
 

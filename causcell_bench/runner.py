@@ -10,6 +10,7 @@ own.
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing as mp
 import os
 import resource
@@ -114,14 +115,26 @@ def _safe(name: str) -> str:
 
 
 # --- one cell (child) --------------------------------------------------------
-def evaluate_cell(config: RunConfig, key: CellKey) -> dict[str, Any]:
-    """Fit one method on one fold and score it. Runs in the child; returns the metrics part of the record."""
+def cell_inputs(config: RunConfig, key: CellKey, run_dir: Path) -> tuple[Any, Any, Any]:
+    """(AnnData, spec, split) of a cell: inherited from the parent when forked, else loaded once per
+    worker process (as a Ray worker does) with the splits the parent saved in the run directory."""
+    from causcell_bench.datasets import load_splits
+
+    if key.dataset not in _DATA:
+        _DATA[key.dataset] = load_dataset(key.dataset, config)
+    if (key.dataset, key.setting) not in _SPLITS:
+        _SPLITS[(key.dataset, key.setting)] = load_splits(run_dir / "splits" / _safe(key.dataset) / f"{key.setting}.json")
+    adata, spec = _DATA[key.dataset]
+    return adata, spec, _SPLITS[(key.dataset, key.setting)][key.fold]
+
+
+def evaluate_cell(config: RunConfig, key: CellKey, run_dir: Path) -> dict[str, Any]:
+    """Fit one method on one fold and score it; returns the metrics part of the record."""
     from causcell_bench import metrics as M
     from causcell_bench.datasets import preprocess
     from causcell_bench.registry import get_method
 
-    adata, spec = _DATA[key.dataset]
-    split = _SPLITS[(key.dataset, key.setting)][key.fold]
+    adata, spec, split = cell_inputs(config, key, run_dir)
     t = {}
     t0 = time.perf_counter()
     train, test = preprocess(adata[split.train_idx], adata[split.test_idx], spec)
@@ -157,6 +170,18 @@ def evaluate_cell(config: RunConfig, key: CellKey) -> dict[str, Any]:
         t["score_reconstruction_s"] = time.perf_counter() - t0
     else:
         na.append("reconstruction")
+    if caps.counterfactual and config.counterfactual:
+        from causcell_bench import evaluation
+
+        t0 = time.perf_counter()
+        if evaluation.has_truth(test):
+            values.update(evaluation.score_against_truth(
+                method, train, test, spec, seed=key.seed, factual=gen if caps.reconstruct else None))
+        if key.setting == "OOD" and split.held_out:
+            values.update(evaluation.score_heldout_populations(method, train, test, spec, split.held_out, seed=key.seed))
+        t["counterfactual_s"] = time.perf_counter() - t0
+    else:
+        na.append("counterfactual")
     return {
         "metrics": values, "na": na, "timings": t,
         "n_train": int(train.n_obs), "n_test": int(test.n_obs), "n_genes": int(train.n_vars),
@@ -164,12 +189,15 @@ def evaluate_cell(config: RunConfig, key: CellKey) -> dict[str, Any]:
     }
 
 
-def _child(config: RunConfig, key: CellKey, run_dir: str, threads: int) -> None:
-    """Child process body: run the cell and write its record, whatever happens."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+def execute_cell(config: RunConfig, key: CellKey, run_dir: str | Path, threads: int | None = None) -> dict[str, Any]:
+    """Run one cell and write its record, whatever happens; return the record.
+
+    Executor-agnostic: the local executor calls it in a forked child, a Ray task calls it in a worker.
+    """
     import torch
 
-    torch.set_num_threads(threads)
+    if threads:
+        torch.set_num_threads(threads)
     store = ResultStore(run_dir)
     t0 = time.perf_counter()
     base = {
@@ -179,7 +207,7 @@ def _child(config: RunConfig, key: CellKey, run_dir: str, threads: int) -> None:
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     try:
-        result = evaluate_cell(config, key)
+        result = evaluate_cell(config, key, Path(run_dir))
         record = {**base, "status": "ok", **result}
     except Exception as e:  # noqa: BLE001 - a failing method is recorded and the grid goes on
         record = {
@@ -189,9 +217,34 @@ def _child(config: RunConfig, key: CellKey, run_dir: str, threads: int) -> None:
     record["total_s"] = time.perf_counter() - t0
     record["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     store.write(key, record)
+    return record
+
+
+def _child(config: RunConfig, key: CellKey, run_dir: str, threads: int) -> None:
+    """Forked child body: Ctrl-C is the parent's to handle."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    execute_cell(config, key, run_dir, threads)
 
 
 # --- the grid (parent) -------------------------------------------------------
+def preload(methods: Iterable[str]) -> None:
+    """Import what every cell needs once in the parent, so forked cells start warm."""
+    import scanpy  # noqa: F401
+    import sklearn.cluster  # noqa: F401
+    import sklearn.linear_model  # noqa: F401
+    import torch  # noqa: F401
+
+    from causcell_bench import metrics  # noqa: F401
+    from causcell_bench.registry import get_method
+
+    for name in methods:
+        for module in get_method(name).preload_modules:
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                pass  # the cell itself will report the missing package
+
+
 def _is_done(record: dict[str, Any] | None, config: RunConfig, key: CellKey, retry_failed: bool) -> bool:
     if record is None:
         return False
@@ -207,6 +260,8 @@ def run_grid(
     retry_failed: bool = False,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    executor: str = "local",
+    ray_address: str | None = None,
 ) -> list[CellOutcome]:
     """Run every cell not already done; return one outcome per cell (skipped ones included)."""
     from rich.console import Console
@@ -219,6 +274,7 @@ def run_grid(
     run_dir = Path(run_dir)
     for m in config.methods:
         get_method(m)  # unknown names and missing packages fail before any work
+    preload(config.methods)
     problems = prepare(config, run_dir, log=log)
     store = ResultStore(run_dir)
     keys = expand_grid(config)
@@ -240,35 +296,29 @@ def run_grid(
     if outcomes and todo:
         log(f"resuming: {len(outcomes)} of {len(keys)} cells already done")
 
-    threads = max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) // config.jobs)
-    ctx = mp.get_context("fork")
-    running: dict[Any, tuple[CellKey, float]] = {}
-    queue = list(todo)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False, disable=not progress) as bar:
         task = bar.add_task("grid", total=len(todo))
+
+        def started(key: CellKey) -> None:
+            bar.update(task, description=f"running {key}")
+
+        def finished(outcome: CellOutcome) -> None:
+            outcomes.append(outcome)
+            bar.advance(task)
+            mark = "[green]ok[/green]" if outcome.status == "ok" else f"[red]failed[/red]: {outcome.error}"
+            log(f"{outcome.key}  {outcome.seconds:.1f}s  {mark}")
+
         try:
-            while queue or running:
-                while queue and len(running) < config.jobs:
-                    key = queue.pop(0)
-                    proc = ctx.Process(target=_child, args=(config, key, str(run_dir), threads), daemon=False)
-                    proc.start()
-                    running[proc] = (key, time.perf_counter())
-                    bar.update(task, description=f"running {key}")
-                time.sleep(0.05)
-                for proc in [p for p in running if not p.is_alive()]:
-                    key, started = running.pop(proc)
-                    proc.join()
-                    outcome = _collect(store, key, proc.exitcode, time.perf_counter() - started, config)
-                    outcomes.append(outcome)
-                    bar.advance(task)
-                    mark = "[green]ok[/green]" if outcome.status == "ok" else f"[red]failed[/red]: {outcome.error}"
-                    log(f"{key}  {outcome.seconds:.1f}s  {mark}")
+            if executor == "ray":
+                from causcell_bench.ray_executor import run_cells_ray
+
+                run_cells_ray(config, run_dir, todo, address=ray_address, started=started, finished=finished)
+            elif executor == "local":
+                run_cells_local(config, run_dir, todo, started=started, finished=finished)
+            else:
+                raise BenchError(f"unknown executor {executor!r}; use local or ray")
         except KeyboardInterrupt:
-            for proc in running:
-                proc.terminate()
-            for proc in running:
-                proc.join(5)
             done = sum(o.status in ("ok", "failed", "skipped") for o in outcomes)
             log(f"[yellow]interrupted: {done} of {len(keys)} cells are stored in {run_dir}; "
                 "rerun the same command to resume.[/yellow]")
@@ -276,7 +326,47 @@ def run_grid(
     return outcomes
 
 
-def _collect(store: ResultStore, key: CellKey, exitcode: int | None, seconds: float, config: RunConfig) -> CellOutcome:
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def run_cells_local(
+    config: RunConfig,
+    run_dir: Path,
+    keys: list[CellKey],
+    *,
+    started: Callable[[CellKey], None],
+    finished: Callable[[CellOutcome], None],
+) -> None:
+    """The local executor: up to ``config.jobs`` forked children at a time, one per cell."""
+    threads = max(1, cpu_count() // config.jobs)
+    store = ResultStore(run_dir)
+    ctx = mp.get_context("fork")
+    running: dict[Any, tuple[CellKey, float]] = {}
+    queue = list(keys)
+    try:
+        while queue or running:
+            while queue and len(running) < config.jobs:
+                key = queue.pop(0)
+                proc = ctx.Process(target=_child, args=(config, key, str(run_dir), threads), daemon=False)
+                proc.start()
+                running[proc] = (key, time.perf_counter())
+                started(key)
+            time.sleep(0.05)
+            for proc in [p for p in running if not p.is_alive()]:
+                key, t0 = running.pop(proc)
+                proc.join()
+                finished(collect(store, key, proc.exitcode, time.perf_counter() - t0, config))
+    except KeyboardInterrupt:
+        for proc in running:
+            proc.terminate()
+        for proc in running:
+            proc.join(5)
+        raise
+
+
+def collect(store: ResultStore, key: CellKey, exitcode: int | None, seconds: float, config: RunConfig) -> CellOutcome:
+    """The outcome of a finished cell; a cell whose worker died without writing is recorded as failed."""
     rec = store.read(key)
     if rec is None:
         # the child died before writing (killed, out of memory, segfault): record why

@@ -46,7 +46,7 @@ def test_all_includes_controls_and_scvi() -> None:
 
 def test_grid_runs_records_and_reports(tmp_path: Path) -> None:
     cfg = small_config(methods=["positive_control", "negative_control", "scVI"],
-                       method_params={"scVI": {"max_epochs": 20}})
+                       method_params={"scVI": {"max_epochs": 5}})
     outcomes = run_grid(cfg, tmp_path, progress=False, log=lambda s: None)
     assert [o.status for o in outcomes] == ["ok"] * 6, [o.error for o in outcomes]
     rec = ResultStore(tmp_path).read(outcomes[0].key)
@@ -113,7 +113,7 @@ def test_killed_run_resumes(tmp_path: Path) -> None:
     """SIGKILL the whole CLI process group mid-grid; a rerun completes without redoing stored cells."""
     cmd = [sys.executable, "-m", "causcell_bench.cli", "run", "--methods", "controls,scVI", "--dataset", "synthetic",
            "--n-cells", "360", "--n-genes", "80", "--n-folds", "3", "--folds", "0,1", "--settings", "ID",
-           "--device", "cpu", "--param", "scVI.max_epochs=30", "--out", str(tmp_path), "--no-report"]
+           "--device", "cpu", "--param", "scVI.max_epochs=10", "--out", str(tmp_path), "--no-report"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline and len(list((tmp_path / "cells").glob("**/*.json"))) < 2:

@@ -71,6 +71,9 @@ class Method(abc.ABC):
     name: ClassVar[str]
     capabilities: ClassVar[Capabilities]
     presets: ClassVar[dict[str, dict[str, Any]]] = {"quick": {}, "paper": {}}
+    # heavy, fork-safe modules the runner imports once before forking grid cells
+    # (importing scvi-tools takes seconds; paying it per cell would dominate small cells)
+    preload_modules: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, preset: str = "quick", device: str = "auto", **params: Any) -> None:
         if preset not in self.presets:

@@ -46,10 +46,11 @@ class PositiveControl(Method):
 
 class NegativeControl(Method):
     """No information: random embeddings, random training cells as "reconstructions",
-    and the input returned unchanged as its "counterfactual" (a no-op intervention).
+    and the intervention ignored ("counterfactuals" equal the reconstructions).
 
     Random training cells are plausible but unpaired cells, so the control
-    separates "looks like data" from "reconstructs this cell".
+    separates "looks like data" from "reconstructs this cell"; ignoring ``do``
+    gives a predicted effect of zero, the no-information answer to "what changes".
     """
 
     name = "negative_control"
@@ -74,7 +75,5 @@ class NegativeControl(Method):
 
     def generate(self, adata: AnnData, do: Mapping[str, str] | None = None, *, seed: int) -> np.ndarray:
         self._check_query(adata, do)
-        if do:
-            return dense_rows(adata.X, slice(None))
         rng = np.random.default_rng(seed)
         return self.pool_[rng.integers(0, self.pool_.shape[0], adata.n_obs)].copy()

@@ -42,6 +42,7 @@ def _counts_adata(adata: AnnData) -> AnnData:
 class SCVI(Method):
     name = "scVI"
     capabilities = Capabilities(embedding="shared", unexplained=False, reconstruct=True, counterfactual=False)
+    preload_modules = ("scvi",)
     presets = {
         "quick": {"n_latent": 10, "n_hidden": 128, "n_layers": 1, "max_epochs": 60, "batch_size": 128, "lr": 1e-3},
         # scvi-tools' defaults; its own heuristic picks ~400 epochs for small data
