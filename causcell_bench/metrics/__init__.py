@@ -1,0 +1,63 @@
+"""Metrics: pure functions, arrays and labels in, numbers out (DESIGN.md "Metrics", specs/metrics.md).
+
+The disentanglement and reconstruction scenarios follow the CausCell paper (Gao, Dong et al.,
+"Causal disentanglement for single-cell representations and controllable counterfactual
+generation", Nat Commun 2025); DCI (Eastwood & Williams 2018), MIG (Chen et al. 2018),
+counterfactual and distribution metrics are added. The high-level scorers return flat
+``{full_metric_name: value}`` dicts; :data:`METRICS` says what each name means.
+"""
+
+from causcell_bench.metrics.clustering import geometry_scores, granularity_scores, ward_labels
+from causcell_bench.metrics.counterfactual import (
+    causal_consistency,
+    effect_pcc,
+    predict_labels,
+    score_counterfactual,
+)
+from causcell_bench.metrics.dci_mig import dci, dci_from_importance, mig
+from causcell_bench.metrics.disentanglement import score_disentanglement
+from causcell_bench.metrics.distribution import deg_overlap, e_distance, mean_expression_pcc, score_distribution
+from causcell_bench.metrics.expression import marker_overlap, mse, pearson_per_cell, wilcoxon_z
+from causcell_bench.metrics.predictive import (
+    classification_scores,
+    exclusivity_gap,
+    lift,
+    majority_baseline,
+    probe_predict,
+)
+from causcell_bench.metrics.reconstruction import score_reconstruction
+from causcell_bench.metrics.registry import GROUPS, METRICS, MetricInfo, base_name, list_metrics, metric_info
+
+__all__ = [
+    "GROUPS",
+    "METRICS",
+    "MetricInfo",
+    "base_name",
+    "causal_consistency",
+    "classification_scores",
+    "dci",
+    "dci_from_importance",
+    "deg_overlap",
+    "e_distance",
+    "effect_pcc",
+    "exclusivity_gap",
+    "geometry_scores",
+    "granularity_scores",
+    "lift",
+    "list_metrics",
+    "majority_baseline",
+    "marker_overlap",
+    "mean_expression_pcc",
+    "metric_info",
+    "mig",
+    "mse",
+    "pearson_per_cell",
+    "predict_labels",
+    "probe_predict",
+    "score_counterfactual",
+    "score_disentanglement",
+    "score_distribution",
+    "score_reconstruction",
+    "ward_labels",
+    "wilcoxon_z",
+]

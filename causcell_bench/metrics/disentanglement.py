@@ -1,0 +1,144 @@
+"""Disentanglement scenario of the CausCell paper (Gao, Dong et al., Nat Commun 2025), scored with
+one common probe for all methods, plus DCI and MIG (specs/metrics.md, items 1-3)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from causcell_bench.errors import BenchError
+from causcell_bench.metrics._validate import as_labels, as_matrix, check_columns, check_concepts
+from causcell_bench.metrics.clustering import MAX_CELLS_CLUSTERING, granularity_scores
+from causcell_bench.metrics.dci_mig import dci, mig
+from causcell_bench.metrics.predictive import (
+    MAX_TRAIN_CELLS,
+    classification_scores,
+    exclusivity_gap,
+    lift,
+    majority_baseline,
+    probe_predict,
+)
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    return a is b or (a.shape == b.shape and np.array_equal(a, b))
+
+
+def _embedding(emb: Mapping[str, Any], key: str, n: int, name: str) -> np.ndarray:
+    if key not in emb:
+        raise BenchError(f"{name} has no embedding for concept {key!r}; keys: {sorted(emb)}")
+    z = as_matrix(emb[key], f"{name}[{key!r}]", allow_sparse=False)
+    if z.shape[0] != n:
+        raise BenchError(f"{name}[{key!r}] has {z.shape[0]} rows but the obs table has {n} cells")
+    return z
+
+
+def score_disentanglement(
+    train_emb: Mapping[str, np.ndarray],
+    train_obs: pd.DataFrame,
+    test_emb: Mapping[str, np.ndarray],
+    test_obs: pd.DataFrame,
+    concepts: Sequence[str],
+    fine_labels: Mapping[str, str] | None = None,
+    *,
+    probe: str = "logreg",
+    seed: int = 0,
+    off_diagonal: bool = True,
+    max_train_cells: int | None = MAX_TRAIN_CELLS,
+    max_cells_clustering: int | None = MAX_CELLS_CLUSTERING,
+) -> dict[str, float]:
+    """All embedding metrics of one fold, as a flat ``{full_metric_name: value}`` dict.
+
+    Per concept c (probe fit on train-fold z_c -> y_c, scored on the test fold; see
+    :func:`probe_predict`): ``acc:c``, ``precision_w:c``, ``recall_w:c``, ``f1_w:c``.
+
+    With ``off_diagonal``: ``offdiag_acc:c|j`` (probe z_c -> y_j) and ``exclusivity:c``. With
+    b_j the test-fold frequency of concept j's commonest label (best constant predictor) and
+    lift(c, j) = (acc(z_c -> y_j) - b_j) / (1 - b_j) (0 = chance, 1 = perfect),
+    exclusivity:c = lift(c, c) - mean_{j != c} lift(c, j). Concepts with b_j = 1 (one label in
+    the test fold) are left out of the mean; NaN with a single concept. Chance-level off-diagonal
+    lifts scatter around 0, so the gap can sit slightly above 1 or below 0. Note that causally
+    dependent concepts (celltype <- age) are legitimately predictable from each other, so even a
+    perfect embedding need not reach 1.
+
+    ``fine_labels`` maps a concept to a fine-label column of ``test_obs``: ``nmi_fine:c`` and
+    ``ari_fine:c`` of Ward clusters of test z_c (n_clusters = fine labels present) vs those labels;
+    cells with a missing fine label are left out.
+
+    ``dci_d``, ``dci_c``, ``dci_i`` (forests fit on the train fold, informativeness on the test
+    fold) and ``mig`` (test fold) use the concatenation of the concept embeddings, each distinct
+    matrix once (a shared latent returned for every concept counts once). Keys of the embedding
+    mappings that are not concepts (e.g. "unexplained") are ignored.
+    """
+    concepts = check_concepts(concepts)
+    check_columns(train_obs, concepts, "train_obs")
+    check_columns(test_obs, concepts, "test_obs")
+    n_tr, n_te = len(train_obs), len(test_obs)
+    ytr = {c: as_labels(train_obs[c], f"train_obs[{c!r}]", n_tr) for c in concepts}
+    yte = {c: as_labels(test_obs[c], f"test_obs[{c!r}]", n_te) for c in concepts}
+
+    # distinct embedding matrices: a shared latent is probed (and concatenated) once
+    uniq: list[tuple[np.ndarray, np.ndarray]] = []
+    owner: dict[str, int] = {}
+    for c in concepts:
+        ztr = _embedding(train_emb, c, n_tr, "train_emb")
+        zte = _embedding(test_emb, c, n_te, "test_emb")
+        if ztr.shape[1] != zte.shape[1]:
+            raise BenchError(
+                f"embedding {c!r} has {ztr.shape[1]} dimensions on train but {zte.shape[1]} on test; "
+                "embed both folds with the same fitted model"
+            )
+        for u, (a, b) in enumerate(uniq):
+            if _same(a, ztr) and _same(b, zte):
+                owner[c] = u
+                break
+        else:
+            owner[c] = len(uniq)
+            uniq.append((ztr, zte))
+
+    cache: dict[tuple[int, str], np.ndarray] = {}
+
+    def predict(src: str, target: str) -> np.ndarray:
+        key = (owner[src], target)
+        if key not in cache:
+            ztr, zte = uniq[owner[src]]
+            cache[key] = probe_predict(ztr, ytr[target], zte, probe, seed, max_train_cells=max_train_cells)
+        return cache[key]
+
+    out: dict[str, float] = {}
+    base = {c: majority_baseline(yte[c]) for c in concepts}
+    for c in concepts:
+        for k, v in classification_scores(yte[c], predict(c, c)).items():
+            out[f"{k}:{c}"] = v
+    if off_diagonal:
+        for c in concepts:
+            lifts = []
+            for j in concepts:
+                if j == c:
+                    continue
+                acc = float(np.mean(predict(c, j) == yte[j]))
+                out[f"offdiag_acc:{c}|{j}"] = acc
+                lifts.append(lift(acc, base[j]))
+            out[f"exclusivity:{c}"] = exclusivity_gap(lift(out[f"acc:{c}"], base[c]), lifts)
+
+    for c, col in (fine_labels or {}).items():
+        check_columns(test_obs, [col], "test_obs")
+        zte = _embedding(test_emb, c, n_te, "test_emb")
+        mask = test_obs[col].notna().to_numpy()
+        if not mask.any():
+            out[f"nmi_fine:{c}"] = out[f"ari_fine:{c}"] = float("nan")
+            continue
+        g = granularity_scores(
+            zte[mask], test_obs[col][mask], seed=seed, max_cells=max_cells_clustering
+        )
+        out[f"nmi_fine:{c}"], out[f"ari_fine:{c}"] = g["nmi"], g["ari"]
+
+    ztr_all = np.concatenate([a for a, _ in uniq], axis=1)
+    zte_all = np.concatenate([b for _, b in uniq], axis=1)
+    d = dci(ztr_all, ytr, z_test=zte_all, factors_test=yte, seed=seed)
+    out["dci_d"], out["dci_c"], out["dci_i"] = d["d"], d["c"], d["i"]
+    out["mig"] = mig(zte_all, yte)
+    return out
