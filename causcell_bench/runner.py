@@ -11,6 +11,7 @@ own.
 from __future__ import annotations
 
 import importlib
+import json
 import multiprocessing as mp
 import os
 import resource
@@ -29,9 +30,14 @@ from causcell_bench.store import CellKey, ResultStore, atomic_write_json
 
 VERSIONED = ("causcell-bench", "torch", "numpy", "scanpy", "anndata", "scikit-learn", "scvi-tools", "biolord", "pertpy")
 
-# Datasets loaded by the parent before forking: {name: (AnnData, DatasetSpec)}; splits likewise.
-_DATA: dict[str, Any] = {}
-_SPLITS: dict[tuple[str, str], Any] = {}
+# Datasets loaded before forking (or once per Ray worker), keyed by name and everything in the
+# run config that shapes the data, so two runs in one process never share a stale copy.
+_DATA: dict[tuple[str, str], Any] = {}
+_SPLITS: dict[tuple[str, str, str], Any] = {}
+
+
+def _data_id(name: str, config: RunConfig) -> tuple[str, str]:
+    return (name, json.dumps(config.data_key(), sort_keys=True, default=str) + str(config.data_dir))
 
 
 @dataclass
@@ -90,20 +96,27 @@ def prepare(config: RunConfig, run_dir: Path, log: Callable[[str], None] = print
     atomic_write_json(run_dir / "config.json", config.model_dump())
     problems: dict[tuple[str, str], str] = {}
     for name in config.datasets:
-        if name not in _DATA:
-            _DATA[name] = load_dataset(name, config)
-        adata, spec = _DATA[name]
+        did = _data_id(name, config)
+        if did not in _DATA:
+            _DATA[did] = load_dataset(name, config)
+        adata, spec = _DATA[did]
+        stamp = run_dir / "splits" / _safe(name) / "data_key.json"
+        key_now = json.loads(json.dumps(config.data_key(), default=str))
+        if stamp.is_file() and json.loads(stamp.read_text()) != key_now:
+            raise BenchError(
+                f"{run_dir} was made with other data settings for {name} (cells, genes, folds, concepts or DAG); "
+                "use a new --out directory for this run"
+            )
         for setting in config.settings:
             path = run_dir / "splits" / _safe(name) / f"{setting}.json"
             try:
                 if path.is_file():
                     splits = load_splits(path)
-                    if len(splits) != config.n_folds or sum(len(s.test_idx) for s in splits) > adata.n_obs:
-                        raise BenchError(f"saved splits {path} do not match this run; delete {path.parent} to remake them")
                 else:
                     splits = make_splits(adata, spec, setting, n_folds=config.n_folds, seed=config.split_seed)
                     save_splits(splits, path)
-                _SPLITS[(name, setting)] = splits
+                    atomic_write_json(stamp, key_now)
+                _SPLITS[(*did, setting)] = splits
             except BenchError as e:
                 problems[(name, setting)] = str(e)
                 log(f"[yellow]cannot make {setting} splits for {name}: {e}[/yellow]")
@@ -120,12 +133,13 @@ def cell_inputs(config: RunConfig, key: CellKey, run_dir: Path) -> tuple[Any, An
     worker process (as a Ray worker does) with the splits the parent saved in the run directory."""
     from causcell_bench.datasets import load_splits
 
-    if key.dataset not in _DATA:
-        _DATA[key.dataset] = load_dataset(key.dataset, config)
-    if (key.dataset, key.setting) not in _SPLITS:
-        _SPLITS[(key.dataset, key.setting)] = load_splits(run_dir / "splits" / _safe(key.dataset) / f"{key.setting}.json")
-    adata, spec = _DATA[key.dataset]
-    return adata, spec, _SPLITS[(key.dataset, key.setting)][key.fold]
+    did = _data_id(key.dataset, config)
+    if did not in _DATA:
+        _DATA[did] = load_dataset(key.dataset, config)
+    if (*did, key.setting) not in _SPLITS:
+        _SPLITS[(*did, key.setting)] = load_splits(run_dir / "splits" / _safe(key.dataset) / f"{key.setting}.json")
+    adata, spec = _DATA[did]
+    return adata, spec, _SPLITS[(*did, key.setting)][key.fold]
 
 
 def evaluate_cell(config: RunConfig, key: CellKey, run_dir: Path) -> dict[str, Any]:

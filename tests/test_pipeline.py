@@ -111,9 +111,9 @@ def test_resume_skips_finished_cells_and_matches(tmp_path: Path) -> None:
 
 def test_killed_run_resumes(tmp_path: Path) -> None:
     """SIGKILL the whole CLI process group mid-grid; a rerun completes without redoing stored cells."""
-    cmd = [sys.executable, "-m", "causcell_bench.cli", "run", "--methods", "controls,scVI", "--dataset", "synthetic",
-           "--n-cells", "360", "--n-genes", "80", "--n-folds", "3", "--folds", "0,1", "--settings", "ID",
-           "--device", "cpu", "--param", "scVI.max_epochs=10", "--out", str(tmp_path), "--no-report"]
+    cmd = [sys.executable, "-m", "causcell_bench.cli", "run", "--methods", "controls", "--dataset", "synthetic",
+           "--n-cells", "360", "--n-genes", "80", "--n-folds", "3", "--settings", "ID",
+           "--device", "cpu", "--out", str(tmp_path), "--no-report"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline and len(list((tmp_path / "cells").glob("**/*.json"))) < 2:
@@ -159,6 +159,15 @@ def test_cli_errors_are_clear(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "Merfish_Brain" in r.output and "15242547" in r.output
     r = runner.invoke(app, ["run", "--methods", "controls", "--dag", "age->celltype,celltype->age", "--out", str(tmp_path)])
     assert r.exit_code == 2 and "cycle" in r.output
+    r = runner.invoke(app, ["run", "--methods", "controls", "--concepts", "age,tissue", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "tissue" in r.output
+
+
+def test_rerun_with_other_data_settings_is_refused(tmp_path: Path) -> None:
+    run_grid(small_config(settings=["ID"]), tmp_path, progress=False, log=lambda s: None)
+    with pytest.raises(BenchError, match="other data settings"):
+        run_grid(small_config(settings=["ID"], dataset_kwargs={"n_cells": 300, "n_genes": 80}), tmp_path,
+                 progress=False, log=lambda s: None)
 
 
 def test_list_commands() -> None:

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The CI regression grid: a small quick-preset grid on `synthetic`, checked against the
+# committed reference table. Regenerate the reference after an intended change with
+#   bash scripts/ci_grid.sh --update
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-runs/ci}
+REF=results/ci_synthetic.csv
+.venv/bin/causcell-bench run --methods all --dataset synthetic --n-cells 1000 --n-genes 200 \
+    --folds 0 --device cpu --out "$OUT" --no-report
+if [ "${1:-}" = "--update" ]; then
+  .venv/bin/python - "$OUT" "$REF" <<'PY'
+import sys
+from causcell_bench.leaderboard import summarize, tidy_table
+from causcell_bench.store import ResultStore
+s = summarize(tidy_table(ResultStore(sys.argv[1]).records()))
+s = s[s["aggregate"].astype(bool)]
+s[["dataset", "method", "setting", "metric", "higher_is_better", "mean"]].to_csv(sys.argv[2], index=False)
+print(f"wrote {sys.argv[2]}: {len(s)} reference values")
+PY
+fi
+.venv/bin/causcell-bench report "$OUT" > /dev/null
+.venv/bin/causcell-bench check "$OUT" --reference "$REF"
