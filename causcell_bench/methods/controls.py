@@ -6,6 +6,7 @@ bug to investigate (DESIGN.md, "Two control methods anchor every metric").
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping
 
 import numpy as np
@@ -68,12 +69,19 @@ class NegativeControl(Method):
     def embed(self, adata: AnnData) -> ConceptEmbeddings:
         self._check_query(adata)
         assert self.spec_ is not None
-        # seeded by the cell names so the same cell gets the same vector in every call
-        rng = np.random.default_rng([self.seed_, adata.n_obs])
         keys = [*self.spec_.concepts, UNEXPLAINED]
-        return {k: rng.normal(size=(adata.n_obs, self.params["dim"])).astype(np.float32) for k in keys}
+        width = len(keys) * self.params["dim"]
+        # seeded per cell name: a cell gets the same vectors whatever batch it comes in
+        z = np.stack([np.random.default_rng([self.seed_, h]).normal(size=width) for h in _cell_hashes(adata)])
+        z = z.astype(np.float32).reshape(adata.n_obs, len(keys), self.params["dim"])
+        return {k: z[:, i] for i, k in enumerate(keys)}
 
     def generate(self, adata: AnnData, do: Mapping[str, str] | None = None, *, seed: int) -> np.ndarray:
         self._check_query(adata, do)
-        rng = np.random.default_rng(seed)
-        return self.pool_[rng.integers(0, self.pool_.shape[0], adata.n_obs)].copy()
+        # the random partner of a cell depends on its name and the seed only, not on the batch
+        idx = (_cell_hashes(adata) + np.uint64(seed) * np.uint64(2654435761)) % np.uint64(self.pool_.shape[0])
+        return self.pool_[idx.astype(np.int64)].copy()
+
+
+def _cell_hashes(adata: AnnData) -> np.ndarray:
+    return np.array([zlib.crc32(str(n).encode()) for n in adata.obs_names], dtype=np.uint64)
