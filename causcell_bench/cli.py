@@ -133,7 +133,7 @@ def _report(run_dir: Path, out: Path | None) -> None:
     from causcell_bench.leaderboard import build_report
 
     paths = build_report(run_dir, out)
-    console.print(paths["markdown"].read_text(), markup=False, highlight=False)
+    typer.echo(paths["markdown"].read_text())  # plain: a markdown table must not be re-wrapped
     err_console.print("written: " + ", ".join(str(p) for p in paths.values()))
 
 
@@ -186,7 +186,11 @@ def list_(what: Annotated[str, typer.Argument(help="methods, datasets or metrics
     from causcell_bench import registry
 
     if what == "methods":
-        t = Table("method", "embedding", "unexplained", "reconstruct", "counterfactual", "uses DAG")
+        t = Table("method", "embedding", "u", "recon", "cf", "DAG",
+                  caption="u: unexplained-concept embedding; recon: reconstruction; cf: counterfactuals; "
+                          "DAG: respects the causal graph")
+        t.columns[0].no_wrap = True
+        t.columns[1].no_wrap = True
         for name in registry.method_names():
             try:
                 c = registry.get_method(name).capabilities

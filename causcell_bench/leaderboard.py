@@ -152,7 +152,8 @@ def markdown(summary: pd.DataFrame, score_table: pd.DataFrame, status: pd.DataFr
     parts = ["# causcell-bench leaderboard", ""]
     for (dataset, setting), block in head.groupby(["dataset", "setting"], sort=False):
         sc = score_table[(score_table.dataset == dataset) & (score_table.setting == setting)].set_index("method")
-        metrics = [m for g in GROUP_ORDER for m in block[block.group == g]["metric"].unique()]
+        present = set(block["metric"])
+        metrics = [m for m in HEATMAP_METRICS if m in present]  # headline columns; summary.csv has all
         table = block.pivot_table(index="method", columns="metric", values="mean", aggfunc="first")
         sds = block.pivot_table(index="method", columns="metric", values="sd", aggfunc="first")
         order = sc["overall"].sort_values(ascending=False).index.tolist() if "overall" in sc else list(table.index)
@@ -171,6 +172,7 @@ def markdown(summary: pd.DataFrame, score_table: pd.DataFrame, status: pd.DataFr
             parts.append("| " + " | ".join(cells) + " |")
         parts.append("")
     parts += [
+        "Headline metrics (per-concept values averaged over concepts); every metric is in summary.csv. "
         "Values are means ± sd over folds; `overall` is the control-scaled score (0 = negative control, "
         "1 = positive control) averaged over metric groups. n/a: the method cannot produce that output.",
         "† label-lookup embeddings (identical within a label): not ranked on disentanglement. "
