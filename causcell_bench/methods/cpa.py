@@ -1,0 +1,177 @@
+"""CPA adapter (Lotfollahi et al., Mol Syst Biol 19, e11517, 2023), clean-room.
+
+Model code: :mod:`causcell_bench.models.cpa` (``cpa-tools`` pins torch <= 2.0.1
+and Python < 3.11, so it cannot run here). One concept is the perturbation
+(``spec.perturbation``, default the first concept); the others are covariates.
+The data carry no doses, so every cell has dose 1.
+
+Benchmark outputs (specs/baselines.md):
+
+- embedding (label lookup, flagged): per concept the learned embedding of the
+  cell's label (the dose-scaled perturbation embedding, or the covariate
+  embedding) — identical for every cell sharing a label; ``"unexplained"`` is
+  z_basal, the label-free basal state;
+- reconstruction: decode z_basal + the embeddings of the cell's own labels;
+- counterfactual: swap the intervened concepts' label embeddings, keep z_basal, decode.
+
+``history_`` holds per-epoch reconstruction loss and adversary accuracy per
+concept (``adv_acc`` keyed by concept name). Inference is deterministic
+(``seed`` unused).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from anndata import AnnData
+
+from causcell_bench.datasets.spec import DatasetSpec
+from causcell_bench.errors import BenchError
+from causcell_bench.methods.base import UNEXPLAINED, Capabilities, ConceptEmbeddings, Method, counts_of, dense_rows
+from causcell_bench.models.cpa import CPANet, decode_log1p_cp10k, encode_basal, label_embeddings, train_cpa
+from causcell_bench.models.utils import resolve_device, seed_everything, set_cpu_threads
+
+_PAPER: dict[str, Any] = {
+    "latent_dim": 64,
+    "hidden": 256,
+    "n_layers": 3,
+    "adv_hidden": 128,
+    "adv_layers": 2,
+    "lr_ae": 5e-4,
+    "lr_adv": 3e-4,
+    "weight_decay": 1e-6,
+    "reg_adv": 5.0,
+    "pen_adv": 1.0,
+    "adv_steps": 3,
+    "adv_objective": "negative_ce",  # the paper's; "confusion" is the bounded alternative
+    "adv_warmup": 10,
+    "batch_size": 128,
+    "epochs": 100,
+}
+
+
+def _as_bench_device(device: str) -> torch.device:
+    try:
+        return resolve_device(device)
+    except ValueError as e:
+        raise BenchError(str(e)) from None
+
+
+class CPA(Method):
+    """Basal latent + additive label embeddings with adversarial label removal."""
+
+    name: ClassVar[str] = "CPA"
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        embedding="label_lookup", unexplained=True, reconstruct=True, counterfactual=True, uses_dag=False
+    )
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        # CPU demo/CI: narrower network, fewer epochs; faster-learning adversaries with a
+        # lighter penalty so that they track the encoder within the short run
+        "quick": {**_PAPER, "latent_dim": 32, "hidden": 128, "lr_ae": 1e-3, "lr_adv": 3e-3, "pen_adv": 1.0,
+                  "epochs": 30, "adv_warmup": 5},
+        # baselines.md: 3 x 256 BatchNorm MLPs, 64-dim basal latent, Adam 5e-4 / 3e-4;
+        # adversary weight, penalty, steps and warm-up are our picks (the paper tunes them per dataset)
+        "paper": dict(_PAPER),
+    }
+
+    def fit(self, train: AnnData, spec: DatasetSpec, *, seed: int) -> None:
+        self._remember(train, spec)
+        assert self.categories_ is not None
+        self.perturbation_ = spec.perturbation or spec.concepts[0]
+        self.covariates_ = [c for c in spec.concepts if c != self.perturbation_]
+        p = self.params
+        if p["adv_objective"] not in ("confusion", "negative_ce"):
+            raise BenchError(f"CPA adv_objective={p['adv_objective']!r}; choose 'confusion' or 'negative_ce'")
+        pert = self._codes(train, self.perturbation_)
+        covs = self._cov_codes(train)
+        counts = counts_of(train)
+
+        set_cpu_threads()
+        seed_everything(seed)
+        device = _as_bench_device(self.device)
+        net = CPANet(
+            n_genes=train.n_vars,
+            n_perts=len(self.categories_[self.perturbation_]),
+            covariate_sizes=[len(self.categories_[c]) for c in self.covariates_],
+            latent_dim=p["latent_dim"], hidden=p["hidden"], n_layers=p["n_layers"],
+            adv_hidden=p["adv_hidden"], adv_layers=p["adv_layers"],
+        )
+        history = train_cpa(
+            net, lambda idx: dense_rows(counts, idx), pert, covs,
+            epochs=p["epochs"], batch_size=p["batch_size"], lr_ae=p["lr_ae"], lr_adv=p["lr_adv"],
+            weight_decay=p["weight_decay"], reg_adv=p["reg_adv"], pen_adv=p["pen_adv"],
+            adv_steps=p["adv_steps"], adv_objective=p["adv_objective"],
+            adv_warmup=p["adv_warmup"], seed=seed, device=device,
+        )
+        names = [self.perturbation_, *self.covariates_]
+        for h in history:  # concept names instead of head indices
+            h["adv_acc"] = {names[i]: v for i, v in h["adv_acc"].items()}
+        # majority-class rate per concept: the floor a label-free z_basal should bring the adversary to
+        self.majority_ = {
+            c: float(np.bincount(self._codes(train, c)).max() / train.n_obs) for c in names
+        }
+        self.history_ = history
+        self.net_ = net
+
+    # --- outputs -------------------------------------------------------------------
+    def embed(self, adata: AnnData) -> ConceptEmbeddings:
+        self._check_query(adata)
+        pert, covs = self._known_codes(adata, self.perturbation_), self._cov_codes(adata)
+        embs = label_embeddings(self.net_, pert, covs, device=_as_bench_device(self.device))
+        out: ConceptEmbeddings = dict(zip([self.perturbation_, *self.covariates_], embs))
+        out[UNEXPLAINED] = self._basal(adata)
+        return {c: out[c] for c in [*self.spec_.concepts, UNEXPLAINED]}  # type: ignore[union-attr]
+
+    def generate(self, adata: AnnData, do: Mapping[str, str] | None = None, *, seed: int) -> np.ndarray:
+        self._check_query(adata, do)
+        assert self.categories_ is not None
+        pert, covs = self._known_codes(adata, self.perturbation_), self._cov_codes(adata)
+        for concept, value in (do or {}).items():
+            code = self.categories_[concept].index(str(value))
+            if concept == self.perturbation_:
+                pert = np.full_like(pert, code)
+            else:
+                covs[:, self.covariates_.index(concept)] = code
+        return decode_log1p_cp10k(self.net_, self._basal(adata), pert, covs, device=_as_bench_device(self.device))
+
+    # --- helpers ---------------------------------------------------------------------
+    def _known_codes(self, adata: AnnData, concept: str) -> np.ndarray:
+        codes = self._codes(adata, concept)
+        if (codes < 0).any():
+            assert self.categories_ is not None
+            bad = sorted(set(adata.obs[concept].astype(str)) - set(self.categories_[concept]))
+            raise BenchError(
+                f"{self.name}: {concept} value(s) {bad[:5]} were never seen in training, so they have no "
+                f"embedding; the model knows {self.categories_[concept]}. Drop these cells or refit with them."
+            )
+        return codes
+
+    def _cov_codes(self, adata: AnnData) -> np.ndarray:
+        cols = [self._known_codes(adata, c) for c in self.covariates_]
+        return np.column_stack(cols) if cols else np.zeros((adata.n_obs, 0), dtype=np.int64)
+
+    def _basal(self, adata: AnnData) -> np.ndarray:
+        counts = counts_of(adata)
+        return encode_basal(
+            self.net_, lambda idx: dense_rows(counts, idx), adata.n_obs, device=_as_bench_device(self.device)
+        )
+
+    # pickles hold a CPU state dict, so a model fitted on a GPU loads anywhere
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        net = state.pop("net_", None)
+        if net is not None:
+            state["net_state_"] = (net.config, {k: v.detach().cpu() for k, v in net.state_dict().items()})
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        saved = state.pop("net_state_", None)
+        self.__dict__.update(state)
+        if saved is not None:
+            config, weights = saved
+            net = CPANet(**config)
+            net.load_state_dict(weights)
+            self.net_ = net.eval()

@@ -1,0 +1,196 @@
+"""scDisInFact adapter (Zhang et al., Nat Commun 15, 912, 2024), clean-room.
+
+Model code: :mod:`causcell_bench.models.scdisinfact`. Conditions are the
+spec's concepts other than ``spec.batch`` (which may be None); groups are the
+observed batch x condition combinations.
+
+Benchmark outputs (specs/baselines.md):
+
+- embedding (per concept): the posterior mean of z_d for each condition
+  concept; ``"unexplained"`` is the shared z_c. The batch concept has no z_d of
+  its own, so it is given z_c as well (the batch-corrected shared latent: a
+  probe on it measures how much batch leaks into z_c);
+- reconstruction: the decoder's NB mean, normalised per cell to 1e4 and log1p'd;
+- counterfactual: z_d of an intervened condition shifted by (centroid of the
+  target label - centroid of the cell's current label), centroids of training
+  cells' posterior means; z_c kept. Intervening on the batch concept swaps the
+  batch one-hot given to the decoder.
+
+Encodings use posterior means, so ``generate`` is deterministic (``seed`` unused).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from anndata import AnnData
+
+from causcell_bench.datasets.spec import DatasetSpec
+from causcell_bench.errors import BenchError
+from causcell_bench.methods.base import UNEXPLAINED, Capabilities, ConceptEmbeddings, Method, counts_of, dense_rows
+from causcell_bench.models.scdisinfact import (
+    ScDisInFactNet,
+    decode_log1p_cp10k,
+    encode_means,
+    train_scdisinfact,
+)
+from causcell_bench.models.utils import resolve_device, seed_everything, set_cpu_threads
+
+_PAPER: dict[str, Any] = {
+    "z_c_dim": 8,
+    "z_d_dim": 2,
+    "hidden": 128,
+    "dropout": 0.2,
+    "lr": 5e-4,
+    "batch_per_group": 64,
+    "epochs": 100,
+    "w_kl_c": 1e-5,
+    "w_kl_d": 1e-2,
+    # baselines.md's 1e-4 is for an MMD summed over the kernel entries of a 64-cell
+    # group batch; ours is a mean over pairs, so the same weight is 1e-4 * 64**2.
+    # (With 1e-4 on a per-pair mean the term does nothing: z_c then predicts every
+    # condition at > 0.9 probe accuracy on the tiny test data.)
+    "w_mmd_c": 1e-4 * 64**2,
+    "w_mmd_d": 1e-4 * 64**2,
+    "w_ce": 1.0,
+    "w_gl": 1.0,
+    "gl_alpha": 0.1,
+}
+
+
+def _as_bench_device(device: str) -> torch.device:
+    try:
+        return resolve_device(device)
+    except ValueError as e:
+        raise BenchError(str(e)) from None
+
+
+class ScDisInFact(Method):
+    """Shared latent z_c + one z_d per condition; latent-shift counterfactuals."""
+
+    name: ClassVar[str] = "scDisInFact"
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        embedding="per_concept", unexplained=True, reconstruct=True, counterfactual=True, uses_dag=False
+    )
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        # CPU demo/CI: smaller per-group batches (more steps per epoch when groups
+        # are many and small) and a higher learning rate; same losses and weights
+        "quick": {**_PAPER, "batch_per_group": 16, "lr": 2e-3, "epochs": 30},
+        # the authors' defaults (baselines.md): Adam 5e-4, 64 cells per group, 100 epochs
+        "paper": dict(_PAPER),
+    }
+
+    # --- fit -----------------------------------------------------------------
+    def fit(self, train: AnnData, spec: DatasetSpec, *, seed: int) -> None:
+        self._remember(train, spec)
+        assert self.categories_ is not None
+        self.conditions_ = [c for c in spec.concepts if c != spec.batch]
+        if not self.conditions_:
+            raise BenchError(
+                f"scDisInFact needs at least one condition concept besides the batch {spec.batch!r}; "
+                "add a concept to the spec or set batch to None"
+            )
+        self.batch_ = spec.batch
+        p = self.params
+        labels = np.column_stack([self._codes(train, c) for c in self.conditions_])
+        batch = self._batch_codes(train)
+        counts = counts_of(train)
+        library = np.asarray(counts.sum(1), dtype=np.float64).ravel()
+
+        set_cpu_threads()
+        seed_everything(seed)
+        device = _as_bench_device(self.device)
+        net = ScDisInFactNet(
+            n_genes=train.n_vars,
+            n_classes=[len(self.categories_[c]) for c in self.conditions_],
+            n_batches=len(self.categories_[spec.batch]) if spec.batch else 1,
+            z_c_dim=p["z_c_dim"], z_d_dim=p["z_d_dim"], hidden=p["hidden"], dropout=p["dropout"],
+        )
+        self.history_ = train_scdisinfact(
+            net, lambda idx: dense_rows(counts, idx), labels, batch, library,
+            epochs=p["epochs"], batch_per_group=p["batch_per_group"], lr=p["lr"],
+            w_kl_c=p["w_kl_c"], w_kl_d=p["w_kl_d"], w_mmd_c=p["w_mmd_c"], w_mmd_d=p["w_mmd_d"],
+            w_ce=p["w_ce"], w_gl=p["w_gl"], gl_alpha=p["gl_alpha"], seed=seed, device=device,
+        )
+        self.net_ = net
+        # centroids of the training cells' z_d per label, for counterfactual shifts
+        _, z_ds = encode_means(net, lambda idx: dense_rows(counts, idx), batch, library, device=device)
+        self.centroids_ = []
+        for k, z in enumerate(z_ds):
+            cents = np.zeros((len(self.categories_[self.conditions_[k]]), z.shape[1]), dtype=np.float32)
+            for lab in range(cents.shape[0]):
+                sel = labels[:, k] == lab
+                if sel.any():
+                    cents[lab] = z[sel].mean(0)
+            self.centroids_.append(cents)
+
+    # --- outputs -------------------------------------------------------------------
+    def embed(self, adata: AnnData) -> ConceptEmbeddings:
+        self._check_query(adata)
+        z_c, z_ds = self._encode(adata)
+        out: ConceptEmbeddings = {c: z for c, z in zip(self.conditions_, z_ds)}
+        if self.batch_ is not None:
+            out[self.batch_] = z_c.copy()  # the batch has no z_d of its own
+        out[UNEXPLAINED] = z_c
+        return {c: out[c] for c in [*self.spec_.concepts, UNEXPLAINED]}  # type: ignore[union-attr]
+
+    def generate(self, adata: AnnData, do: Mapping[str, str] | None = None, *, seed: int) -> np.ndarray:
+        self._check_query(adata, do)
+        assert self.categories_ is not None
+        z_c, z_ds = self._encode(adata)
+        batch = self._batch_codes(adata)
+        for concept, value in (do or {}).items():
+            target = self.categories_[concept].index(str(value))
+            if concept == self.batch_:
+                batch = np.full(adata.n_obs, target, dtype=np.int64)
+                continue
+            k = self.conditions_.index(concept)
+            current = self._known_codes(adata, concept)
+            cents = self.centroids_[k]
+            z_ds[k] = z_ds[k] + (cents[target][None, :] - cents[current])
+        return decode_log1p_cp10k(self.net_, z_c, z_ds, batch, device=_as_bench_device(self.device))
+
+    # --- helpers ---------------------------------------------------------------------
+    def _known_codes(self, adata: AnnData, concept: str) -> np.ndarray:
+        codes = self._codes(adata, concept)
+        if (codes < 0).any():
+            assert self.categories_ is not None
+            bad = sorted(set(adata.obs[concept].astype(str)) - set(self.categories_[concept]))
+            raise BenchError(
+                f"{self.name}: {concept} value(s) {bad[:5]} were never seen in training; "
+                f"the model knows {self.categories_[concept]}. Drop these cells or refit with them."
+            )
+        return codes
+
+    def _batch_codes(self, adata: AnnData) -> np.ndarray:
+        if self.batch_ is None:
+            return np.zeros(adata.n_obs, dtype=np.int64)
+        return self._known_codes(adata, self.batch_)
+
+    def _encode(self, adata: AnnData) -> tuple[np.ndarray, list[np.ndarray]]:
+        counts = counts_of(adata)
+        library = np.asarray(counts.sum(1), dtype=np.float64).ravel()
+        return encode_means(
+            self.net_, lambda idx: dense_rows(counts, idx), self._batch_codes(adata), library,
+            device=_as_bench_device(self.device),
+        )
+
+    # pickles hold a CPU state dict, so a model fitted on a GPU loads anywhere
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        net = state.pop("net_", None)
+        if net is not None:
+            state["net_state_"] = (net.config, {k: v.detach().cpu() for k, v in net.state_dict().items()})
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        saved = state.pop("net_state_", None)
+        self.__dict__.update(state)
+        if saved is not None:
+            config, weights = saved
+            net = ScDisInFactNet(**config)
+            net.load_state_dict(weights)
+            self.net_ = net.eval()

@@ -1,0 +1,116 @@
+"""scDisInFact (clean-room): conformance, determinism, and what the model is for:
+z_d carries its own condition, z_c none, and counterfactual shifts move cells the right way."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+
+from causcell_bench.datasets import load, preprocess, true_counterfactual
+from causcell_bench.errors import BenchError
+from causcell_bench.methods.scdisinfact import ScDisInFact
+from causcell_bench.testing import check_method, tiny_dataset
+
+TINY = {"epochs": 2, "batch_per_group": 8}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # the test machine is shared: one intra-op thread avoids oversubscription stalls
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_conforms_to_method_kit() -> None:
+    check_method(ScDisInFact, params=TINY)
+
+
+def test_same_seed_same_model_other_seed_other_model() -> None:
+    adata, spec = tiny_dataset(n_cells=160, n_genes=40)
+    outs = []
+    for seed in (0, 0, 1):
+        m = ScDisInFact(device="cpu", **TINY)
+        m.fit(adata, spec, seed=seed)
+        outs.append(m.embed(adata)["unexplained"])
+    np.testing.assert_array_equal(outs[0], outs[1])
+    assert not np.allclose(outs[0], outs[2])
+
+
+def test_batch_concept_gets_shared_latent_and_can_be_intervened_on() -> None:
+    adata, spec = tiny_dataset(n_cells=160, n_genes=40)
+    spec = spec.model_copy(update={"batch": "domain"})
+    m = ScDisInFact(device="cpu", **TINY)
+    m.fit(adata, spec, seed=0)
+    assert m.conditions_ == ["age", "celltype"]
+    emb = m.embed(adata)
+    assert list(emb) == [*spec.concepts, "unexplained"]
+    np.testing.assert_array_equal(emb["domain"], emb["unexplained"])
+    assert emb["age"].shape[1] == m.params["z_d_dim"] and emb["unexplained"].shape[1] == m.params["z_c_dim"]
+    rec = m.generate(adata, seed=0)
+    swapped = m.generate(adata, do={"domain": "dom1"}, seed=0)
+    dom0 = (adata.obs["domain"] == "dom0").to_numpy()
+    assert not np.allclose(rec[dom0], swapped[dom0])  # the decoder's batch input changed
+    np.testing.assert_allclose(rec[~dom0], swapped[~dom0], atol=1e-5)  # already dom1: nothing to do
+    # a batch value the model never saw cannot be encoded
+    odd = adata[:5].copy()
+    odd.obs["domain"] = odd.obs["domain"].cat.add_categories("dom9")
+    odd.obs.loc[odd.obs_names[0], "domain"] = "dom9"
+    with pytest.raises(BenchError, match="never seen"):
+        m.embed(odd)
+
+
+def test_needs_a_condition_besides_the_batch() -> None:
+    adata, spec = tiny_dataset(n_cells=80, n_genes=20)
+    spec = spec.with_overrides(concepts=["domain"], batch="domain")
+    with pytest.raises(BenchError, match="condition"):
+        ScDisInFact(device="cpu", **TINY).fit(adata, spec, seed=0)
+
+
+def test_bad_device_is_a_clear_error() -> None:
+    adata, spec = tiny_dataset(n_cells=80, n_genes=20)
+    with pytest.raises(BenchError, match="device"):
+        ScDisInFact(device="tpu", **TINY).fit(adata, spec, seed=0)
+
+
+@pytest.fixture(scope="module")
+def fitted_on_synthetic() -> tuple:
+    raw, spec = load("synthetic", n_cells=900, n_genes=150, seed=0, n_domain=2, n_celltype=3)
+    test_mask = np.random.default_rng(0).random(raw.n_obs) < 0.3
+    train, test = preprocess(raw[~test_mask].copy(), raw[test_mask].copy(), spec, n_hvg=None)
+    m = ScDisInFact(device="cpu", epochs=25, batch_per_group=8)
+    m.fit(train, spec, seed=0)
+    return m, spec, train, test, raw[test_mask].copy()
+
+
+def test_z_d_holds_its_condition_and_z_c_none(fitted_on_synthetic: tuple) -> None:
+    m, spec, train, test, _ = fitted_on_synthetic
+    etr, ete = m.embed(train), m.embed(test)
+    for c in spec.concepts:
+        ytr, yte = train.obs[c].astype(str).to_numpy(), test.obs[c].astype(str).to_numpy()
+        values, counts = np.unique(ytr, return_counts=True)
+        majority = float((yte == values[counts.argmax()]).mean())
+
+        def probe(key: str) -> float:
+            return LogisticRegression(max_iter=2000).fit(etr[key], ytr).score(ete[key], yte)
+
+        own, shared = probe(c), probe("unexplained")
+        assert own >= max(0.9, majority + 0.3), f"z_d of {c} predicts it at {own:.2f} (majority {majority:.2f})"
+        assert shared <= majority + 0.1, f"z_c predicts {c} at {shared:.2f} (majority {majority:.2f})"
+
+
+def test_counterfactual_moves_cells_like_the_true_intervention(fitted_on_synthetic: tuple) -> None:
+    m, _, _, test, raw_test = fitted_on_synthetic
+    target = str(test.obs["domain"].cat.categories[-1])
+    moved = (test.obs["domain"] != target).to_numpy()
+    rec = m.generate(test, seed=0)
+    cf = m.generate(test, do={"domain": target}, seed=0)
+    _, true_cf, true_fact = true_counterfactual(raw_test, do={"domain": target})
+    np.testing.assert_allclose(rec[~moved], cf[~moved], atol=1e-5)  # already there: no shift
+    pred_delta, true_delta = (cf - rec)[moved], (true_cf - true_fact)[moved]
+    # the predicted change of each cell points the way the true change does
+    corr = [np.corrcoef(p, t)[0, 1] for p, t in zip(pred_delta, true_delta)]
+    assert np.mean(corr) > 0.4, f"mean per-cell correlation of predicted vs true change {np.mean(corr):.2f}"
