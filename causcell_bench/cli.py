@@ -82,6 +82,8 @@ def run(
     preset: Annotated[str, typer.Option(help="training budgets: quick (CPU) or paper (authors' settings, GPU)")] = "quick",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
     jobs: Annotated[int, typer.Option(help="grid cells run in parallel")] = 1,
+    executor: Annotated[str, typer.Option(help="local (forked processes) or ray")] = "local",
+    ray_address: Annotated[str | None, typer.Option(help="address of an existing Ray cluster (default: start a local one)")] = None,
     out: Annotated[Path | None, typer.Option(help="run directory (default runs/<dataset>)")] = None,
     n_cells: Annotated[int | None, typer.Option(help="cells to simulate (synthetic) or subsample")] = None,
     n_genes: Annotated[int | None, typer.Option(help="genes to simulate (synthetic only)")] = None,
@@ -118,7 +120,7 @@ def run(
     run_dir = out or Path("runs") / "_".join(Path(n).stem for n in names)
     err_console.print(f"run directory: {run_dir}")
     try:
-        outcomes = run_grid(config, run_dir, retry_failed=retry_failed)
+        outcomes = run_grid(config, run_dir, retry_failed=retry_failed, executor=executor, ray_address=ray_address)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     counts = summarize_outcomes(outcomes)

@@ -283,6 +283,8 @@ def run_grid(
 
     from causcell_bench.registry import get_method
 
+    if executor not in ("local", "ray"):
+        raise BenchError(f"unknown executor {executor!r}; use local or ray")
     console = Console(stderr=True, quiet=not progress)
     log = log or console.print
     run_dir = Path(run_dir)
@@ -328,10 +330,8 @@ def run_grid(
                 from causcell_bench.ray_executor import run_cells_ray
 
                 run_cells_ray(config, run_dir, todo, address=ray_address, started=started, finished=finished)
-            elif executor == "local":
-                run_cells_local(config, run_dir, todo, started=started, finished=finished)
             else:
-                raise BenchError(f"unknown executor {executor!r}; use local or ray")
+                run_cells_local(config, run_dir, todo, started=started, finished=finished)
         except KeyboardInterrupt:
             done = sum(o.status in ("ok", "failed", "skipped") for o in outcomes)
             log(f"[yellow]interrupted: {done} of {len(keys)} cells are stored in {run_dir}; "
