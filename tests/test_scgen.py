@@ -1,0 +1,103 @@
+"""scGen adapter (pertpy's Scgen): conformance kit, seeding, latent-arithmetic counterfactuals."""
+
+from __future__ import annotations
+
+import builtins
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pertpy")
+
+from causcell_bench.errors import BenchError  # noqa: E402
+from causcell_bench.methods.scgen import ScGen  # noqa: E402
+from causcell_bench.testing import check_method, tiny_dataset  # noqa: E402
+
+# one batch per epoch (a single batch shape: JAX compiles the training step once), so many cheap epochs
+TINY = {"max_epochs": 150, "batch_size": 256, "n_hidden": 128, "n_latent": 10, "lr": 3e-3}
+
+
+@pytest.fixture(scope="module")
+def split():
+    adata, spec = tiny_dataset()  # the data and split check_method uses
+    test = np.random.default_rng(1).random(adata.n_obs) < 0.25
+    return adata[~test].copy(), adata[test].copy(), spec
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    return check_method(ScGen, params=TINY)
+
+
+def test_conformance(fitted):
+    assert fitted.is_fitted
+
+
+@pytest.mark.slow  # a second fit: ~15 s of XLA compilation on CPU
+def test_seed_is_honoured(fitted, split):
+    train, test, spec = split
+    again = ScGen(preset="quick", device="cpu", **TINY)
+    again.fit(train, spec, seed=0)
+    np.testing.assert_allclose(again.embed(test)["age"], fitted.embed(test)["age"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(again.generate(test, seed=0), fitted.generate(test, seed=0), rtol=1e-4, atol=1e-4)
+
+
+def test_counterfactual_moves_cells_towards_target(fitted, split):
+    """A classifier trained on real cells gives the target label more probability after do() than before."""
+    from sklearn.linear_model import LogisticRegression
+
+    train, test, spec = split
+    for c in spec.concepts:
+        clf = LogisticRegression(max_iter=2000).fit(train.X.toarray(), train.obs[c].astype(str))
+        for v in fitted.categories_[c]:
+            cells = test[(test.obs[c].astype(str) != v).to_numpy()].copy()
+            k = list(clf.classes_).index(v)
+            before = clf.predict_proba(fitted.generate(cells, seed=0))[:, k].mean()
+            after = clf.predict_proba(fitted.generate(cells, do={c: v}, seed=0))[:, k].mean()
+            assert after > before + 0.1, f"do({c}={v}) did not move cells towards {v}: P {before:.3f} -> {after:.3f}"
+
+
+def test_counterfactual_is_latent_arithmetic(fitted, split):
+    """do() shifts each latent by the centroid difference of target and own label; a no-op do() changes nothing."""
+    _, test, _ = split
+    z = fitted.embed(test)["domain"]
+    cats = fitted.categories_["domain"]
+    own = fitted._codes(test, "domain")
+    shifted = z + fitted.centroids_["domain"][cats.index("dom1")] - fitted.centroids_["domain"][own]
+    np.testing.assert_allclose(fitted.generate(test, do={"domain": "dom1"}, seed=0),
+                               np.clip(fitted._decode(shifted.astype(np.float32)), 0, None), rtol=1e-4, atol=1e-4)
+    dom1 = test[(test.obs["domain"] == "dom1").to_numpy()].copy()
+    np.testing.assert_allclose(fitted.generate(dom1, do={"domain": "dom1"}, seed=0), fitted.generate(dom1, seed=0),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_unseen_label_is_refused(fitted, split):
+    _, test, _ = split
+    bad = test.copy()
+    bad.obs["age"] = bad.obs["age"].cat.add_categories(["age9"])
+    bad.obs.iloc[0, bad.obs.columns.get_loc("age")] = "age9"
+    with pytest.raises(BenchError, match="age9"):
+        fitted.generate(bad, do={"age": "age0"}, seed=0)
+
+
+def test_load_prints_nothing(fitted, tmp_path, capfd):
+    """scvi-tools' load runs one training step with a progress bar; the adapter swallows it."""
+    fitted.save(tmp_path)
+    capfd.readouterr()
+    ScGen.load(tmp_path)
+    out, err = capfd.readouterr()
+    assert "Epoch" not in out + err and "Training" not in out + err
+
+
+def test_missing_pertpy_names_the_extra(split, monkeypatch):
+    real_import = builtins.__import__
+
+    def no_pertpy(name, *args, **kwargs):
+        if name == "pertpy" or name.startswith("pertpy."):
+            raise ImportError("No module named 'pertpy'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_pertpy)
+    train, _, spec = split
+    with pytest.raises(BenchError, match=r"causcell-bench\[scgen\]"):
+        ScGen(preset="quick", device="cpu").fit(train, spec, seed=0)
