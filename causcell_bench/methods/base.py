@@ -213,3 +213,17 @@ def lightning_accelerator(device: str) -> str:
     if device.startswith("cuda"):
         return "gpu"
     raise BenchError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'")
+
+
+def quiet_lightning(*extra_loggers: str) -> None:
+    """Silence Lightning's per-run banners and seed messages (scvi-tools based adapters):
+    a grid would print pages of them. lightning.fabric and lightning.pytorch set their own
+    level and handler, so the parent "lightning" logger's level alone does not reach them."""
+    import logging
+    import warnings
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric", "pytorch_lightning",
+                 "scvi", *extra_loggers):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="lightning")
+    warnings.filterwarnings("ignore", message=".*num_workers.*")

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import tempfile
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -43,6 +41,7 @@ from causcell_bench.methods.base import (
     Method,
     dense_rows,
     lightning_accelerator,
+    quiet_lightning,
 )
 
 # The authors' settings (biolord tutorials / reproducibility scripts).
@@ -73,17 +72,6 @@ _MODULE_KEYS = tuple(k for k in _PAPER_MODULE if k != "n_latent")
 _PLAN_KEYS = tuple(_PAPER_PLAN)
 
 
-def _quiet() -> None:
-    """Silence Lightning's per-run banners and seed messages: a grid would print pages of them."""
-    # lightning.fabric and lightning.pytorch set their own INFO level and handler, so the
-    # parent "lightning" logger's level alone does not reach them.
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric", "pytorch_lightning",
-                 "scvi", "biolord"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", module="lightning")
-    warnings.filterwarnings("ignore", message=".*num_workers.*")
-
-
 class Biolord(Method):
     name = "Biolord"
     capabilities = Capabilities(
@@ -111,7 +99,7 @@ class Biolord(Method):
         import biolord
         import scvi
 
-        _quiet()
+        quiet_lightning("biolord")
         self._remember(train, spec)
         scvi.settings.seed = seed
         p = self.params
@@ -328,7 +316,7 @@ class Biolord(Method):
         """
         import biolord
 
-        _quiet()
+        quiet_lightning("biolord")
         path = Path(path)
         if not (path / "adapter.json").is_file() or not (path / "biolord_model").is_dir():
             raise BenchError(f"no saved Biolord model in {path} (expected adapter.json and biolord_model/)")

@@ -17,8 +17,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import logging
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,21 +27,17 @@ from anndata import AnnData
 
 from causcell_bench.datasets.spec import DatasetSpec
 from causcell_bench.errors import BenchError
-from causcell_bench.methods.base import Capabilities, ConceptEmbeddings, Method, dense_rows, lightning_accelerator
+from causcell_bench.methods.base import (
+    Capabilities,
+    ConceptEmbeddings,
+    Method,
+    dense_rows,
+    lightning_accelerator,
+    quiet_lightning,
+)
 
 _STUB_ROWS = 8  # rows of the stand-in AnnData used to rebuild a saved model (see ScGen.load)
 _BATCH = 512  # inference batch (fixed, so JAX compiles once)
-
-
-def _quiet() -> None:
-    """Silence Lightning's per-run banners and seed messages: a grid would print pages of them."""
-    # lightning.fabric and lightning.pytorch set their own INFO level and handler, so the
-    # parent "lightning" logger's level alone does not reach them.
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric", "pytorch_lightning",
-                 "scvi", "jax"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", module="lightning")
-    warnings.filterwarnings("ignore", message=".*num_workers.*")
 
 
 def _scgen_class() -> Any:
@@ -89,7 +83,7 @@ class ScGen(Method):
         Scgen = _scgen_class()
         import scvi
 
-        _quiet()
+        quiet_lightning("jax")
         self._remember(train, spec)
         scvi.settings.seed = seed  # also seeds the JAX module's PRNG key, read at construction
         p = self.params
@@ -222,7 +216,7 @@ class ScGen(Method):
         if not (path / "adapter.json").is_file() or not (path / "scgen_model").is_dir():
             raise BenchError(f"no saved scGen model in {path} (expected adapter.json and scgen_model/)")
         Scgen = _scgen_class()
-        _quiet()
+        quiet_lightning("jax")
         state = json.loads((path / "adapter.json").read_text())
         self = cls(preset=state["preset"], device=state["device"], **state["params"])
         self.spec_ = DatasetSpec.model_validate(state["spec"])

@@ -9,8 +9,6 @@ no counterfactual.
 from __future__ import annotations
 
 import json
-import logging
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -20,15 +18,14 @@ from anndata import AnnData
 
 from causcell_bench.datasets.spec import DatasetSpec
 from causcell_bench.errors import BenchError
-from causcell_bench.methods.base import Capabilities, ConceptEmbeddings, Method, counts_of, lightning_accelerator
-
-
-def quiet_lightning() -> None:
-    """Silence Lightning's per-run banners (GPU available, etc.): a grid would print pages of them."""
-    for name in ("lightning", "lightning.pytorch", "pytorch_lightning", "scvi"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", module="lightning")
-    warnings.filterwarnings("ignore", message=".*num_workers.*")
+from causcell_bench.methods.base import (
+    Capabilities,
+    ConceptEmbeddings,
+    Method,
+    counts_of,
+    lightning_accelerator,
+    quiet_lightning,
+)
 
 
 def _counts_adata(adata: AnnData) -> AnnData:
