@@ -82,7 +82,7 @@ def run(
     preset: Annotated[str, typer.Option(help="training budgets: quick (CPU) or paper (authors' settings, GPU)")] = "quick",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
     jobs: Annotated[int, typer.Option(help="grid cells run in parallel")] = 1,
-    executor: Annotated[str, typer.Option(help="local (forked processes) or ray")] = "local",
+    executor: Annotated[str, typer.Option(help="where grid cells run: local (forked processes) or ray (pip install 'causcell-bench[ray]')")] = "local",
     ray_address: Annotated[str | None, typer.Option(help="address of an existing Ray cluster (default: start a local one)")] = None,
     out: Annotated[Path | None, typer.Option(help="run directory (default runs/<dataset>)")] = None,
     n_cells: Annotated[int | None, typer.Option(help="cells to simulate (synthetic) or subsample")] = None,
@@ -102,6 +102,8 @@ def run(
     from causcell_bench.registry import resolve_methods
     from causcell_bench.runner import run_grid, summarize_outcomes
 
+    if ray_address and executor != "ray":
+        raise BenchError("--ray-address needs --executor ray")
     names = _csv(dataset) or []
     kw: dict[str, Any] = {}
     if n_cells is not None:
