@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
-EXTRAS=${EXTRAS:-scgen,dev}
+EXTRAS=${EXTRAS:-scgen,ray,dev}
 PY=${PYTHON:-}
 if [ -z "$PY" ]; then
   for cand in python3.11 python3; do command -v "$cand" >/dev/null && PY=$cand && break; done
