@@ -30,7 +30,14 @@ DATASET_GROUP = "causcell_bench.datasets"
 BUILTIN_METHODS: dict[str, str] = {
     "positive_control": "causcell_bench.methods.controls:PositiveControl",
     "negative_control": "causcell_bench.methods.controls:NegativeControl",
+    "CausCell": "causcell_bench.methods.causcell:CausCell",
+    "CausCell_IND": "causcell_bench.methods.causcell:CausCellIND",
+    "scDisInFact": "causcell_bench.methods.scdisinfact:ScDisInFact",
+    "Biolord": "causcell_bench.methods.biolord:Biolord",
+    "CPA": "causcell_bench.methods.cpa:CPA",
+    "MichiGAN": "causcell_bench.methods.michigan:MichiGAN",
     "scVI": "causcell_bench.methods.scvi:SCVI",
+    "scGen": "causcell_bench.methods.scgen:ScGen",
 }
 
 CONTROLS = ("positive_control", "negative_control")

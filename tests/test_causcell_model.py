@@ -1,0 +1,290 @@
+"""The CausCell torch model: SCM layer, DAG checks, interventions, losses, samplers, persistence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from causcell_bench.models.causcell import (
+    CausCellModel,
+    CausCellNet,
+    check_dag,
+    combination_weights,
+    descendants,
+    diffusion_schedule,
+    linear_dependence,
+    scm_forward,
+    scm_matrix,
+    topological_order,
+)
+
+TINY = dict(d=8, hidden=32, n_blocks=1, heads=2, head_dim=8, ff_mult=2, device="cpu")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # the test machine is shared: one thread avoids oversubscription stalls
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def random_dag(rng: np.random.Generator, m: int, p: float = 0.5) -> np.ndarray:
+    """Random DAG over m observed nodes (random order) plus an isolated u, as (m+1)x(m+1)."""
+    a = np.zeros((m + 1, m + 1), dtype=np.float32)
+    perm = rng.permutation(m)
+    for i in range(m):
+        for j in range(i + 1, m):
+            if rng.random() < p:
+                a[perm[i], perm[j]] = 1.0
+    return a
+
+
+def chain_dag() -> np.ndarray:
+    """0 -> 2 <- 1, 2 -> 3; node 4 is u."""
+    a = np.zeros((5, 5), dtype=np.float32)
+    a[0, 2] = a[1, 2] = a[2, 3] = 1.0
+    return a
+
+
+# --- SCM layer ------------------------------------------------------------------
+@pytest.mark.parametrize("seed", range(6))
+def test_scm_layer_solves_linear_sem(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    m = int(rng.integers(2, 7))
+    a = random_dag(rng, m)
+    eps = rng.normal(size=(5, m + 1, 3)).astype(np.float32)
+    z = scm_forward(torch.from_numpy(eps), torch.from_numpy(scm_matrix(a))).numpy()
+    for b in range(eps.shape[0]):
+        want = np.linalg.solve(np.eye(m + 1) - a.T, eps[b])  # z = A^T z + eps, per feature column
+        np.testing.assert_allclose(z[b], want, rtol=1e-5, atol=1e-5)
+    # z really satisfies the structural equations
+    np.testing.assert_allclose(z, np.einsum("pj,bpd->bjd", a, z) + eps, rtol=1e-5, atol=1e-5)
+
+
+def test_scm_layer_is_identity_without_edges() -> None:
+    eps = torch.randn(4, 3, 5)
+    np.testing.assert_array_equal(scm_forward(eps, torch.from_numpy(scm_matrix(np.zeros((3, 3))))).numpy(), eps.numpy())
+
+
+def test_dag_helpers() -> None:
+    a = chain_dag()
+    order = topological_order(a)
+    assert order.index(0) < order.index(2) < order.index(3) and order.index(1) < order.index(2)
+    assert descendants(a, [0]) == {2, 3}
+    assert descendants(a, [3]) == set()
+
+
+@pytest.mark.parametrize(
+    "a, match",
+    [
+        (np.array([[0, 1, 0], [1, 0, 0], [0, 0, 0]]), "not a DAG"),
+        (np.array([[0, 1, 0, 0], [0, 0, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]]), "not a DAG"),
+        (np.array([[1, 0], [0, 0]]), "self-loop"),
+        (np.array([[0, 1], [0, 0]]), "unexplained"),
+        (np.zeros((2, 3)), "square"),
+    ],
+)
+def test_non_dag_refused(a: np.ndarray, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        check_dag(a)
+
+
+def test_model_refuses_cycle_and_wrong_size() -> None:
+    cyc = np.zeros((3, 3))
+    cyc[0, 1] = cyc[1, 0] = 1
+    with pytest.raises(ValueError, match="not a DAG"):
+        CausCellNet(10, [2, 2], cyc, d=4, hidden=8, n_blocks=1, heads=1, head_dim=4)
+    with pytest.raises(ValueError, match="nodes"):
+        CausCellNet(10, [2, 2], np.zeros((2, 2)), d=4, hidden=8, n_blocks=1, heads=1, head_dim=4)
+
+
+# --- interventions ------------------------------------------------------------------
+def _intervention_model() -> CausCellModel:
+    return CausCellModel(6, [2, 2, 2, 2], chain_dag(), **TINY)
+
+
+def test_do_on_leaf_changes_only_the_leaf() -> None:
+    model = _intervention_model()
+    rng = np.random.default_rng(0)
+    eps = rng.normal(size=(7, 5, 8)).astype(np.float32)
+    z = scm_forward(torch.from_numpy(eps), model.net.C).numpy()
+    donor = rng.normal(size=(7, 8)).astype(np.float32)
+    zc = model.intervene(eps, {3: donor}, mode="do")
+    np.testing.assert_array_equal(zc[:, 3], donor)
+    for j in (0, 1, 2, 4):
+        np.testing.assert_array_equal(zc[:, j], z[:, j])
+
+
+def test_do_on_root_changes_exactly_its_descendants() -> None:
+    model = _intervention_model()
+    rng = np.random.default_rng(1)
+    eps = rng.normal(size=(7, 5, 8)).astype(np.float32)
+    z = scm_forward(torch.from_numpy(eps), model.net.C).numpy()
+    donor = rng.normal(size=(7, 8)).astype(np.float32)
+    zc = model.intervene(eps, {0: donor}, mode="do")
+    np.testing.assert_array_equal(zc[:, 0], donor)
+    np.testing.assert_allclose(zc[:, 2], donor + z[:, 1] + eps[:, 2], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(zc[:, 3], zc[:, 2] + eps[:, 3], rtol=1e-6, atol=1e-6)
+    for j in (2, 3):
+        assert not np.allclose(zc[:, j], z[:, j])
+    for j in (1, 4):  # non-descendant and u: untouched
+        np.testing.assert_array_equal(zc[:, j], z[:, j])
+    # for a root, the donor's z is its eps: graph surgery equals the authors' eps swap
+    np.testing.assert_allclose(model.intervene(eps, {0: donor}, mode="exogenous"), zc, rtol=1e-5, atol=1e-5)
+
+
+def test_do_cuts_parents_of_intervened_node() -> None:
+    model = _intervention_model()
+    rng = np.random.default_rng(2)
+    eps = rng.normal(size=(3, 5, 8)).astype(np.float32)
+    z = scm_forward(torch.from_numpy(eps), model.net.C).numpy()
+    d0, d2 = rng.normal(size=(2, 3, 8)).astype(np.float32)
+    zc = model.intervene(eps, {0: d0, 2: d2}, mode="do")
+    np.testing.assert_array_equal(zc[:, 2], d2)  # the parent's change does not reach an intervened node
+    np.testing.assert_allclose(zc[:, 3], d2 + eps[:, 3], rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(zc[:, 1], z[:, 1])
+    # the exogenous mode propagates the swapped eps through the whole SCM instead
+    ze = model.intervene(eps, {2: d2}, mode="exogenous")
+    np.testing.assert_allclose(ze[:, 2], z[:, 0] + z[:, 1] + d2, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="mode"):
+        model.intervene(eps, {0: d0}, mode="bogus")
+    with pytest.raises(ValueError, match="u cannot"):
+        model.intervene(eps, {4: d0}, mode="do")
+
+
+# --- losses ---------------------------------------------------------------------------
+def test_independence_terms_are_bounded() -> None:
+    net = CausCellNet(6, [3, 2], np.zeros((3, 3)), d=4, hidden=8, n_blocks=1, heads=1, head_dim=4)
+    codes = torch.tensor([[0, 1], [2, 0], [1, 1], [0, 0]])
+    for scale in (1.0, 1e2, 1e4):
+        adv, conf = net.independence_terms(torch.randn(4, 4) * scale, codes)
+        assert torch.isfinite(adv) and torch.isfinite(conf)
+        assert adv >= 0 and conf >= -1e-6
+        z = torch.randn(4, 3, 4) * scale
+        assert 0 <= net.exclusivity_term(z, codes) <= 1 + 1e-5
+
+
+def test_adversary_pairs_follow_the_dag() -> None:
+    net = CausCellNet(6, [2, 2, 3, 2], chain_dag(), d=4, hidden=8, n_blocks=1, heads=1, head_dim=4)
+    # exclusivity: z_k vs y_j for j neither k nor an ancestor of k (z_k legitimately holds its ancestors)
+    u = [(4, j) for j in range(4)]  # u holds no information on any label
+    assert set(net.excl_pairs) == {(0, 1), (0, 2), (0, 3), (1, 0), (1, 2), (1, 3), (2, 3), *u}
+    # exogenous: eps_k of a non-root vs the labels of its non-descendants
+    assert set(net.exo_pairs) == {(2, 0), (2, 1), (3, 0), (3, 1), (3, 2)}
+    ind = CausCellNet(6, [2, 2], np.zeros((3, 3)), d=4, hidden=8, n_blocks=1, heads=1, head_dim=4)
+    assert set(ind.excl_pairs) == {(0, 1), (1, 0), (2, 0), (2, 1)} and ind.exo_pairs == []
+
+
+def test_label_stats() -> None:
+    net = CausCellNet(6, [2, 3], np.zeros((3, 3)), d=4, hidden=8, n_blocks=1, heads=1, head_dim=4)
+    codes = np.array([[0, 0], [0, 1], [1, 2], [1, 2], [-1, 0]])
+    net.set_label_stats(codes, smoothing=0.0)
+    np.testing.assert_allclose(net.prior1.numpy(), [0.4, 0.2, 0.4])
+    np.testing.assert_allclose(net.prior0.numpy(), [0.5, 0.5])
+
+
+def test_linear_dependence() -> None:
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 3, (2000,), generator=g)
+    onehot = torch.nn.functional.one_hot(y, 3).float()
+    noise = torch.randn(2000, 8, generator=g)
+    informative = torch.cat([onehot @ torch.randn(3, 4, generator=g) * 5, noise[:, :4]], 1)
+    assert linear_dependence(noise, onehot) < 0.02
+    assert linear_dependence(informative, onehot) > 0.8
+    # scale-free: shrinking z does not hide it
+    assert torch.isclose(linear_dependence(informative * 1e-3, onehot), linear_dependence(informative, onehot), atol=1e-3)
+    # conditional: z that encodes only the group says nothing beyond it
+    grp = torch.nn.functional.one_hot(y, 3).float()
+    assert linear_dependence(informative, onehot, grp) < 0.02
+
+
+def test_training_keeps_adversary_terms_bounded_and_learns_labels() -> None:
+    rng = np.random.default_rng(0)
+    n, g = 200, 12
+    codes = np.stack([rng.integers(0, 3, n), rng.integers(0, 2, n)], 1)
+    x = np.abs(rng.normal(size=(n, g)) + 2.0 * np.eye(3)[codes[:, 0]].repeat(4, 1)).astype(np.float32)
+    a = np.zeros((3, 3), np.float32)
+    a[0, 1] = 1
+    model = CausCellModel(g, [3, 2], a, **TINY)
+    hist = model.fit(
+        x, codes, n_steps=60, batch_size=64, lr=3e-3, adv_weight=10.0, excl_weight=1.0, exo_weight=1.0,
+        log_every=10, seed=0,
+    )
+    for rec in hist:
+        assert {"excl", "exo"} <= set(rec)
+        assert 0 <= rec["adv"] < 50
+        assert -1e-6 <= rec["indep"] < 50
+        for key in ("excl", "exo"):
+            assert -1e-6 <= rec[key] <= 1 + 1e-5
+        assert all(np.isfinite(v) for v in rec.values())
+    assert hist[-1]["pred"] < hist[0]["pred"]
+    _, z = model.encode(x)
+    acc = (model.predict_labels(z)[0] == codes[:, 0]).mean()
+    assert acc > 0.8
+
+
+def test_combination_weights_favour_rare_combinations() -> None:
+    codes = np.array([[0, 0]] * 8 + [[1, 0]] * 2)
+    w = combination_weights(codes)
+    assert w[-1] > w[0] and np.isclose(w.mean(), 1.0)
+    np.testing.assert_array_equal(combination_weights(np.zeros((5, 2), int)), np.ones(5))
+
+
+def test_schedule() -> None:
+    s = diffusion_schedule(1000)
+    assert np.isclose(float(s["betas"][0]), 1e-4) and np.isclose(float(s["betas"][-1]), 2e-2)
+    assert float(s["abar"][-1]) < 1e-3
+
+
+# --- samplers and persistence ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained() -> tuple[CausCellModel, np.ndarray, np.ndarray]:
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(3)
+    n, g = 120, 10
+    codes = np.stack([rng.integers(0, 2, n), rng.integers(0, 2, n)], 1)
+    x = np.abs(rng.normal(size=(n, g)) + codes[:, :1] * 2).astype(np.float32)
+    a = np.zeros((3, 3), np.float32)
+    a[0, 1] = 1
+    model = CausCellModel(g, [2, 2], a, n_timesteps=100, **TINY)
+    model.fit(x, codes, n_steps=30, batch_size=32, seed=0)
+    model.build_pools(x, codes, pool_size=16, seed=0)
+    return model, x, codes
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ancestral"])
+def test_sampler_is_seeded_and_shaped(trained, sampler: str) -> None:
+    model, x, _ = trained
+    _, z = model.encode(x[:20])
+    a = model.sample(z, sampler=sampler, steps=10, seed=1, batch_size=8)
+    b = model.sample(z, sampler=sampler, steps=10, seed=1, batch_size=8)
+    c = model.sample(z, sampler=sampler, steps=10, seed=2, batch_size=8)
+    assert a.shape == (20, x.shape[1]) and np.isfinite(a).all() and (a >= 0).all()
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+    avg = model.sample(z, sampler=sampler, steps=10, n_samples=3, seed=1)
+    assert avg.shape == a.shape
+    with pytest.raises(ValueError, match="sampler"):
+        model.sample(z, sampler="euler")
+
+
+def test_donor_pools_are_bounded(trained) -> None:
+    model, _, codes = trained
+    for k, per in enumerate(model.pools):
+        for v, (e, z) in enumerate(per):
+            assert e.shape == z.shape and e.shape[0] == min(16, int((codes[:, k] == v).sum()))
+    d = model.draw_donors(0, 1, 5, np.random.default_rng(0), "do")
+    assert d.shape == (5, model.net.d)
+
+
+def test_state_roundtrip_gives_identical_outputs(trained) -> None:
+    model, x, _ = trained
+    again = CausCellModel.from_state(model.state(), device="cpu")
+    e1, z1 = model.encode(x)
+    e2, z2 = again.encode(x)
+    np.testing.assert_array_equal(z1, z2)
+    np.testing.assert_array_equal(model.sample(z1, seed=0, steps=5), again.sample(z2, seed=0, steps=5))
+    assert [len(p) for p in again.pools] == [len(p) for p in model.pools]
