@@ -243,6 +243,10 @@ def prepare(
     console.print(f"wrote {path}")
 
 
+# train / counterfactual / experiment live in their own module; importing it registers them
+from causcell_bench import cli_counterfactual  # noqa: E402,F401
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -1,0 +1,138 @@
+"""CLI commands for one trained model and the paper's counterfactual experiments.
+
+Registered on the main typer app (``causcell_bench.cli``) by importing this module:
+``train`` (fit and save one method), ``counterfactual`` (cells + their
+counterfactuals under do(), one .h5ad) and ``experiment`` (the CausCell
+paper's Fig. 2 analyses on the synthetic SCM).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from causcell_bench.cli import _csv, _parse_params, app, console, err_console, friendly
+from causcell_bench.errors import BenchError
+
+
+def _method_params(method: str, items: list[str] | None) -> dict[str, Any]:
+    """``--param n_steps=500`` or ``--param CausCell.n_steps=500`` -> {"n_steps": 500} for ``method``."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        lhs, eq, raw = item.partition("=")
+        if not eq or not lhs.strip():
+            raise BenchError(f"cannot read --param {item!r}; write it as name=value, e.g. n_steps=500")
+        if "." in lhs:
+            owner, _, name = lhs.partition(".")
+            if owner.lower() != method.lower():
+                raise BenchError(f"--param {item!r} is for {owner}, but the method trained is {method}")
+        else:
+            name = lhs
+        try:
+            out[name.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[name.strip()] = raw
+    return out
+
+
+@app.command()
+@friendly
+def train(
+    method: Annotated[str, typer.Option(help="method to train (see `causcell-bench list methods`)")],
+    out: Annotated[Path, typer.Option(help="model directory to write (method/ + manifest.json)")],
+    dataset: Annotated[str, typer.Option(help="built-in or paper dataset name, a spec .toml, or an .h5ad")] = "synthetic",
+    fold: Annotated[int | None, typer.Option(help="train on the training part of this fold only (default: all cells)")] = None,
+    setting: Annotated[str, typer.Option(help="split setting of --fold: ID or OOD")] = "ID",
+    n_folds: Annotated[int, typer.Option(help="number of folds of the split")] = 5,
+    preset: Annotated[str, typer.Option(help="training budget: quick (CPU) or paper")] = "quick",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    seed: Annotated[int, typer.Option(help="model seed")] = 0,
+    data_seed: Annotated[int, typer.Option(help="seed of the simulator / cell subsample")] = 0,
+    n_cells: Annotated[int | None, typer.Option(help="cells to simulate (synthetic) or subsample")] = None,
+    n_genes: Annotated[int | None, typer.Option(help="genes to simulate (synthetic only)")] = None,
+    n_hvg: Annotated[int | None, typer.Option(help="highly variable genes kept (chosen on the training cells)")] = None,
+    concepts: Annotated[str | None, typer.Option(help="concept columns, comma-separated (needed for a bare .h5ad)")] = None,
+    dag: Annotated[str | None, typer.Option(help="causal DAG, e.g. 'age->celltype,domain->celltype'; '' for none")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="where the paper datasets' files are")] = None,
+    param: Annotated[list[str] | None, typer.Option(help="hyperparameter override name=value (repeatable)")] = None,
+) -> None:
+    """Train one method and save it for `counterfactual`."""
+    from causcell_bench.counterfactual import train_model
+    from causcell_bench.datasets.spec import parse_edges
+
+    load_kwargs: dict[str, Any] = {"seed": data_seed}
+    if n_cells is not None:
+        load_kwargs["n_cells"] = n_cells
+    if n_genes is not None:
+        load_kwargs["n_genes"] = n_genes
+    if data_dir is not None:
+        load_kwargs["data_dir"] = str(data_dir)
+    if setting not in ("ID", "OOD"):
+        raise BenchError(f"--setting {setting!r}: choose ID or OOD")
+    manifest = train_model(
+        method, dataset, out, fold=fold, setting=setting, n_folds=n_folds, preset=preset, device=device,
+        seed=seed, load_kwargs=load_kwargs, concepts=_csv(concepts), edges=parse_edges(dag) if dag is not None else None,
+        n_hvg=n_hvg, params=_method_params(method, param),
+    )
+    part = f"fold {fold} ({setting}) training part, " if fold is not None else ""
+    console.print(
+        f"trained {manifest['method']} on {dataset}: {part}{manifest['n_train_cells']} cells x "
+        f"{len(manifest['genes'])} genes in {manifest['fit_s']:.1f}s -> {out}"
+    )
+
+
+@app.command()
+@friendly
+def counterfactual(
+    model_dir: Annotated[Path, typer.Argument(help="a model directory written by `train`")],
+    out: Annotated[Path, typer.Option(help="output .h5ad: the selected cells and their counterfactuals")],
+    do: Annotated[list[str], typer.Option(help="intervention concept=value (repeatable; all applied jointly)")],
+    cells: Annotated[list[str] | None, typer.Option(help="select cells column=value[,value] (repeatable, ANDed)")] = None,
+    n_cells_max: Annotated[int | None, typer.Option(help="at most this many selected cells (seeded draw)")] = None,
+    mode: Annotated[str | None, typer.Option(help="do (graph surgery) or exogenous (CausCell only; default: the model's)")] = None,
+    seed: Annotated[int, typer.Option(help="generation seed")] = 0,
+    dataset: Annotated[str | None, typer.Option(help="take cells from this dataset (default: the training dataset)")] = None,
+    input: Annotated[Path | None, typer.Option(help="take cells from this .h5ad (raw counts + concept columns)")] = None,  # noqa: A002
+    part: Annotated[str, typer.Option(help="all, or train/test part of the model's fold")] = "all",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+) -> None:
+    """Generate counterfactual cells under do(concept = value) with a trained model."""
+    from causcell_bench.counterfactual import generate_counterfactuals, parse_do, write_counterfactuals
+
+    intervention = parse_do(do)  # malformed --do fails before anything is loaded
+    adata = generate_counterfactuals(
+        model_dir, intervention, cells=cells, n_cells_max=n_cells_max, mode=mode, seed=seed,
+        dataset=dataset, input=input, part=part, device=device,
+    )
+    path = write_counterfactuals(adata, out)
+    meta = adata.uns["counterfactual"]
+    console.print(
+        f"{meta['method']} do({meta['do']}), mode {meta['mode']}: {meta['n_original']} cells + "
+        f"{meta['n_counterfactual']} counterfactuals -> {path}"
+    )
+
+
+@app.command()
+@friendly
+def experiment(
+    name: Annotated[str, typer.Argument(help="causal_consistency or small_sample_trends")],
+    out: Annotated[Path, typer.Option(help="output directory (report.md, results.json, figures)")],
+    preset: Annotated[str, typer.Option(help="quick (CPU minutes) or paper")] = "quick",
+    seed: Annotated[int, typer.Option(help="seed of the simulator, split and models")] = 0,
+    methods: Annotated[str | None, typer.Option(help="comma-separated methods (default per experiment); 'all' = every counterfactual-capable method")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    param: Annotated[list[str] | None, typer.Option(help="method hyperparameter Method.name=value (repeatable)")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="experiment option key=value (repeatable), e.g. n_cells=1000")] = None,
+) -> None:
+    """Run one of the paper's counterfactual experiments (Fig. 2) on the synthetic SCM."""
+    from causcell_bench.experiments import parse_options, run_experiment
+
+    result = run_experiment(
+        name, out, preset=preset, seed=seed, methods=_csv(methods), device=device,
+        params=_parse_params(param), options=parse_options(set_),
+    )
+    console.print(Path(result["report"]).read_text(), markup=False, highlight=False)
+    err_console.print(f"written: {result['report']}")

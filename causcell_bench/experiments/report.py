@@ -1,0 +1,119 @@
+"""Report helpers shared by the experiments: markdown tables, JSON results, figure files.
+
+Every experiment writes ``DIR/report.md`` (text, tables, figure links),
+``DIR/results.json`` (every number plus the configuration, seed and package
+versions) and its figures as PNG files next to them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+def fmt(v: Any, digits: int = 3) -> str:
+    """A table cell: floats rounded, NaN as 'n/a'."""
+    if v is None:
+        return "n/a"
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else "no"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        if math.isnan(float(v)):
+            return "n/a"
+        return f"{float(v):.{digits}f}"
+    return str(v)
+
+
+def markdown_table(df: pd.DataFrame, digits: int = 3, index: bool = False) -> str:
+    """A GitHub-flavoured markdown table of ``df`` (no extra dependency)."""
+    if index:
+        df = df.reset_index()
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(" --- " for _ in cols) + "|"]
+    for row in df.itertuples(index=False):
+        lines.append("| " + " | ".join(fmt(v, digits).replace("|", "/") for v in row) + " |")
+    return "\n".join(lines)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, pd.DataFrame):
+        return [_jsonable(r) for r in obj.to_dict(orient="records")]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        f = float(obj)
+        return None if math.isnan(f) or math.isinf(f) else f
+    if isinstance(obj, (np.bool_,)):
+        return bool(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("causcell-bench", "torch", "numpy", "scipy", "scikit-learn", "anndata", "matplotlib"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def write_results(out: Path, results: Mapping[str, Any]) -> Path:
+    """``out/results.json``, written atomically."""
+    path = out / "results.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(_jsonable(results), indent=2))
+    tmp.replace(path)
+    return path
+
+
+def write_report(out: Path, title: str, blocks: Sequence[str], config: Mapping[str, Any]) -> Path:
+    """``out/report.md``: the title, the blocks (markdown) and a reproducibility footer."""
+    cfg = "\n".join(f"- {k}: `{_jsonable(v)}`" for k, v in config.items())
+    text = "\n\n".join([f"# {title}", *blocks, "## Configuration", cfg,
+                        f"Written {time.strftime('%Y-%m-%d %H:%M:%S')}; versions: "
+                        + ", ".join(f"{k} {v}" for k, v in versions().items())]) + "\n"
+    path = out / "report.md"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
+
+
+def figure_link(name: str, caption: str) -> str:
+    return f"![{caption}]({name})\n\n*{caption}*"
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, out: Path, name: str) -> str:
+    fig.savefig(out / name, dpi=120, bbox_inches="tight")
+    pyplot().close(fig)
+    return name
