@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -39,7 +40,7 @@ RowGetter = Callable[[np.ndarray], np.ndarray]
 def _mlp(sizes: Sequence[int], *, batchnorm: bool, dropout: float, slope: float = 0.2) -> nn.Sequential:
     """Linear layers with (BatchNorm,) LeakyReLU and dropout after each; no head."""
     layers: list[nn.Module] = []
-    for a, b in zip(sizes[:-1], sizes[1:]):
+    for a, b in pairwise(sizes):
         layers.append(nn.Linear(a, b))
         if batchnorm:
             layers.append(nn.BatchNorm1d(b))
@@ -147,8 +148,8 @@ def train_tcvae(
             for k in sums:
                 sums[k] += parts[k]
             n_batches += 1
-        for k in hist:
-            hist[k].append(sums[k] / max(n_batches, 1))
+        for k, values in hist.items():
+            values.append(sums[k] / max(n_batches, 1))
     vae.eval()
     return hist
 
@@ -299,8 +300,8 @@ def train_wgan_gp(
         acc["gp"] += gp.item()
         k += 1
         if k == log_every or step == steps - 1:
-            for key in hist:
-                hist[key].append(acc[key] / k)
+            for key, values in hist.items():
+                values.append(acc[key] / k)
             acc = dict.fromkeys(hist, 0.0)
             k = 0
     for p in critic.parameters():
