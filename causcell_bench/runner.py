@@ -353,7 +353,9 @@ def run_cells_local(
     finished: Callable[[CellOutcome], None],
 ) -> None:
     """The local executor: up to ``config.jobs`` forked children at a time, one per cell."""
-    threads = max(1, cpu_count() // config.jobs)
+    # CAUSCELL_BENCH_THREADS overrides: when cores are shared (parallel test workers), torch's
+    # default of one thread per core runs small models several times slower than one thread
+    threads = int(os.environ.get("CAUSCELL_BENCH_THREADS", 0)) or max(1, cpu_count() // config.jobs)
     store = ResultStore(run_dir)
     ctx = mp.get_context("fork")
     running: dict[Any, tuple[CellKey, float]] = {}
