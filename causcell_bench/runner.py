@@ -290,10 +290,14 @@ def run_grid(
     run_dir = Path(run_dir)
     for m in config.methods:
         get_method(m)  # unknown names and missing packages fail before any work
-    preload(config.methods)
-    problems = prepare(config, run_dir, log=log)
     store = ResultStore(run_dir)
     keys = expand_grid(config)
+    # a finished grid resumes without importing models or loading data
+    if any(not _is_done(store.read(k), config, k, retry_failed) for k in keys):
+        preload(config.methods)
+        problems = prepare(config, run_dir, log=log)
+    else:
+        problems = {}
     outcomes: list[CellOutcome] = []
     todo: list[CellKey] = []
     for key in keys:
