@@ -126,6 +126,15 @@ class Method(abc.ABC):
         return obj
 
     # --- shared bookkeeping for subclasses ------------------------------
+    def torch_device(self) -> Any:
+        """The torch device for ``self.device`` ("auto": CUDA when present), or a clear BenchError."""
+        from causcell_bench.models.utils import resolve_device
+
+        try:
+            return resolve_device(self.device)
+        except ValueError as e:
+            raise BenchError(str(e)) from None
+
     def _remember(self, train: AnnData, spec: DatasetSpec) -> None:
         """Store genes, concept values and spec seen at fit time (for query checks)."""
         missing = [c for c in spec.concepts if c not in train.obs.columns]

@@ -25,14 +25,13 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 from anndata import AnnData
 
 from causcell_bench.datasets.spec import DatasetSpec
 from causcell_bench.errors import BenchError
 from causcell_bench.methods.base import UNEXPLAINED, Capabilities, ConceptEmbeddings, Method, counts_of, dense_rows
 from causcell_bench.models.cpa import CPANet, decode_log1p_cp10k, encode_basal, label_embeddings, train_cpa
-from causcell_bench.models.utils import resolve_device, seed_everything, set_cpu_threads
+from causcell_bench.models.utils import seed_everything, set_cpu_threads
 
 _PAPER: dict[str, Any] = {
     "latent_dim": 64,
@@ -51,13 +50,6 @@ _PAPER: dict[str, Any] = {
     "batch_size": 128,
     "epochs": 100,
 }
-
-
-def _as_bench_device(device: str) -> torch.device:
-    try:
-        return resolve_device(device)
-    except ValueError as e:
-        raise BenchError(str(e)) from None
 
 
 class CPA(Method):
@@ -91,7 +83,7 @@ class CPA(Method):
 
         set_cpu_threads()
         seed_everything(seed)
-        device = _as_bench_device(self.device)
+        device = self.torch_device()
         net = CPANet(
             n_genes=train.n_vars,
             n_perts=len(self.categories_[self.perturbation_]),
@@ -120,7 +112,7 @@ class CPA(Method):
     def embed(self, adata: AnnData) -> ConceptEmbeddings:
         self._check_query(adata)
         pert, covs = self._known_codes(adata, self.perturbation_), self._cov_codes(adata)
-        embs = label_embeddings(self.net_, pert, covs, device=_as_bench_device(self.device))
+        embs = label_embeddings(self.net_, pert, covs, device=self.torch_device())
         out: ConceptEmbeddings = dict(zip([self.perturbation_, *self.covariates_], embs))
         out[UNEXPLAINED] = self._basal(adata)
         return {c: out[c] for c in [*self.spec_.concepts, UNEXPLAINED]}  # type: ignore[union-attr]
@@ -135,7 +127,7 @@ class CPA(Method):
                 pert = np.full_like(pert, code)
             else:
                 covs[:, self.covariates_.index(concept)] = code
-        return decode_log1p_cp10k(self.net_, self._basal(adata), pert, covs, device=_as_bench_device(self.device))
+        return decode_log1p_cp10k(self.net_, self._basal(adata), pert, covs, device=self.torch_device())
 
     # --- helpers ---------------------------------------------------------------------
     def _known_codes(self, adata: AnnData, concept: str) -> np.ndarray:
@@ -156,7 +148,7 @@ class CPA(Method):
     def _basal(self, adata: AnnData) -> np.ndarray:
         counts = counts_of(adata)
         return encode_basal(
-            self.net_, lambda idx: dense_rows(counts, idx), adata.n_obs, device=_as_bench_device(self.device)
+            self.net_, lambda idx: dense_rows(counts, idx), adata.n_obs, device=self.torch_device()
         )
 
     # pickles hold a CPU state dict, so a model fitted on a GPU loads anywhere

@@ -25,7 +25,6 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 from anndata import AnnData
 
 from causcell_bench.datasets.spec import DatasetSpec
@@ -37,7 +36,7 @@ from causcell_bench.models.scdisinfact import (
     encode_means,
     train_scdisinfact,
 )
-from causcell_bench.models.utils import resolve_device, seed_everything, set_cpu_threads
+from causcell_bench.models.utils import seed_everything, set_cpu_threads
 
 _PAPER: dict[str, Any] = {
     "z_c_dim": 8,
@@ -59,13 +58,6 @@ _PAPER: dict[str, Any] = {
     "w_gl": 1.0,
     "gl_alpha": 0.1,
 }
-
-
-def _as_bench_device(device: str) -> torch.device:
-    try:
-        return resolve_device(device)
-    except ValueError as e:
-        raise BenchError(str(e)) from None
 
 
 class ScDisInFact(Method):
@@ -102,7 +94,7 @@ class ScDisInFact(Method):
 
         set_cpu_threads()
         seed_everything(seed)
-        device = _as_bench_device(self.device)
+        device = self.torch_device()
         net = ScDisInFactNet(
             n_genes=train.n_vars,
             n_classes=[len(self.categories_[c]) for c in self.conditions_],
@@ -151,7 +143,7 @@ class ScDisInFact(Method):
             current = self._known_codes(adata, concept)
             cents = self.centroids_[k]
             z_ds[k] = z_ds[k] + (cents[target][None, :] - cents[current])
-        return decode_log1p_cp10k(self.net_, z_c, z_ds, batch, device=_as_bench_device(self.device))
+        return decode_log1p_cp10k(self.net_, z_c, z_ds, batch, device=self.torch_device())
 
     # --- helpers ---------------------------------------------------------------------
     def _known_codes(self, adata: AnnData, concept: str) -> np.ndarray:
@@ -175,7 +167,7 @@ class ScDisInFact(Method):
         library = np.asarray(counts.sum(1), dtype=np.float64).ravel()
         return encode_means(
             self.net_, lambda idx: dense_rows(counts, idx), self._batch_codes(adata), library,
-            device=_as_bench_device(self.device),
+            device=self.torch_device(),
         )
 
     # pickles hold a CPU state dict, so a model fitted on a GPU loads anywhere
