@@ -78,6 +78,14 @@ def load_dataset(name: str, config: RunConfig) -> tuple[Any, Any]:
     kw = dict(config.dataset_kwargs)
     if config.data_dir:
         kw.setdefault("data_dir", config.data_dir)
+    if name.endswith((".h5ad", ".toml")) and not Path(name).expanduser().is_file():
+        raise BenchError(f"dataset file {name} does not exist; check the path")
+    if name.endswith(".h5ad"):
+        # a bare h5ad has no spec: the concepts and DAG come from --concepts / --dag
+        if config.concepts is None:
+            raise BenchError(f"{name} is a bare .h5ad: name its concept columns with --concepts a,b,c "
+                             "(and the DAG with --dag 'a->c,b->c'), or write a TOML spec")
+        kw.update(concepts=config.concepts, edges=config.edges or [])
     adata, spec = dataset_loader(name)(**kw)
     if config.concepts is not None or config.edges is not None:
         spec = spec.with_overrides(concepts=config.concepts, edges=config.edges)

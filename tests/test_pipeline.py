@@ -161,6 +161,8 @@ def test_cli_errors_are_clear(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "cycle" in r.output
     r = runner.invoke(app, ["run", "--methods", "controls", "--concepts", "age,tissue", "--out", str(tmp_path)])
     assert r.exit_code == 2 and "tissue" in r.output
+    r = runner.invoke(app, ["run", "--methods", "controls", "--dataset", str(tmp_path / "missing.h5ad"), "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "does not exist" in r.output
 
 
 def test_rerun_with_other_data_settings_is_refused(tmp_path: Path) -> None:
