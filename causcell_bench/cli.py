@@ -37,14 +37,14 @@ def friendly(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except BenchError as e:
-            err_console.print(f"[red]error:[/red] {e}", highlight=False)
+            err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except ValidationError as e:
             msgs = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
-            err_console.print(f"[red]error:[/red] {msgs}", highlight=False)
+            err_console.print(f"[red]error:[/red] {msgs}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except FileNotFoundError as e:
-            err_console.print(f"[red]error:[/red] {e}", highlight=False)
+            err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
