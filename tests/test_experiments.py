@@ -42,21 +42,22 @@ def _files_ok(out: Path, results: dict) -> str:
 def test_causal_consistency_end_to_end(tmp_path: Path) -> None:
     res = run_experiment(
         "causal_consistency", tmp_path, methods=["CausCell", "CausCell_IND", "negative_control"], device="cpu",
-        params={"CausCell": TINY, "CausCell_IND": TINY}, options={"n_cells": 400, "n_genes": 50},
+        params={"CausCell": TINY, "CausCell_IND": TINY}, options={"n_cells": 400, "n_genes": 50, "mode": "both"},
     )
     report = _files_ok(tmp_path, res)
     assert "CausCell_IND" in report and "age=age_2" in report
     table = res["per_intervention"]
-    rows = res["config"]["rows"]  # CausCell is asked in both counterfactual modes, without refitting
+    rows = res["config"]["rows"]  # mode=both: CausCell is asked in both modes, without refitting
     assert rows == ["CausCell (do)", "CausCell (exogenous)", "CausCell_IND", "negative_control"]
     assert len(table) == 3 * (2 + len(rows))  # 3 interventions x (no-op, truth, each row)
     truth = table[table.method == "true counterfactual"]
     noop = table[table.method == "keep factual type (no-op)"]
     # the simulator moves some cells, and a classifier of real cells reads the true counterfactuals well
-    assert (noop.n_changed > 0).all() and (noop.causal_acc_changed == 0).all()
+    assert (noop.n_changed > 0).all() and (noop.causal_acc_changed == 0).all() and (noop.causal_bacc == 0.5).all()
     assert (truth.causal_acc > 0.8).all()
     assert (truth.causal_acc > noop.causal_acc.to_numpy()).all()
-    for col in ("causal_acc", "effect_pcc", "cf_pcc"):
+    assert (truth.causal_bacc > 0.8).all()
+    for col in ("causal_acc", "causal_bacc", "effect_pcc", "cf_pcc"):
         vals = table.loc[table.method.isin(rows), col]
         assert vals.between(-1, 1).all()
 
@@ -71,7 +72,8 @@ def test_causal_consistency_is_seeded(tmp_path: Path) -> None:
 def test_small_sample_trends_end_to_end(tmp_path: Path) -> None:
     res = run_experiment(
         "small_sample_trends", tmp_path, methods=["CausCell", "negative_control"], device="cpu",
-        params={"CausCell": TINY}, options={"n_cells": 900, "n_genes": 60, "n_per_age": 8, "n_trend_genes": 4},
+        params={"CausCell": TINY},
+        options={"n_cells": 900, "n_genes": 60, "n_per_age": 8, "n_trend_genes": 4, "n_cf_per_cell": 2},
     )
     report = _files_ok(tmp_path, res)
     counts = res["counts"]
@@ -82,6 +84,11 @@ def test_small_sample_trends_end_to_end(tmp_path: Path) -> None:
     assert full.n_trend == 4 and full.trend_right >= 3  # the large reference sees the planted trends
     assert full.trend_right >= sub.trend_right
     assert (counts.trend_right + counts.trend_wrong <= counts.n_trend).all()
+    assert (counts.changed_right + counts.negligible_sig <= counts.significant).all()
+    cc = counts[(counts.method == "CausCell") & counts.analysis.str.startswith("counterfactual old vs young")].iloc[0]
+    assert cc.n_a == 2 * sub.n_b  # two counterfactuals per young cell
+    change = res["change"].set_index("method")
+    assert change.loc["CausCell", "trend_sign_agreement"] <= 1.0 and -1 <= change.loc["CausCell", "change_pcc_all_genes"] <= 1
     assert "trend genes" in report and res["config"]["intervention"]["celltype"] == res["config"]["target_celltype_used"]
 
 
