@@ -182,6 +182,28 @@ class Method(abc.ABC):
         return np.array([lut.get(str(v), -1) for v in adata.obs[concept].astype(str)], dtype=np.int64)
 
 
+class CpuPickledNet:
+    """Mixin for adapters holding a torch module in ``self.net_`` (with a ``config`` dict of its constructor's
+    arguments): pickles it as a CPU state dict, so a model fitted on a GPU loads on a CPU-only machine."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        net = state.pop("net_", None)
+        if net is not None:
+            weights = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+            state["net_state_"] = (type(net), net.config, weights)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        saved = state.pop("net_state_", None)
+        self.__dict__.update(state)
+        if saved is not None:
+            net_cls, config, weights = saved
+            net = net_cls(**config)
+            net.load_state_dict(weights)
+            self.net_ = net.eval()
+
+
 # --- helpers shared by adapters --------------------------------------------
 def category_values(series: Any) -> list[Any]:
     """Values of a label column in a stable order: categories if categorical, else sorted unique."""

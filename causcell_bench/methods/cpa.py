@@ -29,7 +29,15 @@ from anndata import AnnData
 
 from causcell_bench.datasets.spec import DatasetSpec
 from causcell_bench.errors import BenchError
-from causcell_bench.methods.base import UNEXPLAINED, Capabilities, ConceptEmbeddings, Method, counts_of, dense_rows
+from causcell_bench.methods.base import (
+    UNEXPLAINED,
+    Capabilities,
+    ConceptEmbeddings,
+    CpuPickledNet,
+    Method,
+    counts_of,
+    dense_rows,
+)
 from causcell_bench.models.cpa import CPANet, decode_log1p_cp10k, encode_basal, label_embeddings, train_cpa
 from causcell_bench.models.utils import seed_everything, set_cpu_threads
 
@@ -52,7 +60,7 @@ _PAPER: dict[str, Any] = {
 }
 
 
-class CPA(Method):
+class CPA(CpuPickledNet, Method):
     """Basal latent + additive label embeddings with adversarial label removal."""
 
     name: ClassVar[str] = "CPA"
@@ -150,20 +158,3 @@ class CPA(Method):
         return encode_basal(
             self.net_, lambda idx: dense_rows(counts, idx), adata.n_obs, device=self.torch_device()
         )
-
-    # pickles hold a CPU state dict, so a model fitted on a GPU loads anywhere
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        net = state.pop("net_", None)
-        if net is not None:
-            state["net_state_"] = (net.config, {k: v.detach().cpu() for k, v in net.state_dict().items()})
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        saved = state.pop("net_state_", None)
-        self.__dict__.update(state)
-        if saved is not None:
-            config, weights = saved
-            net = CPANet(**config)
-            net.load_state_dict(weights)
-            self.net_ = net.eval()

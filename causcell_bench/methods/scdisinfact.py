@@ -29,7 +29,15 @@ from anndata import AnnData
 
 from causcell_bench.datasets.spec import DatasetSpec
 from causcell_bench.errors import BenchError
-from causcell_bench.methods.base import UNEXPLAINED, Capabilities, ConceptEmbeddings, Method, counts_of, dense_rows
+from causcell_bench.methods.base import (
+    UNEXPLAINED,
+    Capabilities,
+    ConceptEmbeddings,
+    CpuPickledNet,
+    Method,
+    counts_of,
+    dense_rows,
+)
 from causcell_bench.models.scdisinfact import (
     ScDisInFactNet,
     decode_log1p_cp10k,
@@ -60,7 +68,7 @@ _PAPER: dict[str, Any] = {
 }
 
 
-class ScDisInFact(Method):
+class ScDisInFact(CpuPickledNet, Method):
     """Shared latent z_c + one z_d per condition; latent-shift counterfactuals."""
 
     name: ClassVar[str] = "scDisInFact"
@@ -169,20 +177,3 @@ class ScDisInFact(Method):
             self.net_, lambda idx: dense_rows(counts, idx), self._batch_codes(adata), library,
             device=self.torch_device(),
         )
-
-    # pickles hold a CPU state dict, so a model fitted on a GPU loads anywhere
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        net = state.pop("net_", None)
-        if net is not None:
-            state["net_state_"] = (net.config, {k: v.detach().cpu() for k, v in net.state_dict().items()})
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        saved = state.pop("net_state_", None)
-        self.__dict__.update(state)
-        if saved is not None:
-            config, weights = saved
-            net = ScDisInFactNet(**config)
-            net.load_state_dict(weights)
-            self.net_ = net.eval()

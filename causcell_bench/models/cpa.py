@@ -39,7 +39,7 @@ The adversarial term (``adv_objective``):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -47,21 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-RowFn = Callable[[np.ndarray], np.ndarray]
-"""Row indices -> dense float32 counts of those cells (densifies one minibatch only)."""
-
-
-def nb_nll(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Element-wise negative log-likelihood of counts ``x`` under NB(mean ``mu``, inverse dispersion ``theta``)."""
-    log_theta_mu = torch.log(theta + mu + eps)
-    ll = (
-        theta * (torch.log(theta + eps) - log_theta_mu)
-        + x * (torch.log(mu + eps) - log_theta_mu)
-        + torch.lgamma(x + theta)
-        - torch.lgamma(theta)
-        - torch.lgamma(x + 1.0)
-    )
-    return -ll
+from causcell_bench.models.utils import RowFn, nb_nll
 
 
 def standardise(z: torch.Tensor) -> torch.Tensor:

@@ -37,7 +37,7 @@ convert the paper's MMD weight to this normalisation
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -45,22 +45,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-RowFn = Callable[[np.ndarray], np.ndarray]
-"""Row indices -> dense float32 counts of those cells (densifies one minibatch only)."""
-
+from causcell_bench.models.utils import RowFn, nb_nll
 
 # --- losses ------------------------------------------------------------------
-def nb_nll(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Element-wise negative log-likelihood of counts ``x`` under NB(mean ``mu``, inverse dispersion ``theta``)."""
-    log_theta_mu = torch.log(theta + mu + eps)
-    ll = (
-        theta * (torch.log(theta + eps) - log_theta_mu)
-        + x * (torch.log(mu + eps) - log_theta_mu)
-        + torch.lgamma(x + theta)
-        - torch.lgamma(theta)
-        - torch.lgamma(x + 1.0)
-    )
-    return -ll
 
 
 def kl_gaussians(mu: torch.Tensor, logvar: torch.Tensor, p_mu: torch.Tensor, p_logvar: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,10 @@
-"""Small torch helpers shared by our models: device choice and seeding."""
+"""Small torch helpers shared by our models: device choice, seeding, the NB likelihood."""
 
 from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -38,3 +39,20 @@ def set_cpu_threads() -> None:
         n = os.cpu_count() or 1
     if torch.get_num_threads() > n:
         torch.set_num_threads(max(1, n))
+
+
+RowFn = Callable[[np.ndarray], np.ndarray]
+"""Row indices -> dense float32 counts of those cells (densifies one minibatch only)."""
+
+
+def nb_nll(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Element-wise negative log-likelihood of counts ``x`` under NB(mean ``mu``, inverse dispersion ``theta``)."""
+    log_theta_mu = torch.log(theta + mu + eps)
+    ll = (
+        theta * (torch.log(theta + eps) - log_theta_mu)
+        + x * (torch.log(mu + eps) - log_theta_mu)
+        + torch.lgamma(x + theta)
+        - torch.lgamma(theta)
+        - torch.lgamma(x + 1.0)
+    )
+    return -ll
