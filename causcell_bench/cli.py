@@ -84,6 +84,7 @@ def run(
     jobs: Annotated[int, typer.Option(help="grid cells run in parallel")] = 1,
     executor: Annotated[str, typer.Option(help="where grid cells run: local (forked processes) or ray (pip install 'causcell-bench[ray]')")] = "local",
     ray_address: Annotated[str | None, typer.Option(help="address of an existing Ray cluster (default: start a local one)")] = None,
+    start_method: Annotated[str, typer.Option(help="how local cell processes start: fork (shares loaded data), spawn or forkserver (each cell loads its data)")] = "fork",
     out: Annotated[Path | None, typer.Option(help="run directory (default runs/<dataset>)")] = None,
     n_cells: Annotated[int | None, typer.Option(help="cells to simulate (synthetic) or subsample")] = None,
     n_genes: Annotated[int | None, typer.Option(help="genes to simulate (synthetic only)")] = None,
@@ -122,7 +123,8 @@ def run(
     run_dir = out or Path("runs") / "_".join(Path(n).stem for n in names)
     err_console.print(f"run directory: {run_dir}")
     try:
-        outcomes = run_grid(config, run_dir, retry_failed=retry_failed, executor=executor, ray_address=ray_address)
+        outcomes = run_grid(config, run_dir, retry_failed=retry_failed, executor=executor, ray_address=ray_address,
+                            start_method=start_method)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     counts = summarize_outcomes(outcomes)

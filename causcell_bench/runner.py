@@ -6,6 +6,12 @@ computes the splits once, children inherit them copy-on-write (data is read
 once, not once per cell), a crash or out-of-memory kill in one method is
 recorded as that cell's failure, and the per-cell peak memory is the child's
 own.
+
+Forking is unsafe in a parent that has already run OpenMP-parallel code (a
+notebook that trained a model with several threads: GNU OpenMP's pool does not
+survive a fork, and the child can hang). Such callers pass
+``start_method="spawn"`` (or ``"forkserver"``): each child then starts a fresh
+interpreter and loads its dataset itself, as a Ray worker does.
 """
 
 from __future__ import annotations
@@ -34,6 +40,9 @@ VERSIONED = ("causcell-bench", "torch", "numpy", "scanpy", "anndata", "scikit-le
 # run config that shapes the data, so two runs in one process never share a stale copy.
 _DATA: dict[tuple[str, str], Any] = {}
 _SPLITS: dict[tuple[str, str, str], Any] = {}
+
+
+START_METHODS = ("fork", "spawn", "forkserver")
 
 
 def _data_id(name: str, config: RunConfig) -> tuple[str, str]:
@@ -243,7 +252,7 @@ def execute_cell(config: RunConfig, key: CellKey, run_dir: str | Path, threads: 
 
 
 def _child(config: RunConfig, key: CellKey, run_dir: str, threads: int) -> None:
-    """Forked child body: Ctrl-C is the parent's to handle."""
+    """Cell process body: Ctrl-C is the parent's to handle."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     execute_cell(config, key, run_dir, threads)
 
@@ -284,8 +293,12 @@ def run_grid(
     log: Callable[[str], None] | None = None,
     executor: str = "local",
     ray_address: str | None = None,
+    start_method: str = "fork",
 ) -> list[CellOutcome]:
-    """Run every cell not already done; return one outcome per cell (skipped ones included)."""
+    """Run every cell not already done; return one outcome per cell (skipped ones included).
+
+    ``start_method`` (local executor): how cell processes start; see the module docstring.
+    """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -293,6 +306,8 @@ def run_grid(
 
     if executor not in ("local", "ray"):
         raise BenchError(f"unknown executor {executor!r}; use local or ray")
+    if start_method not in START_METHODS:
+        raise BenchError(f"unknown start method {start_method!r}; use one of {', '.join(START_METHODS)}")
     console = Console(stderr=True, quiet=not progress)
     log = log or console.print
     run_dir = Path(run_dir)
@@ -343,7 +358,7 @@ def run_grid(
 
                 run_cells_ray(config, run_dir, todo, address=ray_address, started=started, finished=finished)
             else:
-                run_cells_local(config, run_dir, todo, started=started, finished=finished)
+                run_cells_local(config, run_dir, todo, started=started, finished=finished, start_method=start_method)
         except KeyboardInterrupt:
             done = sum(o.status in ("ok", "failed", "skipped") for o in outcomes)
             log(f"[yellow]interrupted: {done} of {len(keys)} cells are stored in {run_dir}; "
@@ -363,13 +378,14 @@ def run_cells_local(
     *,
     started: Callable[[CellKey], None],
     finished: Callable[[CellOutcome], None],
+    start_method: str = "fork",
 ) -> None:
-    """The local executor: up to ``config.jobs`` forked children at a time, one per cell."""
+    """The local executor: up to ``config.jobs`` child processes at a time, one per cell."""
     # CAUSCELL_BENCH_THREADS overrides: when cores are shared (parallel test workers), torch's
     # default of one thread per core runs small models several times slower than one thread
     threads = int(os.environ.get("CAUSCELL_BENCH_THREADS", 0)) or max(1, cpu_count() // config.jobs)
     store = ResultStore(run_dir)
-    ctx = mp.get_context("fork")
+    ctx = mp.get_context(start_method)
     running: dict[Any, tuple[CellKey, float]] = {}
     queue = list(keys)
     try:

@@ -109,6 +109,21 @@ def test_resume_skips_finished_cells_and_matches(tmp_path: Path) -> None:
     pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True))
 
 
+def test_spawned_cells_load_their_own_data_and_match_forked(tmp_path: Path) -> None:
+    # spawn: the safe start method for a parent that already ran OpenMP threads; the child
+    # inherits nothing, so this also shows a cell can rebuild its data and split on its own
+    cfg = small_config(methods=["positive_control", "negative_control"], settings=["OOD"])
+    forked, spawned = tmp_path / "fork", tmp_path / "spawn"
+    run_grid(cfg, forked, progress=False, log=lambda s: None)
+    outcomes = run_grid(cfg, spawned, progress=False, log=lambda s: None, start_method="spawn")
+    assert [o.status for o in outcomes] == ["ok", "ok"], [o.error for o in outcomes]
+    a = summarize(tidy_table(ResultStore(forked).records()))
+    b = summarize(tidy_table(ResultStore(spawned).records()))
+    pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True))
+    with pytest.raises(BenchError, match="unknown start method 'thread'"):
+        run_grid(cfg, tmp_path / "bad", progress=False, log=lambda s: None, start_method="thread")
+
+
 def test_killed_run_resumes(tmp_path: Path) -> None:
     """SIGKILL the whole CLI process group mid-grid; a rerun completes without redoing stored cells."""
     cmd = [sys.executable, "-m", "causcell_bench.cli", "run", "--methods", "controls", "--dataset", "synthetic",
