@@ -121,7 +121,8 @@ def score_heldout_populations(method: Any, train: AnnData, test: AnnData, spec: 
     if not results:
         return {}
     keys = sorted({k for r in results for k in r})
-    return {k: float(np.nanmean([r.get(k, np.nan) for r in results])) for k in keys}
+    out = {k: float(np.nanmean([r.get(k, np.nan) for r in results])) for k in keys}
+    return {**out, "n_populations": float(len(results))}
 
 
 def _cap(idx: np.ndarray, rng: np.random.Generator) -> np.ndarray:

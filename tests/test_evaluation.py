@@ -46,6 +46,7 @@ def test_heldout_populations_never_leak_into_training(ood_fold) -> None:
     m.fit(train, spec, seed=0)
     scores = evaluation.score_heldout_populations(m, train, test, spec, split.held_out, seed=0)
     assert m.calls and {"edist", "mean_pcc", "deg_overlap"} <= set(scores)
+    assert scores["n_populations"] == len(m.calls) and scores["n_cells_edist"] > 0
     train_names = set(train.obs_names)
     for obs, do in m.calls:
         assert set(obs.index) <= train_names  # sources are training cells only

@@ -190,11 +190,12 @@ def test_granularity_perfect_random_and_edge_cases():
     assert g["nmi"] == pytest.approx(1.0) and g["ari"] == pytest.approx(1.0)
     r = granularity_scores(rng.normal(size=(200, 5)), fine)
     assert r["nmi"] < 0.2 and abs(r["ari"]) < 0.1
-    assert all(np.isnan(v) for v in granularity_scores(z, ["one"] * 200).values())
+    one = granularity_scores(z, ["one"] * 200)
+    assert np.isnan(one["nmi"]) and np.isnan(one["ari"]) and one["n_cells"] == 200
     few = granularity_scores(z[:3], ["a", "b", "c"], n_clusters=8)  # fewer cells than clusters
     assert few["nmi"] == pytest.approx(1.0)
     sub = granularity_scores(z, fine, max_cells=50, seed=1)  # subsampled path
-    assert sub["ari"] == pytest.approx(1.0)
+    assert sub["ari"] == pytest.approx(1.0) and sub["n_cells"] == 50 and g["n_cells"] == 200
 
 
 # --- the high-level scorer --------------------------------------------------------------------------
@@ -214,6 +215,7 @@ def test_score_disentanglement_onehot_vs_shared(folds):
         assert out[f"exclusivity:{c}"] > 0.85
     assert out["offdiag_acc:age|domain"] <= majority_baseline(te["domain"]) + 0.08
     assert 0 <= out["nmi_fine:ctype"] <= 1 and "nmi_fine:age" not in out
+    assert out["n_cells_fine:ctype"] > 0
     assert out["dci_i"] > 0.95 and out["dci_d"] > 0.7
 
     # one shared latent holding everything: predictive, but nothing exclusive

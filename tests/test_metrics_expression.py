@@ -186,7 +186,9 @@ def test_distribution_identical_shifted_and_degs():
     assert deg_overlap(pert, pert, src, GENES, top_k=10) == 1.0
     assert deg_overlap(src[:75], pert, src, GENES, top_k=10) < 0.3
     out = score_distribution(pert, pert, src, GENES, top_k=10)
-    assert out == {"edist": 0.0, "mean_pcc": pytest.approx(1.0), "deg_overlap": 1.0}
+    assert out == {"edist": 0.0, "mean_pcc": pytest.approx(1.0), "deg_overlap": 1.0,
+                   "n_cells_edist": 2.0 * pert.shape[0]}
+    assert score_distribution(pert, pert, max_cells=20)["n_cells_edist"] == 40.0  # subsampled: recorded
     assert "deg_overlap" not in score_distribution(pert, pert)
     with pytest.raises(BenchError, match="same genes"):
         score_distribution(pert, pert[:, :5])

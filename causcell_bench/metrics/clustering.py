@@ -62,7 +62,8 @@ def granularity_scores(
     """NMI and ARI of Ward clusters of ``test_z`` against fine labels.
 
     ``n_clusters`` defaults to the number of fine labels present (after subsampling). With a single
-    fine label (or a single cell) there is nothing to resolve and both scores are NaN.
+    fine label (or a single cell) there is nothing to resolve and both scores are NaN. ``n_cells``:
+    the cells clustered (after subsampling).
     """
     z = as_matrix(test_z, "test_z", allow_sparse=False)
     y = as_labels(fine_labels, "fine_labels", z.shape[0])
@@ -70,9 +71,10 @@ def granularity_scores(
     if idx is not None:
         z, y = z[idx], y[idx]
     k = len(np.unique(y)) if n_clusters is None else check_positive_int(n_clusters, "n_clusters")
+    n = float(z.shape[0])
     if len(np.unique(y)) < 2 or min(k, z.shape[0]) < 2:
-        return {"nmi": float("nan"), "ari": float("nan")}
-    return _agreement(ward_labels(z, k), y)
+        return {"nmi": float("nan"), "ari": float("nan"), "n_cells": n}
+    return {**_agreement(ward_labels(z, k), y), "n_cells": n}
 
 
 def geometry_scores(

@@ -130,11 +130,12 @@ def score_disentanglement(
         mask = test_obs[col].notna().to_numpy()
         if not mask.any():
             out[f"nmi_fine:{c}"] = out[f"ari_fine:{c}"] = float("nan")
+            out[f"n_cells_fine:{c}"] = 0.0
             continue
         g = granularity_scores(
             zte[mask], test_obs[col][mask], seed=seed, max_cells=max_cells_clustering
         )
-        out[f"nmi_fine:{c}"], out[f"ari_fine:{c}"] = g["nmi"], g["ari"]
+        out[f"nmi_fine:{c}"], out[f"ari_fine:{c}"], out[f"n_cells_fine:{c}"] = g["nmi"], g["ari"], g["n_cells"]
 
     ztr_all = np.concatenate([a for a, _ in uniq], axis=1)
     zte_all = np.concatenate([b for _, b in uniq], axis=1)

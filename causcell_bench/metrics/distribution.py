@@ -120,7 +120,8 @@ def score_distribution(
     top_k: int = 50,
     max_cells: int | None = MAX_CELLS,
 ) -> dict[str, float]:
-    """``edist``, ``mean_pcc`` and, when a ``source`` population is given, ``deg_overlap``."""
+    """``edist``, ``mean_pcc`` and, when a ``source`` population is given, ``deg_overlap``;
+    ``n_cells_edist``: predicted plus real cells the E-distance used (after subsampling)."""
     pred = as_matrix(pred, "pred")
     real = as_matrix(real, "real")
     _check_genes(pred, real, "pred", "real")
@@ -128,6 +129,7 @@ def score_distribution(
     out = {
         "edist": e_distance(pred, real, max_cells=max_cells, seed=seed),
         "mean_pcc": mean_expression_pcc(pred, real),
+        "n_cells_edist": float(sum(min(x.shape[0], max_cells or x.shape[0]) for x in (pred, real))),
     }
     if source is not None:
         out["deg_overlap"] = deg_overlap(

@@ -69,6 +69,7 @@ _ALL = [
     # granularity
     MetricInfo("nmi_fine", "granularity", True, _EMB, "NMI of Ward clusters of z_c vs fine labels", True, True),
     MetricInfo("ari_fine", "granularity", True, _EMB, "ARI of Ward clusters of z_c vs fine labels", True, True),
+    MetricInfo("n_cells_fine", "granularity", True, _EMB, "test cells clustered for nmi_fine/ari_fine", False, True),
     # DCI / MIG on the concatenated embedding
     MetricInfo("dci_d", "dci_mig", True, _EMB, "DCI disentanglement (Eastwood & Williams 2018)"),
     MetricInfo("dci_c", "dci_mig", True, _EMB, "DCI completeness (Eastwood & Williams 2018)"),
@@ -99,6 +100,11 @@ _ALL = [
     MetricInfo("edist", "distribution", False, _DIST, "energy distance between predicted and real populations"),
     MetricInfo("mean_pcc", "distribution", True, _DIST, "Pearson r of the mean expression profiles"),
     MetricInfo("deg_overlap", "distribution", True, _DIST, "overlap of top-k DEGs vs the source population"),
+    MetricInfo(
+        "n_cells_edist", "distribution", True, _DIST,
+        "predicted + real cells used by the E-distance (mean over held-out populations)", False,
+    ),
+    MetricInfo("n_populations", "distribution", True, _DIST, "held-out populations scored and averaged", False),
 ]
 
 METRICS: dict[str, MetricInfo] = {m.name: m for m in _ALL}
