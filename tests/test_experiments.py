@@ -49,7 +49,7 @@ def test_causal_consistency_end_to_end(tmp_path: Path) -> None:
     table = res["per_intervention"]
     rows = res["config"]["rows"]  # mode=both: CausCell is asked in both modes, without refitting
     assert rows == ["CausCell (do)", "CausCell (exogenous)", "CausCell_IND", "negative_control"]
-    assert len(table) == 3 * (2 + len(rows))  # 3 interventions x (no-op, truth, each row)
+    assert len(table) == 3 * (3 + len(rows))  # 3 interventions x (no-op, SCM posterior, truth, each row)
     truth = table[table.method == "true counterfactual"]
     noop = table[table.method == "keep factual type (no-op)"]
     # the simulator moves some cells, and a classifier of real cells reads the true counterfactuals well
@@ -57,6 +57,10 @@ def test_causal_consistency_end_to_end(tmp_path: Path) -> None:
     assert (truth.causal_acc > 0.8).all()
     assert (truth.causal_acc > noop.causal_acc.to_numpy()).all()
     assert (truth.causal_bacc > 0.8).all()
+    # the attainable ceiling lies between keeping every type and the stored-noise truth
+    post = table[table.method == "SCM posterior (noise unseen)"]
+    assert (post.causal_acc.to_numpy() >= noop.causal_acc.to_numpy() - 0.02).all()
+    assert (post.causal_bacc.to_numpy() <= truth.causal_bacc.to_numpy()).all()
     for col in ("causal_acc", "causal_bacc", "effect_pcc", "cf_pcc"):
         vals = table.loc[table.method.isin(rows), col]
         assert vals.between(-1, 1).all()

@@ -158,3 +158,30 @@ def test_bad_interventions_and_inputs(sim):
         simulate(10, 10, dag="chain")
     with pytest.raises(BenchError, match="at least 2"):
         simulate(10, 10, n_age=1)
+
+
+def test_label_posterior_is_the_best_prediction_without_the_noise(sim):
+    from causcell_bench.datasets import counterfactual_label_posterior
+
+    old = str(sim.obs["age"].cat.categories[-1])
+    cells = sim[sim.obs["age"].astype(str).to_numpy() != old]
+    post = counterfactual_label_posterior(cells, {"age": old}, n_samples=50_000)
+    np.testing.assert_allclose(post.sum(1), 1.0)
+    cats = np.array([str(c) for c in cells.obs["celltype"].cat.categories])
+    fact = cells.obs["celltype"].astype(str).to_numpy()
+    truth = true_counterfactual(cells, {"age": old})[0]["celltype"].astype(str).to_numpy()
+    assert (truth != fact).any()  # some cells change type
+    # calibrated: the mean posterior of each type matches how often it is the true counterfactual
+    for j, t in enumerate(cats):
+        assert abs(post[:, j].mean() - (truth == t).mean()) < 0.05
+    # its mode beats keeping every type, but not the stored-noise truth: the noise is not observed
+    acc = np.mean(cats[post.argmax(1)] == truth)
+    assert np.mean(fact == truth) <= acc < 1.0
+    # do(celltype) is certain; without the DAG nothing moves
+    assert (counterfactual_label_posterior(cells, {"celltype": cats[0]})[:, 0] == 1).all()
+    flat = simulate(n_cells=300, n_genes=40, seed=1, dag="none")
+    p0 = counterfactual_label_posterior(flat, {"age": old}, n_samples=20_000)
+    codes = flat.obs["celltype"].cat.codes.to_numpy()
+    assert (p0.argmax(1) == codes).all() and np.allclose(p0.max(1), 1.0)
+    with pytest.raises(BenchError, match="cannot intervene"):
+        counterfactual_label_posterior(cells, {"batch": "b"})

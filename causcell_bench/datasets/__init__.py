@@ -21,7 +21,13 @@ from causcell_bench.datasets.prepare import prepare_ici_response
 from causcell_bench.datasets.preprocess import preprocess
 from causcell_bench.datasets.spec import DatasetSpec
 from causcell_bench.datasets.splits import Split, load_splits, make_splits, save_splits
-from causcell_bench.datasets.synthetic import age_trend_genes, simulate, synthetic_spec, true_counterfactual
+from causcell_bench.datasets.synthetic import (
+    age_trend_genes,
+    counterfactual_label_posterior,
+    simulate,
+    synthetic_spec,
+    true_counterfactual,
+)
 from causcell_bench.datasets.validate import validate_adata
 
 __all__ = [
@@ -43,5 +49,6 @@ __all__ = [
     "simulate",
     "synthetic_spec",
     "true_counterfactual",
+    "counterfactual_label_posterior",
     "validate_adata",
 ]
