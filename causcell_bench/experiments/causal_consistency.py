@@ -343,15 +343,23 @@ def run(
     )
     gap = by.loc[POSTERIOR, "causal_bacc"] - by.loc[NOOP, "causal_bacc"]
     if "CausCell_IND" in by.index:
+        ind = by.loc["CausCell_IND"]
+        smp = by.loc[POSTERIOR_SAMPLED]
         for n in [x for x in labels_run if x == "CausCell" or x.startswith("CausCell (")]:
-            d = by.loc[n, "causal_bacc"] - by.loc["CausCell_IND", "causal_bacc"]
-            beats_noop = by.loc[n, "causal_bacc"] > by.loc[NOOP, "causal_bacc"] + 0.02
-            verdict = ("the DAG helps here" if d > 0.02 and beats_noop
-                       else "no clear benefit of the DAG in this run" if d <= 0.02
-                       else "better than CausCell_IND, but not better than keeping the factual types")
-            closed = (by.loc[n, "causal_bacc"] - by.loc[NOOP, "causal_bacc"]) / gap if gap > 0 else float("nan")
-            lines.append(f"- {n} minus CausCell_IND, balanced accuracy: {d:+.3f} ({verdict}); {n} closes "
-                         f"{closed:.0%} of the gap between the no-op and the attainable ceiling.")
+            r = by.loc[n]
+            d_b = r["causal_bacc"] - ind["causal_bacc"]
+            d_c = r["causal_acc_changed"] - ind["causal_acc_changed"]
+            # the DAG's job: move the right cells (changed-cell accuracy) without breaking the others (balanced)
+            verdict = ("the DAG helps here" if d_c > 0.05 and d_b > 0.0
+                       else "it moves more cells right but breaks more kept ones" if d_c > 0.05
+                       else "no clear benefit of the DAG in this run")
+            share = r["causal_acc_changed"] / smp["causal_acc_changed"] if smp["causal_acc_changed"] > 0 else np.nan
+            closed = (r["causal_bacc"] - by.loc[NOOP, "causal_bacc"]) / gap if gap > 0 else float("nan")
+            lines.append(
+                f"- {n} vs CausCell_IND: changed cells {d_c:+.3f}, balanced accuracy {d_b:+.3f} ({verdict}). On "
+                f"changed cells {n} reaches {share:.0%} of what sampling from the exact SCM posterior reaches; by "
+                f"balanced accuracy it closes {closed:.0%} of the gap between the no-op and the posterior's mode."
+            )
     blocks = [
         "The synthetic SCM (age -> celltype <- domain; "
         f"DAG `{cfg.dag}`) is intervened on with do({cfg.concept} = a) for every test cell of ID fold {cfg.fold} "
