@@ -11,3 +11,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    # again before every test: code under test may resize the pool (a grid cell, a CLI command)
+    torch.set_num_threads(1)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("biolord")
 
@@ -15,15 +14,6 @@ from causcell_bench.testing import check_method, tiny_dataset  # noqa: E402
 
 # small network, enough epochs that labels shape the decoder output
 TINY = {"max_epochs": 60, "batch_size": 64, "n_latent": 8, "decoder_width": 64, "infer_steps": 50}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # tiny matrices: a second intra-op thread only adds contention on shared 2-core runners
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

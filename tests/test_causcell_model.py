@@ -22,15 +22,6 @@ from causcell_bench.models.causcell import (
 TINY = dict(d=8, hidden=32, n_blocks=1, heads=2, head_dim=8, ff_mult=2, device="cpu")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the test machine is shared: one thread avoids oversubscription stalls
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def random_dag(rng: np.random.Generator, m: int, p: float = 0.5) -> np.ndarray:
     """Random DAG over m observed nodes (random order) plus an isolated u, as (m+1)x(m+1)."""
     a = np.zeros((m + 1, m + 1), dtype=np.float32)

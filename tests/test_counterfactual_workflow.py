@@ -9,7 +9,6 @@ import anndata
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from typer.testing import CliRunner
 
 import causcell_bench.cli_counterfactual  # noqa: F401 - registers train / counterfactual / experiment
@@ -23,14 +22,6 @@ DATA = ["--dataset", "synthetic", "--n-cells", "300", "--n-genes", "40"]
 TINY_CAUSCELL = ["n_steps=20", "batch_size=64", "hidden=32", "n_blocks=1", "heads=2", "head_dim=8", "d=8",
                  "ff_mult=2", "ddim_steps=3", "pool_size=16"]
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # shared test machine
-    yield
-    torch.set_num_threads(n)
 
 
 def invoke(*args: str):

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 import causcell_bench.cli_counterfactual  # noqa: F401 - registers the `experiment` command
@@ -20,14 +19,6 @@ from causcell_bench.experiments.report import markdown_table
 TINY = {"n_steps": 20, "batch_size": 64, "hidden": 32, "n_blocks": 1, "heads": 2, "head_dim": 8, "d": 8,
         "ff_mult": 2, "ddim_steps": 3, "pool_size": 16}
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # shared test machine
-    yield
-    torch.set_num_threads(n)
 
 
 def _files_ok(out: Path, results: dict) -> str:

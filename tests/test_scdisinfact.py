@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from sklearn.linear_model import LogisticRegression
 
 from causcell_bench.datasets import load, preprocess, true_counterfactual
@@ -14,15 +13,6 @@ from causcell_bench.methods.scdisinfact import ScDisInFact
 from causcell_bench.testing import check_method, tiny_dataset
 
 TINY = {"epochs": 2, "batch_per_group": 8}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # the test machine is shared: one intra-op thread avoids oversubscription stalls
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_conforms_to_method_kit() -> None:
