@@ -66,7 +66,7 @@ from causcell_bench.experiments.report import (
 )
 
 NAME = "causal_consistency"
-DEFAULT_METHODS = ("CausCell", "CausCell_IND", "negative_control")
+DEFAULT_METHODS = ("all",)  # CausCell, CausCell_IND and every other counterfactual-capable method
 TRUTH = "true counterfactual"
 NOOP = "keep factual type (no-op)"
 POSTERIOR = "SCM posterior (noise unseen)"
