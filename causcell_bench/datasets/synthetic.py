@@ -514,8 +514,8 @@ def expected_expression(adata: AnnData) -> np.ndarray:
 
 def counterfactual_label_posterior(
     adata: AnnData, do: Mapping[str, str], *, n_samples: int = 200_000, seed: int = 0
-) -> np.ndarray:
-    """P(counterfactual celltype = k | the cell's observed labels), shape (n_cells, n_types).
+) -> pd.DataFrame:
+    """P(counterfactual celltype = k | the cell's observed labels): one row per cell, one column per type.
 
     What a model that knows the SCM exactly can know of a cell's counterfactual type
     when it cannot see the cell's Gumbel noise: expression carries no trace of it
@@ -535,22 +535,21 @@ def counterfactual_label_posterior(
     out = np.zeros((adata.n_obs, k))
     if CELLTYPE in do:
         out[:, params.values[CELLTYPE].index(str(do[CELLTYPE]))] = 1.0
-        return out
-    a_cf = params.values[AGE].index(str(do[AGE])) if AGE in do else None
-    d_cf = params.values[DOMAIN].index(str(do[DOMAIN])) if DOMAIN in do else None
-    g = np.random.default_rng([seed, 23]).gumbel(size=(n_samples, k))
-    for a, d in {(int(x), int(y)) for x, y in zip(age, domain)}:
-        full = np.full(n_samples, a), np.full(n_samples, d)
-        fact = params.celltype(*full, g)
-        cf = params.celltype(np.full(n_samples, a if a_cf is None else a_cf),
-                             np.full(n_samples, d if d_cf is None else d_cf), g)
-        joint = np.bincount(fact * k + cf, minlength=k * k).reshape(k, k).astype(np.float64)
-        seen = joint.sum(1, keepdims=True)
-        # a type never drawn under these parents (probability < 1/n_samples) keeps its type
-        post = np.where(seen > 0, joint / np.maximum(seen, 1.0), np.eye(k))
-        rows = (age == a) & (domain == d)
-        out[rows] = post[ctype[rows]]
-    return out
+    else:
+        a_cf = params.values[AGE].index(str(do[AGE])) if AGE in do else None
+        d_cf = params.values[DOMAIN].index(str(do[DOMAIN])) if DOMAIN in do else None
+        g = np.random.default_rng([seed, 23]).gumbel(size=(n_samples, k))
+        for a, d in {(int(x), int(y)) for x, y in zip(age, domain)}:
+            fact = params.celltype(np.full(n_samples, a), np.full(n_samples, d), g)
+            cf = params.celltype(np.full(n_samples, a if a_cf is None else a_cf),
+                                 np.full(n_samples, d if d_cf is None else d_cf), g)
+            joint = np.bincount(fact * k + cf, minlength=k * k).reshape(k, k).astype(np.float64)
+            seen = joint.sum(1, keepdims=True)
+            # a type never drawn under these parents (probability < 1/n_samples) keeps its type
+            post = np.where(seen > 0, joint / np.maximum(seen, 1.0), np.eye(k))
+            rows = (age == a) & (domain == d)
+            out[rows] = post[ctype[rows]]
+    return pd.DataFrame(out, index=adata.obs_names.copy(), columns=list(params.values[CELLTYPE]))
 
 
 __all__ = [

@@ -192,11 +192,10 @@ def run(
             cf_t = obs_cf[cfg.descendant].astype(str).to_numpy()
             target = _target_type(fact, cf_t, types)
             post = counterfactual_label_posterior(sub, {cfg.concept: v}, seed=seed)
-            cats = [str(t) for t in sub.obs[cfg.descendant].cat.categories]
             truth[v] = {
                 "idx": idx, "x_cf": x_cf, "x_f": x_f, "factual_type": fact, "cf_type": cf_t,
-                "changed": fact != cf_t, "target": target, "posterior_type": np.array(cats)[post.argmax(1)],
-                "posterior_hit": post[np.arange(len(cf_t)), [cats.index(t) for t in cf_t]],
+                "changed": fact != cf_t, "target": target, "posterior_type": post.idxmax(axis=1).to_numpy(str),
+                "posterior_hit": post.to_numpy()[np.arange(len(cf_t)), post.columns.get_indexer(cf_t)],
                 "markers": marker_genes(train.X, train.obs[cfg.descendant].to_numpy(), target, cfg.n_markers),
                 "observed": dense(sub.X), "sampled": sampled_truth(x_cf, sub, seed),
             }
