@@ -184,5 +184,10 @@ def test_label_posterior_is_the_best_prediction_without_the_noise(sim):
     flat = simulate(n_cells=300, n_genes=40, seed=1, dag="none")
     p0 = counterfactual_label_posterior(flat, {"age": old}, n_samples=20_000)
     assert (p0.idxmax(axis=1) == flat.obs["celltype"].astype(str)).all() and np.allclose(p0.max(axis=1), 1.0)
-    with pytest.raises(BenchError, match="cannot intervene"):
+    # a root has no noise to abduct: it takes the intervened value or keeps its own
+    ages = counterfactual_label_posterior(cells, {"age": old}, concept="age")
+    assert (ages[old] == 1).all()
+    doms = counterfactual_label_posterior(cells, {"age": old}, concept="domain")
+    assert (doms.idxmax(axis=1) == cells.obs["domain"].astype(str)).all()
+    with pytest.raises(BenchError, match="not a concept"):
         counterfactual_label_posterior(cells, {"batch": "b"})

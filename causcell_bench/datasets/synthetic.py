@@ -513,21 +513,27 @@ def expected_expression(adata: AnnData) -> np.ndarray:
 
 
 def counterfactual_label_posterior(
-    adata: AnnData, do: Mapping[str, str], *, n_samples: int = 200_000, seed: int = 0
+    adata: AnnData, do: Mapping[str, str], *, concept: str = CELLTYPE, n_samples: int = 200_000, seed: int = 0
 ) -> pd.DataFrame:
-    """P(counterfactual celltype = k | the cell's observed labels): one row per cell, one column per type.
+    """P(counterfactual ``concept`` = k | the cell's observed labels): one row per cell, one column per value.
 
     What a model that knows the SCM exactly can know of a cell's counterfactual type
     when it cannot see the cell's Gumbel noise: expression carries no trace of it
     (only the argmax, the observed type, depends on it), so the noise is abducted from
     the labels alone, by Monte Carlo over ``n_samples`` Gumbel vectors per (age, domain).
     Its argmax is the best deterministic prediction, the realistic ceiling of causal
-    accuracy (the stored-noise truth is the unreachable one).
+    accuracy (the stored-noise truth is the unreachable one). The roots (age, domain)
+    have no noise to abduct: they take the intervened value, or keep their own.
     """
     params = _params_from(adata)
-    bad = [c for c in do if c not in (AGE, DOMAIN, CELLTYPE)]
+    bad = [c for c in [*do, concept] if c not in (AGE, DOMAIN, CELLTYPE)]
     if bad:
-        raise BenchError(f"cannot intervene on {bad}: the synthetic concepts are {CONCEPTS}")
+        raise BenchError(f"{bad} is not a concept of the synthetic data; concepts are {CONCEPTS}")
+    if concept != CELLTYPE:
+        values = list(params.values[concept])
+        codes = (np.full(adata.n_obs, values.index(str(do[concept]))) if concept in do
+                 else _codes(adata, concept, values))
+        return pd.DataFrame(np.eye(len(values))[codes], index=adata.obs_names.copy(), columns=values)
     k = params.w_base.shape[0]
     age = _codes(adata, AGE, params.values[AGE])
     domain = _codes(adata, DOMAIN, params.values[DOMAIN])

@@ -191,7 +191,7 @@ def run(
             fact = sub.obs[cfg.descendant].astype(str).to_numpy()
             cf_t = obs_cf[cfg.descendant].astype(str).to_numpy()
             target = _target_type(fact, cf_t, types)
-            post = counterfactual_label_posterior(sub, {cfg.concept: v}, seed=seed)
+            post = counterfactual_label_posterior(sub, {cfg.concept: v}, concept=cfg.descendant, seed=seed)
             truth[v] = {
                 "idx": idx, "x_cf": x_cf, "x_f": x_f, "factual_type": fact, "cf_type": cf_t,
                 "changed": fact != cf_t, "target": target, "posterior_type": post.idxmax(axis=1).to_numpy(str),
