@@ -40,7 +40,6 @@ from causcell_bench.methods.base import dense_rows
 from causcell_bench.methods.causcell import CausCell, CausCellIND
 from causcell_bench.metrics import pearson_per_cell, predict_labels, score_counterfactual, score_disentanglement
 
-
 ABLATION = "CausCell (paper objective)"
 
 
@@ -205,8 +204,8 @@ def main() -> None:
 
 
 def _markdown(r: dict[str, Any]) -> str:
-    f = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
-    lines = ["# CausCell quick-preset benchmark (synthetic, " f"{r['dataset']['n_cells']} cells x {r['dataset']['n_genes']} genes)", ""]
+    f = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)
+    lines = [("# CausCell quick-preset benchmark (synthetic, " f"{r['dataset']['n_cells']} cells x {r['dataset']['n_genes']} genes)"), ""]
     lines += ["## Training time", "", "| method | wall s | CPU s |", "|---|---|---|"]
     lines += [f"| {k} | {v:.1f} | {r['train_cpu_seconds'][k]:.1f} |" for k, v in r["train_seconds"].items()]
     lines += ["", "## Probe accuracy (row: embedding, column: concept predicted)", ""]

@@ -246,7 +246,7 @@ def prepare(
 
 
 # train / counterfactual / experiment live in their own module; importing it registers them
-from causcell_bench import cli_counterfactual  # noqa: E402,F401
+from causcell_bench import cli_counterfactual  # noqa: F401
 
 
 def main() -> None:  # pragma: no cover

@@ -95,7 +95,7 @@ def counterfactual(
     mode: Annotated[str | None, typer.Option(help="do (graph surgery) or exogenous (CausCell only; default: the model's)")] = None,
     seed: Annotated[int, typer.Option(help="generation seed")] = 0,
     dataset: Annotated[str | None, typer.Option(help="take cells from this dataset (default: the training dataset)")] = None,
-    input: Annotated[Path | None, typer.Option(help="take cells from this .h5ad (raw counts + concept columns)")] = None,  # noqa: A002
+    input: Annotated[Path | None, typer.Option(help="take cells from this .h5ad (raw counts + concept columns)")] = None,
     part: Annotated[str, typer.Option(help="all, or train/test part of the model's fold")] = "all",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
 ) -> None:

@@ -353,7 +353,7 @@ def load_cells(
     manifest: Mapping[str, Any],
     *,
     dataset: str | None = None,
-    input: str | Path | None = None,  # noqa: A002 - mirrors the CLI option
+    input: str | Path | None = None,  # shadows the builtin: mirrors the CLI option
     part: str = "all",
 ) -> AnnData:
     """The cells to intervene on, in the data contract on the model's genes.
@@ -496,7 +496,7 @@ def generate_counterfactuals(
     mode: str | None = None,
     seed: int = 0,
     dataset: str | None = None,
-    input: str | Path | None = None,  # noqa: A002 - mirrors the CLI option
+    input: str | Path | None = None,  # shadows the builtin: mirrors the CLI option
     part: str = "all",
     device: str = "auto",
 ) -> AnnData:

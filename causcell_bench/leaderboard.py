@@ -172,11 +172,11 @@ def markdown(summary: pd.DataFrame, score_table: pd.DataFrame, status: pd.DataFr
             parts.append("| " + " | ".join(cells) + " |")
         parts.append("")
     parts += [
-        "Headline metrics (per-concept values averaged over concepts); every metric is in summary.csv. "
+        ("Headline metrics (per-concept values averaged over concepts); every metric is in summary.csv. "
         "Values are means ± sd over folds; `overall` is the control-scaled score (0 = negative control, "
-        "1 = positive control) averaged over metric groups. n/a: the method cannot produce that output.",
-        "† label-lookup embeddings (identical within a label): not ranked on disentanglement. "
-        "* one shared latent for every concept: the probe measures informativeness, not disentanglement.",
+        "1 = positive control) averaged over metric groups. n/a: the method cannot produce that output."),
+        ("† label-lookup embeddings (identical within a label): not ranked on disentanglement. "
+        "* one shared latent for every concept: the probe measures informativeness, not disentanglement."),
         "",
     ]
     if status is not None and not status.empty:

@@ -261,7 +261,7 @@ def _child(config: RunConfig, key: CellKey, run_dir: str, threads: int) -> None:
 def preload(methods: Iterable[str]) -> None:
     """Import what every cell needs once in the parent, so forked cells start warm."""
     import scanpy  # noqa: F401
-    import sklearn.cluster  # noqa: F401
+    import sklearn.cluster
     import sklearn.linear_model  # noqa: F401
     import torch  # noqa: F401
 
@@ -383,7 +383,7 @@ def run_cells_local(
     """The local executor: up to ``config.jobs`` child processes at a time, one per cell."""
     # CAUSCELL_BENCH_THREADS overrides: when cores are shared (parallel test workers), torch's
     # default of one thread per core runs small models several times slower than one thread
-    threads = int(os.environ.get("CAUSCELL_BENCH_THREADS", 0)) or max(1, cpu_count() // config.jobs)
+    threads = int(os.environ.get("CAUSCELL_BENCH_THREADS", "0")) or max(1, cpu_count() // config.jobs)
     store = ResultStore(run_dir)
     ctx = mp.get_context(start_method)
     running: dict[Any, tuple[CellKey, float]] = {}

@@ -165,6 +165,6 @@ def _expect_bench_error(fn: Any, what: str) -> None:
         fn()
     except BenchError:
         return
-    except Exception as e:  # noqa: BLE001 - we report what was raised instead
+    except Exception as e:  # any other type: report what was raised instead
         raise AssertionError(f"{what} raised {type(e).__name__}: {e}; expected a clear BenchError") from e
     raise AssertionError(f"{what} did not raise")

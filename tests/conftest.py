@@ -8,12 +8,12 @@ import os
 os.environ.setdefault("CAUSCELL_BENCH_THREADS", "1")  # forked grid cells (runner)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import torch  # noqa: E402
+import torch
 
 torch.set_num_threads(1)
 
 
-import pytest  # noqa: E402
+import pytest
 
 
 @pytest.fixture(autouse=True)

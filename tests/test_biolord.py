@@ -7,10 +7,10 @@ import pytest
 
 pytest.importorskip("biolord")
 
-from causcell_bench.errors import BenchError  # noqa: E402
-from causcell_bench.methods.base import UNEXPLAINED  # noqa: E402
-from causcell_bench.methods.biolord import Biolord  # noqa: E402
-from causcell_bench.testing import check_method, tiny_dataset  # noqa: E402
+from causcell_bench.errors import BenchError
+from causcell_bench.methods.base import UNEXPLAINED
+from causcell_bench.methods.biolord import Biolord
+from causcell_bench.testing import check_method, tiny_dataset
 
 # small network, enough epochs that labels shape the decoder output
 TINY = {"max_epochs": 60, "batch_size": 64, "n_latent": 8, "decoder_width": 64, "infer_steps": 50}

@@ -18,14 +18,14 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from causcell_bench import registry  # noqa: E402
-from causcell_bench.config import RunConfig  # noqa: E402
-from causcell_bench.errors import BenchError  # noqa: E402
-from causcell_bench.leaderboard import summarize, tidy_table  # noqa: E402
-from causcell_bench.methods.controls import PositiveControl  # noqa: E402
-from causcell_bench.ray_executor import task_resources  # noqa: E402
-from causcell_bench.runner import run_grid  # noqa: E402
-from causcell_bench.store import ResultStore  # noqa: E402
+from causcell_bench import registry
+from causcell_bench.config import RunConfig
+from causcell_bench.errors import BenchError
+from causcell_bench.leaderboard import summarize, tidy_table
+from causcell_bench.methods.controls import PositiveControl
+from causcell_bench.ray_executor import task_resources
+from causcell_bench.runner import run_grid
+from causcell_bench.store import ResultStore
 
 SMALL = {"n_cells": 360, "n_genes": 80}
 QUIET = {"progress": False, "log": lambda s: None}

@@ -9,9 +9,9 @@ import pytest
 
 pytest.importorskip("pertpy")
 
-from causcell_bench.errors import BenchError  # noqa: E402
-from causcell_bench.methods.scgen import ScGen  # noqa: E402
-from causcell_bench.testing import check_method, tiny_dataset  # noqa: E402
+from causcell_bench.errors import BenchError
+from causcell_bench.methods.scgen import ScGen
+from causcell_bench.testing import check_method, tiny_dataset
 
 # one batch per epoch (a single batch shape: JAX compiles the training step once), so many cheap epochs
 TINY = {"max_epochs": 150, "batch_size": 256, "n_hidden": 128, "n_latent": 10, "lr": 3e-3}

@@ -36,6 +36,7 @@ __all__ = [
     "DatasetSpec",
     "Split",
     "age_trend_genes",
+    "counterfactual_label_posterior",
     "data_dirs",
     "find_paper_files",
     "get_spec",
@@ -49,6 +50,5 @@ __all__ = [
     "simulate",
     "synthetic_spec",
     "true_counterfactual",
-    "counterfactual_label_posterior",
     "validate_adata",
 ]

@@ -369,12 +369,12 @@ def run(
            "label never changes."),
         "## Summary (mean over interventions)\n\n" + "\n".join(lines),
         markdown_table(summary),
-        "## Per intervention\n\n`causal_acc`: classifier label of the counterfactual == true counterfactual label; "
+        ("## Per intervention\n\n`causal_acc`: classifier label of the counterfactual == true counterfactual label; "
         "`_changed` / `_unchanged`: only cells whose true label changes / stays; `causal_bacc`: the mean of those two "
         "(0.5 for a perfect no-op; random cells score their type frequencies); `true_flip_rate` / `pred_flip_rate`: share of cells whose "
         "(true / classifier-read) type differs from the classifier's reading of the observed cell; `effect_pcc`, "
         "`cf_pcc`, `cf_mse`: against the noiseless truth; `marker_shift`: mean marker score minus that of the "
-        "observed cells; `marker_r`: per-cell correlation of the marker score with the noiseless truth's.",
+        "observed cells; `marker_r`: per-cell correlation of the marker score with the noiseless truth's."),
         markdown_table(table),
         "## Figures",
         figure_link(fig_box, "Marker-gene score of the cell type each intervention moves cells into: observed cells, "

@@ -102,7 +102,7 @@ class Timer:
             def __enter__(self) -> None:
                 self.t0 = time.perf_counter()
 
-            def __exit__(self, *exc: Any) -> None:
+            def __exit__(self, *exc: object) -> None:
                 timer.times[key] = round(timer.times.get(key, 0.0) + time.perf_counter() - self.t0, 3)
 
         return _Ctx()

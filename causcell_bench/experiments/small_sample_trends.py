@@ -290,10 +290,10 @@ def run(
         return f"{r.trend_right}/{r.n_trend} trend genes ({r.negligible_sig} negligible-change genes called)"
 
     lines = [
-        f"- Full data ({ref_old.shape[0]} old vs {ref_young.shape[0]} young {target} cells): "
-        f"{hits('full data: old vs young (real)')}.",
-        f"- Subsample ({old_real.shape[0]} old vs {young_real.shape[0]} young): "
-        f"{hits('subsample: old vs young (real)')}.",
+        (f"- Full data ({ref_old.shape[0]} old vs {ref_young.shape[0]} young {target} cells): "
+        f"{hits('full data: old vs young (real)')}."),
+        (f"- Subsample ({old_real.shape[0]} old vs {young_real.shape[0]} young): "
+        f"{hits('subsample: old vs young (real)')}."),
     ]
     for n in names:
         lines.append(
@@ -308,7 +308,7 @@ def run(
     for key, q in per_gene.items():
         gene_table[key] = q
     blocks = [
-        f"Synthetic SCM with an age x celltype interaction ({full.n_obs} cells x {full.n_vars} genes, "
+        (f"Synthetic SCM with an age x celltype interaction ({full.n_obs} cells x {full.n_vars} genes, "
         f"{len(trend_idx)} recorded age-trend genes in {target}). Training set: {cfg.n_per_age} {target} cells per age "
         f"plus {others.size} cells of other types. Counterfactuals: do({', '.join(f'{k}={v}' for k, v in do.items())}) "
         f"of the {young_cells.n_obs} young {target} training cells, {cfg.n_cf_per_cell} per cell "
@@ -318,13 +318,13 @@ def run(
         "when significant with the recorded direction. `n_changed`: genes whose exact mean change in these young "
         f"cells (simulator, log1p CP10k) is at least {cfg.min_effect}; `changed_right`: those found with the right "
         f"sign; `negligible_sig`: significant genes whose true change is below {cfg.min_effect} (spurious calls; "
-        "in the large full-data test also tiny real shifts from renormalisation).",
+        "in the large full-data test also tiny real shifts from renormalisation)."),
         "## Counts\n\n" + "\n".join(lines),
         markdown_table(table),
-        "## Does the model predict the right change?\n\n`change_pcc_all_genes`: Pearson r over genes between the "
+        ("## Does the model predict the right change?\n\n`change_pcc_all_genes`: Pearson r over genes between the "
         "predicted mean change (counterfactual minus the same-seed reconstruction of each young cell) and the "
         "exact mean change; `trend_sign_agreement`: share of trend genes whose predicted change has the recorded "
-        "sign; `trend_change_ratio`: predicted / true change along the trend directions (1 = right size).",
+        "sign; `trend_change_ratio`: predicted / true change along the trend directions (1 = right size)."),
         markdown_table(diag_table),
         "## Trend genes (true and predicted mean change; BH q per analysis)",
         markdown_table(gene_table, digits=3),

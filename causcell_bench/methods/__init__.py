@@ -2,4 +2,4 @@
 
 from causcell_bench.methods.base import UNEXPLAINED, Capabilities, ConceptEmbeddings, Method
 
-__all__ = ["Capabilities", "ConceptEmbeddings", "Method", "UNEXPLAINED"]
+__all__ = ["UNEXPLAINED", "Capabilities", "ConceptEmbeddings", "Method"]
