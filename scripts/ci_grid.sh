@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/ci}
 REF=results/ci_synthetic.csv
-.venv/bin/causcell-bench run --methods controls,scVI,CPA,scDisInFact,CausCell --dataset synthetic --n-cells 600 --n-genes 150 \
+.venv/bin/causcell-bench run --methods all --dataset synthetic --n-cells 600 --n-genes 150 \
     --folds 0 --device cpu --out "$OUT" --no-report --param scVI.max_epochs=30
 if [ "${1:-}" = "--update" ]; then
   .venv/bin/python - "$OUT" "$REF" <<'PY'
