@@ -5,11 +5,9 @@ One local Ray instance (2 CPUs) serves the whole module: Ray takes seconds to st
 
 from __future__ import annotations
 
-import _thread
 import logging
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -154,24 +152,19 @@ def test_ctrl_c_cancels_running_cells(ray_local, tmp_path: Path, monkeypatch: py
     cfg = demo_config(methods=["sleeper"], settings=["ID"], jobs=1,
                       method_params={"sleeper": {"dir": str(tmp_path), "seconds": 4.0}})
 
-    raised = threading.Event()
+    # Ctrl-C lands while run_grid waits on the running cell: raise it from that wait. (Sending a real
+    # SIGINT with _thread.interrupt_main() was lost now and then in the full xdist suite on a loaded
+    # machine; what is tested here is our handling, cancel and re-raise, not Python's signal delivery.)
+    real_wait = ray.wait
 
-    def interrupt_when_started() -> None:
-        deadline = time.time() + 600
-        while not (tmp_path / "started").exists() and time.time() < deadline:
-            time.sleep(0.05)
-        # press Ctrl-C again every 0.5 s until it takes, as a user would: once, on a loaded machine, a
-        # single interrupt was lost (we think it landed inside Ray's own calls and was swallowed there)
-        while not raised.is_set() and time.time() < deadline:
-            _thread.interrupt_main()
-            raised.wait(0.5)
+    def wait_then_interrupt(*args, **kwargs):
+        if (tmp_path / "started").exists():
+            raise KeyboardInterrupt
+        return real_wait(*args, **kwargs)
 
-    threading.Thread(target=interrupt_when_started, daemon=True).start()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            run_grid(cfg, tmp_path / "run", executor="ray", **QUIET)
-    finally:
-        raised.set()
+    monkeypatch.setattr(ray, "wait", wait_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(cfg, tmp_path / "run", executor="ray", **QUIET)
     assert (tmp_path / "started").exists()
     time.sleep(6.0)  # the cell would have finished by now had it not been cancelled
     assert not (tmp_path / "finished").exists()
