@@ -4,7 +4,9 @@
 method data contract (see :mod:`causcell_bench.methods.base`), with a causal
 structure age -> celltype <- domain so that concept signal is learnable.
 
-``check_method(cls)`` is the conformance kit: it fits the method on tiny data
+``tiny_split()`` is the train/test split of that data the kit uses;
+``check_counterfactual_direction()`` checks that do() moves cells towards the
+target label. ``check_method(cls)`` is the conformance kit: it fits the method on tiny data
 and checks shapes, determinism under a seed, the save/load round trip and that
 the declared capabilities are honoured. A plugin's test suite can call it::
 
@@ -71,6 +73,31 @@ def tiny_dataset(n_cells: int = 240, n_genes: int = 60, seed: int = 0) -> tuple[
     return adata, spec
 
 
+def tiny_split(n_cells: int = 240, n_genes: int = 60) -> tuple[AnnData, AnnData, DatasetSpec]:
+    """(train, test, spec): the seeded 75/25 split of :func:`tiny_dataset` that :func:`check_method` fits on."""
+    adata, spec = tiny_dataset(n_cells=n_cells, n_genes=n_genes)
+    test_mask = np.random.default_rng(1).random(adata.n_obs) < 0.25
+    return adata[~test_mask].copy(), adata[test_mask].copy(), spec
+
+
+def check_counterfactual_direction(
+    method: Method, train: AnnData, test: AnnData, spec: DatasetSpec, min_gain: float
+) -> None:
+    """do(c = v) must raise the mean probability of label v, by more than ``min_gain``, under a classifier
+    trained on real cells, for every concept c and every value v (on the test cells not already at v)."""
+    from sklearn.linear_model import LogisticRegression
+
+    x_train = train.X.toarray() if sp.issparse(train.X) else np.asarray(train.X)
+    for c in spec.concepts:
+        clf = LogisticRegression(max_iter=2000).fit(x_train, train.obs[c].astype(str))
+        for v in clf.classes_:
+            cells = test[(test.obs[c].astype(str) != v).to_numpy()].copy()
+            k = list(clf.classes_).index(v)
+            before = clf.predict_proba(method.generate(cells, seed=0))[:, k].mean()
+            after = clf.predict_proba(method.generate(cells, do={c: v}, seed=0))[:, k].mean()
+            assert after > before + min_gain, f"do({c}={v}) did not move cells towards {v}: P {before:.3f} -> {after:.3f}"
+
+
 def check_method(
     method_cls: type[Method],
     params: dict[str, Any] | None = None,
@@ -84,10 +111,7 @@ def check_method(
     Returns the fitted method so callers can make further, method-specific checks.
     """
     params = params or {}
-    adata, spec = tiny_dataset(n_cells=n_cells, n_genes=n_genes)
-    rng = np.random.default_rng(1)
-    test_mask = rng.random(adata.n_obs) < 0.25
-    train, test = adata[~test_mask].copy(), adata[test_mask].copy()
+    train, test, spec = tiny_split(n_cells=n_cells, n_genes=n_genes)
     caps = method_cls.capabilities
 
     assert isinstance(getattr(method_cls, "name", None), str) and method_cls.name, "method needs a name"
