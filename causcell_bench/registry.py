@@ -26,10 +26,13 @@ from causcell_bench.errors import BenchError
 METHOD_GROUP = "causcell_bench.methods"
 DATASET_GROUP = "causcell_bench.datasets"
 
-# name -> "module:Class"; controls first, then methods in the paper's order
+# name -> "module:Class"; controls first, then the references (cheap baselines), then methods in the paper's order
 BUILTIN_METHODS: dict[str, str] = {
     "positive_control": "causcell_bench.methods.controls:PositiveControl",
     "negative_control": "causcell_bench.methods.controls:NegativeControl",
+    "group_mean": "causcell_bench.methods.references:GroupMean",
+    "additive_shift": "causcell_bench.methods.references:AdditiveShift",
+    "no_change": "causcell_bench.methods.references:NoChange",
     "CausCell": "causcell_bench.methods.causcell:CausCell",
     "CausCell_IND": "causcell_bench.methods.causcell:CausCellIND",
     "scDisInFact": "causcell_bench.methods.scdisinfact:ScDisInFact",
@@ -41,6 +44,8 @@ BUILTIN_METHODS: dict[str, str] = {
 }
 
 CONTROLS = ("positive_control", "negative_control")
+# the field's simple baselines: shown on the leaderboard, not ranked (Method.kind == "reference")
+REFERENCES = ("group_mean", "additive_shift", "no_change")
 
 
 def _plugin_entries(group: str) -> dict[str, Any]:

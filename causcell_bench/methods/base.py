@@ -71,6 +71,8 @@ class Method(abc.ABC):
     name: ClassVar[str]
     capabilities: ClassVar[Capabilities]
     presets: ClassVar[dict[str, dict[str, Any]]] = {"quick": {}, "paper": {}}
+    kind: ClassVar[str] = "method"
+    """One of "method" | "control" | "reference": controls and references are shown but not ranked."""
     # heavy, fork-safe modules the runner imports once before forking grid cells
     # (importing scvi-tools takes seconds; paying it per cell would dominate small cells)
     preload_modules: ClassVar[tuple[str, ...]] = ()

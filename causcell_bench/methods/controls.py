@@ -20,6 +20,7 @@ class PositiveControl(Method):
     """The best a method could do: one-hot labels as embeddings, the test data itself as reconstruction."""
 
     name = "positive_control"
+    kind = "control"
     capabilities = Capabilities(embedding="per_concept", unexplained=False, reconstruct=True, counterfactual=False)
     presets = {"quick": {}, "paper": {}}
 
@@ -55,6 +56,7 @@ class NegativeControl(Method):
     """
 
     name = "negative_control"
+    kind = "control"
     capabilities = Capabilities(embedding="per_concept", unexplained=True, reconstruct=True, counterfactual=True)
     presets = {"quick": {"dim": 8, "pool": 2000}, "paper": {"dim": 8, "pool": 2000}}
 
