@@ -60,7 +60,8 @@ def test_registry_names_groups_and_directions():
     assert metric_info("mse").higher_is_better is False and metric_info("edist").higher_is_better is False
     for ct in ("pcc_ct", "mse_ct", "marker_ct"):
         assert metric_info(ct).aggregate is False
-    assert {m.name for m in list_metrics("dci_mig")} == {"dci_d", "dci_c", "dci_i", "mig"}
+    assert {m.name for m in list_metrics("dci_mig")} == {"dci_d", "dci_d_dag", "dci_c", "dci_i", "mig"}
+    assert all(m.defined_in.startswith("causcell_bench.metrics.") for m in METRICS.values())
     assert len(list_metrics()) == len(METRICS)
     with pytest.raises(BenchError, match="unknown metric 'nope:x'"):
         metric_info("nope:x")

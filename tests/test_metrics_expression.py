@@ -214,7 +214,7 @@ def test_counterfactual_perfect_noop_and_zero_effect():
     labs = score_counterfactual(
         true_cf, true_cf, fact, fact, descendant_labels={"a": (np.array(["x", "y"]), np.array(["x", "x"]))}
     )
-    assert labs["causal_acc:a"] == 0.5 and metric_info("causal_acc:a").group == "counterfactual"
+    assert labs["causal_acc:a"] == 0.5 and metric_info("causal_acc:a").group == "cf_truth"
     with pytest.raises(BenchError, match="pair"):
         score_counterfactual(true_cf, true_cf, fact, fact, descendant_labels={"a": ["x"]})
     with pytest.raises(BenchError, match="true_factual"):

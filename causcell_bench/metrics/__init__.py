@@ -14,9 +14,18 @@ from causcell_bench.metrics.counterfactual import (
     predict_labels,
     score_counterfactual,
 )
+from causcell_bench.metrics.degenerate import degenerate_metrics
 from causcell_bench.metrics.dci_mig import dci, dci_from_importance, mig
 from causcell_bench.metrics.disentanglement import score_disentanglement
-from causcell_bench.metrics.distribution import deg_overlap, e_distance, mean_expression_pcc, score_distribution
+from causcell_bench.metrics.distribution import (
+    change_scores,
+    deg_overlap,
+    e_distance,
+    mean_expression_pcc,
+    population_rank,
+    score_distribution,
+    score_populations,
+)
 from causcell_bench.metrics.expression import marker_overlap, mse, pearson_per_cell, wilcoxon_z
 from causcell_bench.metrics.predictive import (
     classification_scores,
@@ -25,23 +34,36 @@ from causcell_bench.metrics.predictive import (
     majority_baseline,
     probe_predict,
 )
-from causcell_bench.metrics.reconstruction import score_reconstruction
-from causcell_bench.metrics.registry import GROUPS, METRICS, MetricInfo, base_name, list_metrics, metric_info
+from causcell_bench.metrics.reconstruction import realism_scores, score_reconstruction
+from causcell_bench.metrics.registry import (
+    CATEGORIES,
+    GROUPS,
+    METRICS,
+    MetricInfo,
+    base_name,
+    headline_metrics,
+    list_metrics,
+    metric_info,
+)
 
 __all__ = [
+    "CATEGORIES",
     "GROUPS",
     "METRICS",
     "MetricInfo",
     "base_name",
     "causal_consistency",
+    "change_scores",
     "classification_scores",
     "dci",
     "dci_from_importance",
     "deg_overlap",
+    "degenerate_metrics",
     "e_distance",
     "effect_pcc",
     "exclusivity_gap",
     "geometry_scores",
+    "headline_metrics",
     "granularity_scores",
     "lift",
     "list_metrics",
@@ -52,11 +74,14 @@ __all__ = [
     "mig",
     "mse",
     "pearson_per_cell",
+    "population_rank",
     "predict_labels",
     "probe_predict",
+    "realism_scores",
     "score_counterfactual",
     "score_disentanglement",
     "score_distribution",
+    "score_populations",
     "score_reconstruction",
     "ward_labels",
     "wilcoxon_z",

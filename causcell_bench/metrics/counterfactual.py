@@ -24,6 +24,7 @@ from causcell_bench.metrics._validate import (
     subsample,
 )
 from causcell_bench.metrics.expression import _pcc_rows, paired_stats
+from causcell_bench.metrics.registry import CF, declare
 
 CLASSIFIER_PCS = 50
 CLASSIFIER_MAX_TRAIN_CELLS = 20_000
@@ -133,3 +134,14 @@ def causal_consistency(
     pred = predict_labels(classifier_train_X, classifier_train_y, cf_X, seed=seed)
     true = as_labels(true_cf_y, "true_cf_y", len(pred))
     return float(np.mean(pred == true))
+
+
+_DECLARE = dict(computed_by=score_counterfactual, needs=CF)
+declare("cf_pcc", "cf_truth", True, "mean per-cell Pearson r, predicted vs true counterfactual",
+        headline=True, **_DECLARE)
+declare("cf_mse", "cf_truth", False, "MSE between predicted and true counterfactual", **_DECLARE)
+declare("effect_pcc", "cf_truth", True, "mean per-cell Pearson r of predicted vs true effects",
+        headline=True, **_DECLARE)
+declare("causal_acc", "cf_truth", True,
+        "accuracy of a real-cell classifier's labels for a descendant concept on counterfactual cells",
+        qualified=True, headline=True, **_DECLARE)

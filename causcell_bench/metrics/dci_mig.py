@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -71,7 +72,53 @@ def dci(
     max_train_cells: int | None = DCI_MAX_TRAIN_CELLS,
     n_estimators: int = DCI_TREES,
 ) -> dict[str, float]:
-    """DCI scores ``{"d", "c", "i"}`` of codes ``z`` for categorical ``factors``.
+    """DCI scores ``{"d", "c", "i"}`` of codes ``z`` for categorical ``factors`` (see :func:`dci_importance`)."""
+    out = dci_importance(z, factors, z_test=z_test, factors_test=factors_test, seed=seed,
+                         max_train_cells=max_train_cells, n_estimators=n_estimators)
+    return {k: out[k] for k in ("d", "c", "i")}
+
+
+def dci_disentanglement_dag(
+    r: np.ndarray, dim_owner: Sequence[str | None], factors: Sequence[str], ancestors: Mapping[str, Sequence[str]]
+) -> float:
+    """DCI disentanglement where a dimension owned by concept c is not charged for importance on c's
+    ancestors: each row of ``r`` keeps only the factors that are not ancestors of its owner (all
+    factors for an unowned dimension), entropies in log base len(factors) as in D, rows weighted by
+    their remaining importance. A concept whose dimensions only carry itself and its parents scores 1.
+    """
+    r = np.abs(np.asarray(r, dtype=np.float64))
+    if r.ndim != 2 or r.shape[0] != len(dim_owner) or r.shape[1] != len(factors):
+        raise BenchError(f"importance matrix of shape {r.shape} does not match {len(dim_owner)} dims "
+                         f"x {len(factors)} factors")
+    if len(factors) < 2 or r.sum() <= 0:
+        return float("nan")
+    keep = np.ones_like(r, dtype=bool)
+    for i, owner in enumerate(dim_owner):
+        if owner is not None:
+            anc = set(ancestors.get(owner, ()))
+            keep[i] = [f not in anc for f in factors]
+    r = np.where(keep, r, 0.0)
+    row = r.sum(axis=1)
+    used = row > 0
+    if not used.any():
+        return float("nan")
+    p = r[used] / row[used, None]
+    d_i = 1.0 - _entropy_rows(p, len(factors))
+    return float(np.sum(row[used] / row[used].sum() * d_i))
+
+
+def dci_importance(
+    z: Any,
+    factors: Any,
+    *,
+    z_test: Any = None,
+    factors_test: Any = None,
+    seed: int = 0,
+    max_train_cells: int | None = DCI_MAX_TRAIN_CELLS,
+    n_estimators: int = DCI_TREES,
+) -> dict[str, Any]:
+    """DCI scores ``{"d", "c", "i"}`` of codes ``z`` for categorical ``factors``, plus the importance
+    matrix (``"importance"``: dims x used factors) and the names of the used factors (``"factors"``).
 
     The forests are fit on (``z``, ``factors``) and scored on (``z_test``, ``factors_test``); without a
     test set, a seeded 70/30 split of the given cells is used. Factors with fewer than two training
@@ -102,10 +149,11 @@ def dci(
     if idx is not None:
         z, fac = z[idx], {k: v[idx] for k, v in fac.items()}
 
-    columns, accs = [], []
+    columns, accs, names = [], [], []
     for name, y in fac.items():
         if np.unique(y).size < 2:
             continue
+        names.append(name)
         forest = ExtraTreesClassifier(
             n_estimators=n_estimators, min_samples_leaf=5, max_features=None, random_state=seed, n_jobs=1
         )
@@ -113,9 +161,11 @@ def dci(
         columns.append(forest.feature_importances_)
         accs.append(float(np.mean(forest.predict(zt) == ft[name])))
     if not columns:
-        return {"d": float("nan"), "c": float("nan"), "i": float("nan")}
-    d, c = dci_from_importance(np.stack(columns, axis=1))
-    return {"d": d, "c": c, "i": float(np.mean(accs))}
+        return {"d": float("nan"), "c": float("nan"), "i": float("nan"), "importance": np.zeros((z.shape[1], 0)),
+                "factors": []}
+    r = np.stack(columns, axis=1)
+    d, c = dci_from_importance(r)
+    return {"d": d, "c": c, "i": float(np.mean(accs)), "importance": r, "factors": names}
 
 
 def _discretise(col: np.ndarray, n_bins: int) -> np.ndarray:

@@ -10,9 +10,11 @@ import numpy as np
 import pandas as pd
 
 from causcell_bench.errors import BenchError
+
+UNEXPLAINED = "unexplained"  # the key of the unexplained concept's embedding (methods.base.UNEXPLAINED)
 from causcell_bench.metrics._validate import as_labels, as_matrix, check_columns, check_concepts
 from causcell_bench.metrics.clustering import MAX_CELLS_CLUSTERING, granularity_scores
-from causcell_bench.metrics.dci_mig import dci, mig
+from causcell_bench.metrics.dci_mig import dci_disentanglement_dag, dci_importance, mig
 from causcell_bench.metrics.predictive import (
     MAX_TRAIN_CELLS,
     classification_scores,
@@ -21,6 +23,7 @@ from causcell_bench.metrics.predictive import (
     majority_baseline,
     probe_predict,
 )
+from causcell_bench.metrics.registry import EMB, declare
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
@@ -47,6 +50,7 @@ def score_disentanglement(
     probe: str = "logreg",
     seed: int = 0,
     off_diagonal: bool = True,
+    ancestors: Mapping[str, Sequence[str]] | None = None,
     max_train_cells: int | None = MAX_TRAIN_CELLS,
     max_cells_clustering: int | None = MAX_CELLS_CLUSTERING,
 ) -> dict[str, float]:
@@ -68,10 +72,21 @@ def score_disentanglement(
     ``ari_fine:c`` of Ward clusters of test z_c (n_clusters = fine labels present) vs those labels;
     cells with a missing fine label are left out.
 
+    With ``ancestors`` (concept -> its ancestors in the causal DAG), the DAG-aware versions:
+    ``exclusivity_dag:c`` = lift(c, c) - mean lift on the concepts that are NOT ancestors of c
+    (descendants and unrelated concepts still count as leakage; lift(c, c) alone when every other
+    concept is an ancestor), and ``dci_d_dag``: DCI disentanglement with the importance a concept's
+    own embedding dimensions put on that concept's ancestors left out. In an SCM the endogenous
+    embedding of a child must carry its parents (z = (I - A^T)^-1 eps), so the plain versions
+    penalise a causal model for being causal; a parent carrying its child still counts as leakage.
+
+    ``u_leak`` (when the embeddings hold ``"unexplained"``): mean lift of the unexplained embedding
+    over all concepts (0 is ideal: u independent of every label; lower is better).
+
     ``dci_d``, ``dci_c``, ``dci_i`` (forests fit on the train fold, informativeness on the test
     fold) and ``mig`` (test fold) use the concatenation of the concept embeddings, each distinct
-    matrix once (a shared latent returned for every concept counts once). Keys of the embedding
-    mappings that are not concepts (e.g. "unexplained") are ignored.
+    matrix once (a shared latent returned for every concept counts once). Other keys of the
+    embedding mappings are ignored.
     """
     concepts = check_concepts(concepts)
     check_columns(train_obs, concepts, "train_obs")
@@ -123,6 +138,19 @@ def score_disentanglement(
                 out[f"offdiag_acc:{c}|{j}"] = acc
                 lifts.append(lift(acc, base[j]))
             out[f"exclusivity:{c}"] = exclusivity_gap(lift(out[f"acc:{c}"], base[c]), lifts)
+            if ancestors is not None:
+                anc = set(ancestors.get(c, ()))
+                own = lift(out[f"acc:{c}"], base[c])
+                leaks = [lift(out[f"offdiag_acc:{c}|{j}"], base[j]) for j in concepts if j != c and j not in anc]
+                finite = [x for x in leaks if np.isfinite(x)]
+                out[f"exclusivity_dag:{c}"] = exclusivity_gap(own, finite) if finite else own
+    if UNEXPLAINED in train_emb and UNEXPLAINED in test_emb:
+        utr = _embedding(train_emb, UNEXPLAINED, n_tr, "train_emb")
+        ute = _embedding(test_emb, UNEXPLAINED, n_te, "test_emb")
+        lifts = [lift(float(np.mean(probe_predict(utr, ytr[j], ute, probe, seed, max_train_cells=max_train_cells)
+                                    == yte[j])), base[j]) for j in concepts]
+        finite = [x for x in lifts if np.isfinite(x)]
+        out["u_leak"] = float(np.mean(finite)) if finite else float("nan")
 
     for c, col in (fine_labels or {}).items():
         check_columns(test_obs, [col], "test_obs")
@@ -139,7 +167,49 @@ def score_disentanglement(
 
     ztr_all = np.concatenate([a for a, _ in uniq], axis=1)
     zte_all = np.concatenate([b for _, b in uniq], axis=1)
-    d = dci(ztr_all, ytr, z_test=zte_all, factors_test=yte, seed=seed)
+    d = dci_importance(ztr_all, ytr, z_test=zte_all, factors_test=yte, seed=seed)
     out["dci_d"], out["dci_c"], out["dci_i"] = d["d"], d["c"], d["i"]
+    if ancestors is not None:
+        # which concept owns each code dimension (a shared latent is owned by none: nothing excused)
+        owners: list[str | None] = []
+        for u, (a, _) in enumerate(uniq):
+            mine = [c for c in concepts if owner[c] == u]
+            owners += [mine[0] if len(mine) == 1 else None] * a.shape[1]
+        out["dci_d_dag"] = dci_disentanglement_dag(d["importance"], owners, d["factors"], ancestors)
     out["mig"] = mig(zte_all, yte)
     return out
+
+
+_DECLARE = dict(computed_by=score_disentanglement, needs=EMB)
+declare("acc", "predictive", True, "probe accuracy of concept c from its own embedding",
+        qualified=True, headline=True, **_DECLARE)
+declare("precision_w", "predictive", True, "probe precision (weighted by class support)", qualified=True, **_DECLARE)
+declare("recall_w", "predictive", True, "probe recall (weighted by class support)", qualified=True, **_DECLARE)
+declare("f1_w", "predictive", True, "probe F1 (weighted by class support)", qualified=True, headline=True,
+        **_DECLARE)
+declare("offdiag_acc", "predictive", False,
+        "accuracy of the probe from embedding c to another concept j (name 'offdiag_acc:c|j'); a diagnostic",
+        aggregate=False, qualified=True, **_DECLARE)
+declare("exclusivity", "predictive", True,
+        "own-concept lift over the majority baseline minus the mean lift on every other concept",
+        qualified=True, headline=True, **_DECLARE)
+declare("exclusivity_dag", "predictive", True,
+        "own-concept lift minus the mean lift on concepts that are not ancestors of c in the DAG",
+        qualified=True, headline=True, **_DECLARE)
+# a diagnostic, not scored: the negative control's random u is ideal here, so control scaling is void
+declare("u_leak", "predictive", False,
+        "mean lift of the unexplained embedding u over all concepts (0 = independent, the paper's claim)",
+        aggregate=False, headline=True, **_DECLARE)
+declare("nmi_fine", "granularity", True, "NMI of Ward clusters of z_c vs fine labels", qualified=True,
+        headline=True, **_DECLARE)
+declare("ari_fine", "granularity", True, "ARI of Ward clusters of z_c vs fine labels", qualified=True,
+        headline=True, **_DECLARE)
+declare("n_cells_fine", "granularity", True, "test cells clustered for nmi_fine/ari_fine", aggregate=False,
+        qualified=True, **_DECLARE)
+declare("dci_d", "dci_mig", True, "DCI disentanglement (Eastwood & Williams 2018)", headline=True, **_DECLARE)
+declare("dci_d_dag", "dci_mig", True,
+        "DCI disentanglement with a concept's own dimensions excused for importance on its ancestors",
+        headline=True, **_DECLARE)
+declare("dci_c", "dci_mig", True, "DCI completeness (Eastwood & Williams 2018)", **_DECLARE)
+declare("dci_i", "dci_mig", True, "DCI informativeness: mean test accuracy of the tree ensembles", **_DECLARE)
+declare("mig", "dci_mig", True, "mutual information gap (Chen et al. 2018)", headline=True, **_DECLARE)

@@ -1,5 +1,7 @@
-"""Population-level agreement between a predicted and a held-out real population (specs/metrics.md,
-item 10): energy distance, mean-expression Pearson r, and DEG overlap vs a source population.
+"""Population-level agreement between a predicted and a held-out real population: energy distance,
+mean-expression Pearson r and R^2, DEG overlap and the Pearson r of predicted vs real changes
+against a source population, and a rank metric across populations (PerturBench's "rank": does a
+prediction sit closer to its own population than to the others, or has the model collapsed?).
 
 Energy distance (Szekely & Rizzo): E = 2 E|A - B| - E|A - A'| - E|B - B'| with Euclidean distances
 in gene space, as a V-statistic (all pairs, self-pairs included) so that identical samples score
@@ -24,9 +26,11 @@ from causcell_bench.metrics._validate import (
     subsample,
 )
 from causcell_bench.metrics.expression import _pcc_rows, top_genes, wilcoxon_z
+from causcell_bench.metrics.registry import DIST, declare
 
 MAX_CELLS = 5_000
 _BLOCK = 1024
+DEG_K = 100  # top DEGs for the field's metrics, capped at a fifth of the genes (below, overlap is trivial)
 
 
 def _check_genes(a: Matrix, b: Matrix, name_a: str, name_b: str) -> None:
@@ -110,6 +114,97 @@ def deg_overlap(
     return float(np.intersect1d(a, b).size / k)
 
 
+def deg_k(n_genes: int, k: int = DEG_K) -> int:
+    """Number of top DEGs used on ``n_genes`` genes: ``k``, at most a fifth of the genes, at least 1."""
+    return max(1, min(k, n_genes // 5))
+
+
+def _r2(true: np.ndarray, pred: np.ndarray) -> float:
+    """Coefficient of determination of ``pred`` for ``true`` (1 = exact; can be negative)."""
+    ss_tot = float(np.sum((true - true.mean()) ** 2))
+    return float("nan") if ss_tot <= 0 else 1.0 - float(np.sum((true - pred) ** 2)) / ss_tot
+
+
+def _pcc(a: np.ndarray, b: np.ndarray) -> float:
+    return float(_pcc_rows(a[None], b[None])[0])
+
+
+def change_scores(pred: Any, real: Any, source: Any, *, k: int | None = None) -> dict[str, float]:
+    """The field's mean-level counterfactual metrics (scGen, CPA, PerturBench) of a predicted vs a
+    real population, both against the source population they were made from (log1p space):
+
+    - ``r2_mean``: R^2 of the real mean expression by the predicted one, all genes;
+    - ``r2_mean_deg``: the same on the top-k DEGs (largest |real mean - source mean|);
+    - ``delta_pcc``: Pearson r of predicted vs real changes (mean - source mean), all genes;
+      ``delta_pcc_deg`` on the top-k DEGs;
+    - ``deg_overlap_lfc``: |top-k by |predicted change| ∩ top-k by |real change|| / k. Ranking genes
+      by mean change, not by a Wilcoxon test, keeps smooth (mean-like) predictions from turning
+      arbitrary low-variance genes into "DEGs".
+
+    k defaults to :func:`deg_k` of the gene count.
+    """
+    pred, real, source = (as_matrix(x, n) for x, n in ((pred, "pred"), (real, "real"), (source, "source")))
+    _check_genes(pred, real, "pred", "real")
+    _check_genes(pred, source, "pred", "source")
+    k = deg_k(pred.shape[1]) if k is None else min(check_positive_int(k, "k"), pred.shape[1])
+    mp, mr, ms = _col_mean(pred), _col_mean(real), _col_mean(source)
+    dp, dr = mp - ms, mr - ms
+    top_real = np.argsort(-np.abs(dr), kind="stable")[:k]
+    top_pred = np.argsort(-np.abs(dp), kind="stable")[:k]
+    return {
+        "r2_mean": _r2(mr, mp), "r2_mean_deg": _r2(mr[top_real], mp[top_real]),
+        "delta_pcc": _pcc(dp, dr), "delta_pcc_deg": _pcc(dp[top_real], dr[top_real]),
+        "deg_overlap_lfc": float(np.intersect1d(top_real, top_pred).size / k),
+    }
+
+
+def population_rank(pred_means: np.ndarray, real_means: np.ndarray) -> float:
+    """Mean normalised rank of each prediction's own population among all real populations, by
+    Euclidean distance of mean profiles: 0 = every prediction is closest to its own population,
+    ~0.5 = no better than chance, 1 = farthest (PerturBench's rank metric; detects mode collapse).
+    NaN with fewer than two populations."""
+    pm = np.asarray(pred_means, dtype=np.float64)
+    rm = np.asarray(real_means, dtype=np.float64)
+    if pm.shape != rm.shape or pm.ndim != 2:
+        raise BenchError(f"pred_means {pm.shape} and real_means {rm.shape} must be (populations, genes)")
+    n = pm.shape[0]
+    if n < 2:
+        return float("nan")
+    d = euclidean_distances(pm, rm)
+    own = np.diag(d)
+    return float(np.mean([(np.sum(d[i] < own[i])) / (n - 1) for i in range(n)]))
+
+
+def score_populations(
+    preds: Sequence[Any],
+    reals: Sequence[Any],
+    sources: Sequence[Any],
+    gene_names: Sequence[str] | None = None,
+    *,
+    seed: int = 0,
+    max_cells: int | None = MAX_CELLS,
+) -> dict[str, float]:
+    """Every population metric of several (predicted, real, source) populations: per population
+    :func:`score_distribution` and :func:`change_scores`, averaged over populations; plus
+    ``pop_rank`` (:func:`population_rank`) and ``n_populations``."""
+    if not (len(preds) == len(reals) == len(sources)):
+        raise BenchError(f"got {len(preds)} predicted, {len(reals)} real and {len(sources)} source populations; "
+                         "pass one of each per held-out population")
+    if not preds:
+        return {}
+    per = []
+    for p, r, s in zip(preds, reals, sources):
+        per.append({**score_distribution(p, r, s, gene_names, seed=seed, max_cells=max_cells),
+                    **change_scores(p, r, s)})
+    keys = list(dict.fromkeys(k for d in per for k in d))
+    out = {k: float(np.nanmean([d.get(k, np.nan) for d in per])) for k in keys}
+    pm = np.stack([_col_mean(as_matrix(p, "pred")) for p in preds])
+    rm = np.stack([_col_mean(as_matrix(r, "real")) for r in reals])
+    out["pop_rank"] = population_rank(pm, rm)
+    out["n_populations"] = float(len(per))
+    return out
+
+
 def score_distribution(
     pred: Any,
     real: Any,
@@ -120,7 +215,7 @@ def score_distribution(
     top_k: int = 50,
     max_cells: int | None = MAX_CELLS,
 ) -> dict[str, float]:
-    """``edist``, ``mean_pcc`` and, when a ``source`` population is given, ``deg_overlap``;
+    """``edist``, ``mean_pcc`` and, when a ``source`` population is given, ``deg_overlap`` (Wilcoxon);
     ``n_cells_edist``: predicted plus real cells the E-distance used (after subsampling)."""
     pred = as_matrix(pred, "pred")
     real = as_matrix(real, "real")
@@ -136,3 +231,30 @@ def score_distribution(
             pred, real, source, gene_names, top_k, max_cells=max_cells, seed=seed
         )
     return out
+
+
+_DECLARE = dict(computed_by=score_populations, needs=DIST)
+declare("edist", "distribution", False, "energy distance between predicted and real populations", headline=True,
+        **_DECLARE)
+declare("mean_pcc", "distribution", True, "Pearson r of the mean expression profiles", headline=True, **_DECLARE)
+declare("r2_mean", "distribution", True, "R^2 of the real mean expression by the predicted one, all genes",
+        headline=True, **_DECLARE)
+declare("r2_mean_deg", "distribution", True, "R^2 of mean expression on the top DEGs (real vs source)",
+        **_DECLARE)
+declare("delta_pcc", "distribution", True, "Pearson r of predicted vs real change from the source, all genes",
+        **_DECLARE)
+declare("delta_pcc_deg", "distribution", True, "Pearson r of predicted vs real change on the top DEGs",
+        headline=True, **_DECLARE)
+declare("deg_overlap_lfc", "distribution", True,
+        "overlap of the top DEGs by mean change vs the source, predicted vs real", headline=True, **_DECLARE)
+declare("deg_overlap", "distribution", True,
+        "overlap of top-k Wilcoxon DEGs vs the source (flagged: rewards noise in smooth predictions; not scored)",
+        aggregate=False, **_DECLARE)
+declare("pop_rank", "distribution", False,
+        "mean normalised rank of a prediction's own population among all held-out ones (0 = best)",
+        headline=True, **_DECLARE)
+declare("n_cells_edist", "distribution", True,
+        "predicted + real cells used by the E-distance (mean over held-out populations)", aggregate=False,
+        **_DECLARE)
+declare("n_populations", "distribution", True, "held-out populations scored and averaged", aggregate=False,
+        **_DECLARE)

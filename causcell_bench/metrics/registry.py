@@ -1,4 +1,9 @@
-"""What every metric is: its group, direction and inputs (DESIGN.md "Metrics", specs/metrics.md).
+"""What every metric is: its group, direction, inputs and the function that computes it.
+
+Each metric is declared once, with :func:`declare`, right below the scorer that
+emits it (``metrics/disentanglement.py``, ``reconstruction.py``, ``counterfactual.py``,
+``distribution.py``); the leaderboard's groups, categories and headline columns
+are derived from these declarations. Definitions in words: ``docs/metrics.md``.
 
 Scorers return flat ``{full_name: value}`` dicts. A full name is a base name
 optionally followed by a qualifier after a colon: ``"acc:age"`` (concept age),
@@ -8,27 +13,34 @@ optionally followed by a qualifier after a colon: ``"acc:age"`` (concept age),
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from causcell_bench.errors import BenchError
 
-GROUPS: tuple[str, ...] = (
-    "predictive",
-    "granularity",
-    "dci_mig",
-    "trend",
-    "geometry",
-    "marker",
-    "counterfactual",
-    "distribution",
-)
+#: metric groups by category; ``overall`` = mean over categories of the mean over their groups, so
+#: per-cell fidelity and distribution-level realism weigh the same (neither artefact dominates)
+CATEGORIES: dict[str, tuple[str, ...]] = {
+    "disentanglement": ("predictive", "granularity", "dci_mig"),
+    "fidelity": ("trend", "geometry", "marker"),
+    "realism": ("realism",),
+    "counterfactual": ("cf_truth", "distribution"),
+}
+GROUPS: tuple[str, ...] = tuple(g for gs in CATEGORIES.values() for g in gs)
+CATEGORY_OF: dict[str, str] = {g: cat for cat, gs in CATEGORIES.items() for g in gs}
 
 NEEDS: frozenset[str] = frozenset({"embeddings", "generated", "true_counterfactual", "heldout_population"})
 
 
 @dataclass(frozen=True)
 class MetricInfo:
-    """One metric: ``aggregate=False`` marks CT controls and diagnostics kept out of the overall score."""
+    """One metric.
+
+    ``aggregate=False`` marks CT controls and diagnostics kept out of the overall score;
+    ``headline`` metrics are the leaderboard's and the heatmap's columns (every metric stays in
+    the tables); ``defined_in`` names the function that computes it.
+    """
 
     name: str
     group: str
@@ -36,78 +48,49 @@ class MetricInfo:
     needs: frozenset[str]
     description: str
     aggregate: bool = True
-    qualified: bool = field(default=False)  # carries a ":concept" qualifier
+    qualified: bool = False  # carries a ":concept" qualifier
+    headline: bool = False
+    defined_in: str = ""
 
     def __post_init__(self) -> None:
         if self.group not in GROUPS:
-            raise ValueError(f"unknown metric group {self.group!r}")
+            raise ValueError(f"unknown metric group {self.group!r}; groups are {list(GROUPS)}")
         if not self.needs <= NEEDS:
             raise ValueError(f"unknown needs {sorted(self.needs - NEEDS)}")
 
+    @property
+    def category(self) -> str:
+        return CATEGORY_OF[self.group]
 
-_EMB = frozenset({"embeddings"})
-_GEN = frozenset({"generated"})
-_CF = frozenset({"generated", "true_counterfactual"})
-_DIST = frozenset({"generated", "heldout_population"})
 
-_ALL = [
-    # predictive ability: probe on train-fold z_c -> y_c, scored on the test fold
-    MetricInfo("acc", "predictive", True, _EMB, "probe accuracy of concept c from its own embedding", True, True),
-    MetricInfo("precision_w", "predictive", True, _EMB, "probe precision (weighted by class support)", True, True),
-    MetricInfo("recall_w", "predictive", True, _EMB, "probe recall (weighted by class support)", True, True),
-    MetricInfo("f1_w", "predictive", True, _EMB, "probe F1 (weighted by class support)", True, True),
-    MetricInfo(
-        "offdiag_acc", "predictive", False, _EMB,
-        "accuracy of the probe from embedding c to another concept j (name 'offdiag_acc:c|j'); a diagnostic",
-        False, True,
-    ),
-    MetricInfo(
-        "exclusivity", "predictive", True, _EMB,
-        "own-concept lift over the majority baseline minus the mean lift on the other concepts",
-        True, True,
-    ),
-    # granularity
-    MetricInfo("nmi_fine", "granularity", True, _EMB, "NMI of Ward clusters of z_c vs fine labels", True, True),
-    MetricInfo("ari_fine", "granularity", True, _EMB, "ARI of Ward clusters of z_c vs fine labels", True, True),
-    MetricInfo("n_cells_fine", "granularity", True, _EMB, "test cells clustered for nmi_fine/ari_fine", False, True),
-    # DCI / MIG on the concatenated embedding
-    MetricInfo("dci_d", "dci_mig", True, _EMB, "DCI disentanglement (Eastwood & Williams 2018)"),
-    MetricInfo("dci_c", "dci_mig", True, _EMB, "DCI completeness (Eastwood & Williams 2018)"),
-    MetricInfo("dci_i", "dci_mig", True, _EMB, "DCI informativeness: mean test accuracy of the tree ensembles"),
-    MetricInfo("mig", "dci_mig", True, _EMB, "mutual information gap (Chen et al. 2018)"),
-    # reconstruction: trend
-    MetricInfo("pcc", "trend", True, _GEN, "mean per-cell Pearson r between real and generated cells"),
-    MetricInfo("mse", "trend", False, _GEN, "mean squared error over all cells x genes"),
-    MetricInfo("pcc_ct", "trend", True, _GEN, "CT control of pcc: generated rows randomly permuted", False),
-    MetricInfo("mse_ct", "trend", False, _GEN, "CT control of mse: generated rows randomly permuted", False),
-    # geometry
-    MetricInfo("nmi_geom", "geometry", True, _GEN, "NMI of Ward clusterings of real and of generated cells"),
-    MetricInfo("ari_geom", "geometry", True, _GEN, "ARI of Ward clusterings of real and of generated cells"),
-    MetricInfo("n_cells_clustered", "geometry", True, _GEN, "cells used for the geometry clustering", False),
-    # marker genes
-    MetricInfo("marker", "marker", True, _GEN, "per-cell overlap of top-k Wilcoxon marker genes, real vs generated"),
-    MetricInfo("marker_ct", "marker", True, _GEN, "CT control of marker: generated rows randomly permuted", False),
-    # counterfactual (ground truth known)
-    MetricInfo("cf_pcc", "counterfactual", True, _CF, "mean per-cell Pearson r, predicted vs true counterfactual"),
-    MetricInfo("cf_mse", "counterfactual", False, _CF, "MSE between predicted and true counterfactual"),
-    MetricInfo("effect_pcc", "counterfactual", True, _CF, "mean per-cell Pearson r of predicted vs true effects"),
-    MetricInfo(
-        "causal_acc", "counterfactual", True, _CF,
-        "accuracy of a real-cell classifier's labels for a descendant concept on counterfactual cells",
-        True, True,
-    ),
-    # distribution level
-    MetricInfo("edist", "distribution", False, _DIST, "energy distance between predicted and real populations"),
-    MetricInfo("mean_pcc", "distribution", True, _DIST, "Pearson r of the mean expression profiles"),
-    MetricInfo("deg_overlap", "distribution", True, _DIST, "overlap of top-k DEGs vs the source population"),
-    MetricInfo(
-        "n_cells_edist", "distribution", True, _DIST,
-        "predicted + real cells used by the E-distance (mean over held-out populations)", False,
-    ),
-    MetricInfo("n_populations", "distribution", True, _DIST, "held-out populations scored and averaged", False),
-]
+METRICS: dict[str, MetricInfo] = {}
 
-METRICS: dict[str, MetricInfo] = {m.name: m for m in _ALL}
+EMB = frozenset({"embeddings"})
+GEN = frozenset({"generated"})
+CF = frozenset({"generated", "true_counterfactual"})
+DIST = frozenset({"generated", "heldout_population"})
+
+
+def declare(
+    name: str,
+    group: str,
+    higher_is_better: bool,
+    description: str,
+    *,
+    computed_by: Callable[..., Any],
+    needs: frozenset[str],
+    aggregate: bool = True,
+    qualified: bool = False,
+    headline: bool = False,
+) -> MetricInfo:
+    """Register one metric; called by the module that computes it, below the scorer ``computed_by``."""
+    if name in METRICS:
+        raise ValueError(f"metric {name!r} declared twice ({METRICS[name].defined_in})")
+    info = MetricInfo(name, group, higher_is_better, needs, description, aggregate=aggregate,
+                      qualified=qualified, headline=headline,
+                      defined_in=f"{computed_by.__module__}.{computed_by.__qualname__}")
+    METRICS[name] = info
+    return info
 
 
 def base_name(full_name: str) -> str:
@@ -125,9 +108,13 @@ def metric_info(full_name: str) -> MetricInfo:
 
 
 def list_metrics(group: str | None = None) -> list[MetricInfo]:
-    """All metrics, or those of one group, in a stable order."""
-    if group is None:
-        return list(METRICS.values())
-    if group not in GROUPS:
+    """All metrics, or those of one group, in group order then declaration order."""
+    if group is not None and group not in GROUPS:
         raise BenchError(f"unknown metric group {group!r}; choose one of {list(GROUPS)}")
-    return [m for m in METRICS.values() if m.group == group]
+    ordered = sorted(METRICS.values(), key=lambda m: GROUPS.index(m.group))
+    return [m for m in ordered if group is None or m.group == group]
+
+
+def headline_metrics() -> list[str]:
+    """The leaderboard's headline columns, in group order."""
+    return [m.name for m in list_metrics() if m.headline]

@@ -1,0 +1,215 @@
+"""Sanity bands for the metrics and scores that make verdicts honest: DAG-aware disentanglement,
+u_leak, realism, the field's counterfactual metrics, degenerate folds, control scaling that never
+hides a control's win, capability-complete ranking and bootstrap rank intervals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from causcell_bench.leaderboard import _scale, scores, summarize, violations
+from causcell_bench.metrics import (
+    change_scores,
+    degenerate_metrics,
+    metric_info,
+    population_rank,
+    realism_scores,
+    score_disentanglement,
+    score_populations,
+)
+
+# age -> celltype <- domain, as in `synthetic`
+CONCEPTS = ["age", "domain", "celltype"]
+ANCESTORS = {"age": [], "domain": [], "celltype": ["age", "domain"]}
+
+
+def _obs(n: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    age, domain = rng.integers(0, 3, n), rng.integers(0, 2, n)
+    # the child is a function of its parents plus its own noise
+    celltype = (age + domain + (rng.random(n) < 0.3)) % 4
+    return pd.DataFrame({"age": age.astype(str), "domain": domain.astype(str), "celltype": celltype.astype(str)})
+
+
+def _onehot(col: pd.Series) -> np.ndarray:
+    return pd.get_dummies(col).to_numpy(np.float64)
+
+
+def _scm_embeddings(obs: pd.DataFrame, seed: int, leak_child_into_parent: bool = False) -> dict[str, np.ndarray]:
+    """Endogenous SCM embeddings: z_child = z_parents + own noise (its one-hot label)."""
+    rng = np.random.default_rng(seed)
+    noise = lambda k: rng.normal(scale=0.05, size=(len(obs), k))  # noqa: E731
+    z_age, z_dom = _onehot(obs["age"]), _onehot(obs["domain"])
+    z_ct = np.concatenate([z_age, z_dom, _onehot(obs["celltype"])], axis=1)
+    if leak_child_into_parent:
+        z_age = np.concatenate([z_age, _onehot(obs["celltype"])], axis=1)
+    return {"age": z_age + noise(z_age.shape[1]), "domain": z_dom + noise(z_dom.shape[1]),
+            "celltype": z_ct + noise(z_ct.shape[1])}
+
+
+@pytest.fixture(scope="module")
+def obs_pair() -> tuple[pd.DataFrame, pd.DataFrame]:
+    return _obs(600, 0), _obs(300, 1)
+
+
+def test_scm_embedding_is_exclusive_only_under_the_dag_rule(obs_pair) -> None:
+    tr, te = obs_pair
+    out = score_disentanglement(_scm_embeddings(tr, 0), tr, _scm_embeddings(te, 1), te, CONCEPTS,
+                                ancestors=ANCESTORS)
+    for name in out:
+        metric_info(name)
+    # the child's embedding carries its parents by construction: the old rule calls that leakage
+    assert out["exclusivity:celltype"] < 0.5
+    assert out["exclusivity_dag:celltype"] > 0.9
+    # the trees find the parents' own clean dimensions, so plain DCI barely charges this; the DAG rule
+    # never charges more than the plain one
+    assert out["dci_d_dag"] >= out["dci_d"] - 1e-12 and out["dci_d_dag"] > 0.85
+
+
+def test_child_leaking_into_parent_is_low_under_both_rules(obs_pair) -> None:
+    tr, te = obs_pair
+    out = score_disentanglement(_scm_embeddings(tr, 0, True), tr, _scm_embeddings(te, 1, True), te, CONCEPTS,
+                                ancestors=ANCESTORS)
+    assert out["exclusivity:age"] < 0.7 and out["exclusivity_dag:age"] < 0.7
+    clean = score_disentanglement(_scm_embeddings(tr, 0), tr, _scm_embeddings(te, 1), te, CONCEPTS,
+                                  ancestors=ANCESTORS)
+    assert clean["exclusivity_dag:age"] > out["exclusivity_dag:age"] + 0.2
+
+
+def test_dci_dag_excuses_ancestors_only() -> None:
+    from causcell_bench.metrics import dci_from_importance
+    from causcell_bench.metrics.dci_mig import dci_disentanglement_dag
+
+    factors = ["age", "domain", "celltype"]
+    # dims: age, domain, then a celltype dim that also carries both parents (an SCM child)
+    scm = np.array([[1.0, 0, 0], [0, 1.0, 0], [0.5, 0.5, 1.0]])
+    owners = ["age", "domain", "celltype"]
+    assert dci_disentanglement_dag(scm, owners, factors, ANCESTORS) == pytest.approx(1.0)
+    assert dci_from_importance(scm)[0] < 0.9
+    # an age dim carrying its child: charged under both rules
+    leak = np.array([[1.0, 0, 1.0], [0, 1.0, 0], [0, 0, 1.0]])
+    assert dci_disentanglement_dag(leak, owners, factors, ANCESTORS) < 0.9
+    # a shared latent (no owner) is excused nothing
+    assert dci_disentanglement_dag(scm, [None] * 3, factors, ANCESTORS) == pytest.approx(dci_from_importance(scm)[0])
+
+
+def test_u_leak_is_zero_for_independent_u_and_high_for_a_label(obs_pair) -> None:
+    tr, te = obs_pair
+    rng = np.random.default_rng(0)
+    base_tr, base_te = _scm_embeddings(tr, 0), _scm_embeddings(te, 1)
+    indep = score_disentanglement({**base_tr, "unexplained": rng.normal(size=(len(tr), 4))}, tr,
+                                  {**base_te, "unexplained": rng.normal(size=(len(te), 4))}, te, CONCEPTS)
+    leaky = score_disentanglement({**base_tr, "unexplained": _onehot(tr["celltype"])}, tr,
+                                  {**base_te, "unexplained": _onehot(te["celltype"])}, te, CONCEPTS)
+    assert abs(indep["u_leak"]) < 0.1
+    assert leaky["u_leak"] > 0.3
+    assert "u_leak" not in score_disentanglement(base_tr, tr, base_te, te, CONCEPTS)
+
+
+def test_realism_perfect_vs_blurred() -> None:
+    rng = np.random.default_rng(0)
+    groups = np.repeat(["a", "b", "c"], 100)
+    real = rng.gamma(2.0, 1.0, size=(300, 40)) + (groups == "b")[:, None] * 2.0
+    same = realism_scores(real, real, groups)
+    assert same["edist_group"] == pytest.approx(0.0, abs=1e-9) and same["var_ratio"] == pytest.approx(0.0)
+    resampled = real[np.concatenate([rng.permutation(np.flatnonzero(groups == g)) for g in "abc"])]
+    blurred = np.vstack([np.repeat(real[groups == g].mean(0, keepdims=True), 100, axis=0) for g in "abc"])
+    r, b = realism_scores(real, resampled, groups), realism_scores(real, blurred, groups)
+    # a group mean predicted for every cell: no spread, far from the real distribution
+    assert b["var_log2ratio"] < -3 and b["var_ratio"] > 3 and r["var_ratio"] < 0.01
+    assert b["edist_group"] > r["edist_group"] + 1.0
+    assert np.isnan(realism_scores(real[:5], real[:5], groups[:5])["edist_group"])  # groups too small
+
+
+def test_change_scores_and_population_rank() -> None:
+    rng = np.random.default_rng(0)
+    source = rng.gamma(2.0, 1.0, size=(200, 100))
+    shift = np.zeros(100)
+    shift[rng.choice(100, 20, replace=False)] = 3.0
+    real = source + shift + rng.normal(scale=0.1, size=source.shape)
+    perfect = change_scores(real, real, source)
+    assert perfect["r2_mean"] == pytest.approx(1.0) and perfect["delta_pcc_deg"] == pytest.approx(1.0)
+    assert perfect["deg_overlap_lfc"] == 1.0
+    unchanged = change_scores(source, real, source)
+    assert unchanged["deg_overlap_lfc"] < 0.5 and unchanged["r2_mean"] < perfect["r2_mean"]
+    wrong = change_scores(source + np.roll(shift, 1), real, source)  # shifts mostly the wrong genes
+    assert wrong["deg_overlap_lfc"] < 0.5 and wrong["delta_pcc"] < 0.5
+
+    means = rng.normal(size=(5, 30)) * 3
+    assert population_rank(means, means) == 0.0
+    assert population_rank(means[::-1], means) > 0.5  # each prediction nearer another population
+    collapsed = np.repeat(means.mean(0, keepdims=True), 5, axis=0)
+    assert population_rank(collapsed, means) > 0.15
+    assert np.isnan(population_rank(means[:1], means[:1]))
+
+    pops = [source[:50] + i for i in range(3)]
+    out = score_populations(pops, pops, [source[50:100]] * 3)
+    assert out["pop_rank"] == 0.0 and out["n_populations"] == 3.0 and out["r2_mean"] == pytest.approx(1.0)
+    for name in out:
+        metric_info(name)
+
+
+def test_degenerate_metrics_name_the_reason() -> None:
+    obs = pd.DataFrame({"age": ["a"] * 20, "celltype": ["x", "y"] * 10})
+    d = degenerate_metrics(obs, ["age", "celltype"])
+    assert d["precision_w:age"].startswith("degenerate: one label of age") and "acc:celltype" not in d
+    one_pop = degenerate_metrics(pd.DataFrame({"age": ["a"] * 20}), ["age"])
+    assert "one population" in one_pop["nmi_geom"]
+    assert degenerate_metrics(pd.DataFrame({"age": ["a", "b"] * 10}), ["age"]) == {}
+
+
+# --- scores --------------------------------------------------------------------------------------------
+
+def _summary(values: dict[str, dict[str, float]], *, folds: int = 1, noise: float = 0.0,
+             seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A tidy table for method -> {metric: value} over ``folds`` folds (plus noise) and its summary."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for method, metrics in values.items():
+        kind = "control" if method.endswith("_control") else "method"
+        for metric, v in metrics.items():
+            info = metric_info(metric)
+            for f in range(folds):
+                rows.append({"dataset": "d", "method": method, "setting": "ID", "fold": f, "seed": 0,
+                             "metric": metric, "value": v + noise * rng.normal(), "group": info.group,
+                             "higher_is_better": info.higher_is_better, "aggregate": info.aggregate,
+                             "embedding": "per_concept", "kind": kind})
+    tidy = pd.DataFrame(rows)
+    return tidy, summarize(tidy)
+
+
+def test_a_winning_negative_control_is_clipped_not_hidden() -> None:
+    scaled, notes = _scale({"positive_control": np.nan, "negative_control": 3.0, "A": 5.0, "B": 8.0}, hib=False)
+    assert scaled["A"] == 0.0 and scaled["B"] == 0.0 and not any(np.isnan(v) for k, v in scaled.items()
+                                                                   if k != "positive_control")
+    assert any("every method scores 0" in n for n in notes)
+    ok, _ = _scale({"positive_control": 1.0, "negative_control": 0.0, "A": 0.5, "B": 1.5}, hib=True)
+    assert ok["A"] == 0.5 and ok["B"] == 1.0
+    _, summary = _summary({"positive_control": {"pcc": 1.0}, "negative_control": {"pcc": 0.6},
+                           "A": {"pcc": 0.5}, "B": {"pcc": 0.8}})
+    v = violations(summary)
+    assert list(v["method"]) == ["A"] and v["control"].iloc[0] == "negative_control"
+
+
+def test_only_capability_complete_methods_are_ranked() -> None:
+    full = {"acc:age": 0.9, "pcc": 0.8, "cf_pcc": 0.7}
+    _, summary = _summary({"positive_control": {"acc:age": 1.0, "pcc": 1.0, "cf_pcc": 1.0},
+                           "negative_control": {"acc:age": 0.3, "pcc": 0.5, "cf_pcc": 0.5},
+                           "A": full, "B": {**full, "cf_pcc": 0.6}, "C": {"acc:age": 1.0, "pcc": 1.0}})
+    sc = scores(summary).set_index("method")
+    assert sc.at["A", "rank"] == 1 and sc.at["B", "rank"] == 2
+    # C is perfect where it has values, but has no counterfactuals: shown, partial, unranked
+    assert not sc.at["C", "complete"] and np.isnan(sc.at["C", "rank"]) and "no counterfactual" in sc.at["C", "note"]
+    assert np.isnan(sc.at["positive_control", "rank"])
+
+
+def test_bootstrap_ranks_a_clear_winner_first_and_ties_twins() -> None:
+    metrics = lambda v: {"acc:age": v, "pcc": v, "cf_pcc": v}  # noqa: E731
+    tidy, summary = _summary({"positive_control": metrics(1.0), "negative_control": metrics(0.0),
+                              "far": metrics(0.9), "twin1": metrics(0.5), "twin2": metrics(0.5)},
+                             folds=5, noise=0.05)
+    sc = scores(summary, tidy=tidy, n_boot=100).set_index("method")
+    assert sc.at["far", "rank"] == 1 and sc.at["far", "rank_hi"] == 1  # first in every resample
+    assert "twin2" in sc.at["twin1", "tied"] and "far" not in sc.at["twin1", "tied"]
+    assert sc.at["far", "overall_sd"] > 0
