@@ -70,6 +70,17 @@ def _parse_params(items: list[str] | None) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _parse_combo(text: str) -> dict[str, str]:
+    """``'a=x,b=y'`` -> ``{"a": "x", "b": "y"}`` (a held-out label combination)."""
+    out: dict[str, str] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if part.count("=") != 1 or not all(x.strip() for x in part.split("=")):
+            raise BenchError(f"cannot read --holdout {text!r}; write it as concept=value,concept=value")
+        k, v = (x.strip() for x in part.split("="))
+        out[k] = v
+    return out
+
+
 @app.command()
 @friendly
 def run(
@@ -82,6 +93,7 @@ def run(
     preset: Annotated[str, typer.Option(help="training budgets: quick (CPU) or paper (authors' settings, GPU)")] = "quick",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
     jobs: Annotated[int, typer.Option(help="grid cells run in parallel")] = 1,
+    threads: Annotated[int | None, typer.Option(help="CPU threads per cell (default 1; in the cell hash)")] = None,
     executor: Annotated[str, typer.Option(help="where grid cells run: local (forked processes) or ray (pip install 'causcell-bench[ray]')")] = "local",
     ray_address: Annotated[str | None, typer.Option(help="address of an existing Ray cluster (default: start a local one)")] = None,
     start_method: Annotated[str, typer.Option(help="how local cell processes start: fork (shares loaded data), spawn or forkserver (each cell loads its data)")] = "fork",
@@ -94,6 +106,10 @@ def run(
     data_dir: Annotated[Path | None, typer.Option(help="where the paper datasets' files are")] = None,
     param: Annotated[list[str] | None, typer.Option(help="hyperparameter override Method.name=value (repeatable)")] = None,
     probe: Annotated[str, typer.Option(help="probe for predictive metrics: logreg or knn")] = "logreg",
+    holdout: Annotated[list[str] | None, typer.Option(help="hold out a label combination as an extra HOLDOUT "
+                       "fold, e.g. 'condition=stimulated,cell_type=CD4T' (repeatable)")] = None,
+    cf_concept: Annotated[str | None, typer.Option(help="concept the held-out population task intervenes on "
+                          "(default: the spec's perturbation, else each concept in turn)")] = None,
     retry_failed: Annotated[bool, typer.Option(help="rerun cells recorded as failed")] = False,
     report: Annotated[bool, typer.Option(help="build the leaderboard when the grid is done")] = True,
 ) -> None:
@@ -105,6 +121,8 @@ def run(
 
     if ray_address and executor != "ray":
         raise BenchError("--ray-address needs --executor ray")
+    if threads is not None and threads < 1:
+        raise BenchError(f"--threads {threads} is not possible; give 1 or more threads per cell")
     names = _csv(dataset) or []
     kw: dict[str, Any] = {}
     if n_cells is not None:
@@ -114,11 +132,14 @@ def run(
     config = RunConfig(
         datasets=names, methods=resolve_methods(methods), settings=_csv(settings) or [],  # type: ignore[arg-type]
         n_folds=n_folds, folds=[int(f) for f in _csv(folds)] if folds else None,
-        seeds=[int(s) for s in _csv(seeds) or ["0"]], preset=preset, device=device, jobs=jobs,
+        seeds=[int(s) for s in _csv(seeds) or ["0"]], preset=preset, device=device, jobs=jobs, threads=threads,
         dataset_kwargs=kw, method_params=_parse_params(param), concepts=_csv(concepts),
         edges=parse_edges(dag) if dag is not None else None, n_hvg=n_hvg,
         data_dir=str(data_dir) if data_dir else None, probe=probe,  # type: ignore[arg-type]
+        holdout=[_parse_combo(h) for h in holdout] if holdout else None, cf_concept=cf_concept,
     )
+    if config.holdout and "HOLDOUT" not in config.settings:
+        config = config.model_copy(update={"settings": [*config.settings, "HOLDOUT"]})
     config.fold_indices()
     run_dir = out or Path("runs") / "_".join(Path(n).stem for n in names)
     err_console.print(f"run directory: {run_dir}")
@@ -185,10 +206,39 @@ def check(
     console.print(f"OK: {len(pd.read_csv(reference))} reference values within tolerance")
 
 
+@app.command("check-validity")
+@friendly
+def check_validity(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory written by `run`")],
+) -> None:
+    """List where the metrics cannot be trusted on this run: every value outside [negative control,
+    positive control], and every metric on which no_change or group_mean beats every method."""
+    from causcell_bench.leaderboard import summarize, tidy_table, uninformative, violations
+    from causcell_bench.store import ResultStore
+
+    if not run_dir.is_dir():
+        raise BenchError(f"run directory {run_dir} does not exist")
+    summary = summarize(tidy_table(ResultStore(run_dir).records()))
+    if summary.empty:
+        raise BenchError(f"{run_dir} holds no successful results")
+    viol, uninf = violations(summary), uninformative(summary)
+    console.print(f"[bold]{len(viol)} control bracketing violation(s)[/bold]")
+    for _, v in viol.iterrows():
+        console.print(f"  {v.dataset}/{v.setting} {v.method} {v.metric} = {v.value:.4g}: {v.violation} "
+                      f"({v.control_value:.4g})", highlight=False, soft_wrap=True)
+    console.print(f"[bold]{len(uninf)} metric(s) a trivial reference wins[/bold]")
+    for _, u in uninf.iterrows():
+        console.print(f"  {u.dataset}/{u.setting} {u.metric}: {u.reference} {u.reference_value:.4g} beats every "
+                      f"method (best {u.best_method} {u.best_value:.4g})", highlight=False, soft_wrap=True)
+
+
 @app.command("list")
 @friendly
-def list_(what: Annotated[str, typer.Argument(help="methods, datasets or metrics")] = "methods") -> None:
-    """Show the available methods (with capabilities), datasets or metrics."""
+def list_(
+    what: Annotated[str, typer.Argument(help="methods, datasets or metrics")] = "methods",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="methods: every preset's settings")] = False,
+) -> None:
+    """Show the available methods (with capabilities), datasets or metrics (with where each is computed)."""
     from causcell_bench import registry
 
     if what == "methods":
@@ -205,6 +255,16 @@ def list_(what: Annotated[str, typer.Argument(help="methods, datasets or metrics
             except BenchError as e:
                 t.add_row(name, f"[red]unavailable: {e}[/red]", "", "", "", "")
         console.print(t)
+        if verbose:
+            for name in registry.method_names():
+                try:
+                    cls = registry.get_method(name)
+                except BenchError:
+                    continue
+                console.print(f"[bold]{name}[/bold] ({getattr(cls, 'kind', 'method')})")
+                for preset, params in cls.presets.items():
+                    text = ", ".join(f"{k}={v!r}" for k, v in params.items()) or "(no parameters)"
+                    console.print(f"  {preset}: {text}", highlight=False, soft_wrap=True)
     elif what == "datasets":
         from causcell_bench.datasets import BUILTIN_DATASETS, PAPER_DATASETS
 
@@ -217,10 +277,13 @@ def list_(what: Annotated[str, typer.Argument(help="methods, datasets or metrics
     elif what == "metrics":
         from causcell_bench.metrics import list_metrics
 
-        t = Table("metric", "group", "better", "needs", "description")
+        t = Table("metric", "category / group", "better", "scored", "computed by", "description",
+                  caption="scored: enters the overall score (others are CT controls and diagnostics); "
+                          "computed by: the function in causcell_bench.metrics that emits it")
         for m in list_metrics():
-            t.add_row(m.name, m.group, "higher" if m.higher_is_better else "lower", ",".join(sorted(m.needs)),
-                      m.description[:70])
+            t.add_row(m.name, f"{m.category} / {m.group}", "higher" if m.higher_is_better else "lower",
+                      "yes" if m.aggregate else "-", m.defined_in.removeprefix("causcell_bench.metrics."),
+                      m.description)
         console.print(t)
     else:
         raise BenchError(f"cannot list {what!r}; choose methods, datasets or metrics")

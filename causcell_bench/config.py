@@ -11,9 +11,11 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-Setting = Literal["ID", "OOD"]
+from causcell_bench.threads import resolve_threads
+
+Setting = Literal["ID", "OOD", "HOLDOUT"]
 PRESETS = ("quick", "paper")
 
 
@@ -32,6 +34,9 @@ class RunConfig(BaseModel):
     preset: str = "quick"
     device: str = "auto"
     jobs: int = Field(default=1, ge=1)
+    threads: int | None = Field(
+        default=None, ge=1, description="CPU threads per cell (default 1; $CAUSCELL_BENCH_THREADS overrides)"
+    )
     dataset_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="passed to every dataset loader (e.g. n_cells for synthetic)"
     )
@@ -44,6 +49,23 @@ class RunConfig(BaseModel):
     data_dir: str | None = None
     probe: Literal["logreg", "knn"] = "logreg"
     counterfactual: bool = True
+    holdout: list[dict[str, str]] | None = Field(
+        default=None, description="user-chosen held-out label combinations: the HOLDOUT setting's single fold")
+    cf_concept: str | None = Field(
+        default=None, description="concept the OOD held-out population task intervenes on (default: the "
+        "spec's perturbation, else every concept in turn)")
+
+    @field_validator("datasets", "methods", "settings", "folds", "seeds")
+    @classmethod
+    def _unique(cls, v: list[Any] | None) -> list[Any] | None:
+        # `--folds 0,0` would otherwise run (and store over) the same cell twice
+        return None if v is None else list(dict.fromkeys(v))
+
+    @model_validator(mode="after")
+    def _holdout_setting(self) -> RunConfig:
+        if "HOLDOUT" in self.settings and not self.holdout:
+            raise ValueError("the HOLDOUT setting needs the combination to hold out: --holdout 'concept=value,...'")
+        return self
 
     @field_validator("preset")
     @classmethod
@@ -59,6 +81,10 @@ class RunConfig(BaseModel):
             raise ValueError(f"unknown device {v!r}; use auto, cpu or cuda")
         return v
 
+    def folds_of(self, setting: str) -> list[int]:
+        """The fold indices a setting runs: HOLDOUT has one fold (0), the others :meth:`fold_indices`."""
+        return [0] if setting == "HOLDOUT" else self.fold_indices()
+
     def fold_indices(self) -> list[int]:
         if self.folds is None:
             return list(range(self.n_folds))
@@ -72,14 +98,26 @@ class RunConfig(BaseModel):
         return {
             "dataset_kwargs": self.dataset_kwargs, "concepts": self.concepts, "edges": self.edges,
             "n_hvg": self.n_hvg, "n_folds": self.n_folds, "split_seed": self.split_seed,
+            **({"holdout": self.holdout} if self.holdout else {}),
         }
 
-    def cell_hash(self, dataset: str, method: str, setting: str, fold: int, seed: int) -> str:
-        """Hash of everything that determines one cell's result; a changed hash means recompute."""
+    def effective_threads(self) -> int:
+        """CPU threads each cell runs with: $CAUSCELL_BENCH_THREADS, else ``threads``, else 1 (never --jobs)."""
+        return resolve_threads(self.threads)
+
+    def cell_hash(self, dataset: str, method: str, setting: str, fold: int, seed: int,
+                  threads: int | None = None) -> str:
+        """Hash of everything that determines one cell's result; a changed hash means recompute.
+
+        ``threads``: the count the cell ran with (default :meth:`effective_threads`); float results
+        depend on it, as they do on the device.
+        """
         payload = {
             "dataset": dataset, "method": method, "setting": setting, "fold": fold, "seed": seed,
             "preset": self.preset, "params": self.method_params.get(method, {}), "probe": self.probe,
-            "counterfactual": self.counterfactual, **self.data_key(),
+            "counterfactual": self.counterfactual, "device": self.device,
+            "threads": threads or self.effective_threads(), **self.data_key(),
+            **({"cf_concept": self.cf_concept} if self.cf_concept else {}),
         }
         blob = json.dumps(payload, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]

@@ -153,6 +153,7 @@ def run_cells_ray(
         # nodes without CPUs (a head started with --num-cpus 0) run no cells
         node_cpus = [c for n in nodes if (c := n.get("Resources", {}).get("CPU", 0)) > 0] or [1]
         res = task_resources(config, node_cpus, ray.cluster_resources().get("GPU", 0))
+        threads = config.effective_threads()
         remote = ray.remote(max_retries=1, **res)(_cell_task)
         # ship each (dataset, setting)'s splits once; used only by workers without the run directory
         split_refs = {ds: ray.put(s) for ds, s in _SPLITS.items() if ds[0] in config.datasets}
@@ -164,7 +165,8 @@ def run_cells_ray(
                 room = _capacity(ray, res) - len(running)
                 while queue and room > 0:
                     key = queue.pop(0)
-                    ref = remote.remote(config, key, str(run_dir), int(res["num_cpus"]),
+                    # the driver's thread count, not the task's CPUs: it changes the numbers and is hashed
+                    ref = remote.remote(config, key, str(run_dir), threads,
                                         split_refs.get((key.dataset, key.setting)))
                     running[ref] = (key, time.perf_counter())
                     started(key)

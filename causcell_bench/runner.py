@@ -52,7 +52,7 @@ def _data_id(name: str, config: RunConfig) -> tuple[str, str]:
 @dataclass
 class CellOutcome:
     key: CellKey
-    status: str  # "ok" | "failed" | "skipped"
+    status: str  # "ok" | "failed" | "skipped" (done before) | "skipped_redundant" (see redundant_cells)
     seconds: float
     error: str | None = None
 
@@ -72,7 +72,7 @@ def expand_grid(config: RunConfig) -> list[CellKey]:
         CellKey(d, m, s, f, seed)
         for d in config.datasets
         for s in config.settings
-        for f in config.fold_indices()
+        for f in config.folds_of(s)
         for m in config.methods
         for seed in config.seeds
     ]
@@ -107,7 +107,7 @@ def load_dataset(name: str, config: RunConfig) -> tuple[Any, Any]:
 def prepare(config: RunConfig, run_dir: Path, log: Callable[[str], None] = print) -> dict[tuple[str, str], str]:
     """Load datasets and make (or reuse) the saved splits. Returns {(dataset, setting): error} for
     pairs whose splits cannot be made, so their cells are recorded as failed instead of aborting."""
-    from causcell_bench.datasets import load_splits, make_splits, save_splits
+    from causcell_bench.datasets import load_splits, make_holdout_split, make_splits, save_splits
 
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "config.json", config.model_dump())
@@ -130,7 +130,9 @@ def prepare(config: RunConfig, run_dir: Path, log: Callable[[str], None] = print
                 if path.is_file():
                     splits = load_splits(path)
                 else:
-                    splits = make_splits(adata, spec, setting, n_folds=config.n_folds, seed=config.split_seed)
+                    splits = (make_holdout_split(adata, spec, config.holdout or [], seed=config.split_seed)
+                              if setting == "HOLDOUT" else
+                              make_splits(adata, spec, setting, n_folds=config.n_folds, seed=config.split_seed))
                     save_splits(splits, path)
                     atomic_write_json(stamp, key_now)
                 _SPLITS[(*did, setting)] = splits
@@ -185,9 +187,10 @@ def evaluate_cell(config: RunConfig, key: CellKey, run_dir: Path) -> dict[str, A
         emb_train, emb_test = method.embed(train), method.embed(test)
         t["embed_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
+        ancestors = {c: [a for a in spec.concepts if c in spec.descendants(a)] for c in spec.concepts}
         values.update(M.score_disentanglement(
             emb_train, train.obs, emb_test, test.obs, spec.concepts, spec.fine_labels,
-            probe=config.probe, seed=key.seed,
+            probe=config.probe, seed=key.seed, ancestors=ancestors if spec.edges else None,
         ))
         t["score_disentanglement_s"] = time.perf_counter() - t0
     else:
@@ -208,13 +211,19 @@ def evaluate_cell(config: RunConfig, key: CellKey, run_dir: Path) -> dict[str, A
         if evaluation.has_truth(test):
             values.update(evaluation.score_against_truth(
                 method, train, test, spec, seed=key.seed, factual=gen if caps.reconstruct else None))
-        if key.setting == "OOD" and split.held_out:
-            values.update(evaluation.score_heldout_populations(method, train, test, spec, split.held_out, seed=key.seed))
+        if key.setting in ("OOD", "HOLDOUT") and split.held_out:
+            values.update(evaluation.score_heldout_populations(
+                method, train, test, spec, split.held_out, seed=key.seed, cf_concept=config.cf_concept))
         t["counterfactual_s"] = time.perf_counter() - t0
     else:
         na.append("counterfactual")
+    degenerate = M.degenerate_metrics(test.obs, spec.concepts, spec.fine_labels)
+    if values.get("n_populations") == 1.0 and "pop_rank" in values:
+        degenerate["pop_rank"] = "degenerate: one held-out population (a rank needs two)"
+    degenerate = {m: why for m, why in degenerate.items() if m in values}
+    values.update({m: float("nan") for m in degenerate})
     return {
-        "metrics": values, "na": na, "timings": t,
+        "metrics": values, "na": na, "timings": t, "degenerate": degenerate, "kind": getattr(cls, "kind", "method"),
         "n_train": int(train.n_obs), "n_test": int(test.n_obs), "n_genes": int(train.n_vars),
         "capabilities": caps.as_dict(),
     }
@@ -224,17 +233,19 @@ def execute_cell(config: RunConfig, key: CellKey, run_dir: str | Path, threads: 
     """Run one cell and write its record, whatever happens; return the record.
 
     Executor-agnostic: the local executor calls it in a forked child, a Ray task calls it in a worker.
+    ``threads`` (default ``config.effective_threads()``): the executor passes the driver's value, so the
+    hash written here matches the driver's even where a worker's environment differs.
     """
-    import torch
+    from causcell_bench.threads import apply_thread_budget
 
-    if threads:
-        torch.set_num_threads(threads)
+    threads = threads or config.effective_threads()
+    apply_thread_budget(threads)  # torch, numba, BLAS/OpenMP and env vars: one budget for the whole cell
     store = ResultStore(run_dir)
     t0 = time.perf_counter()
     base = {
         "dataset": key.dataset, "method": key.method, "setting": key.setting, "fold": key.fold, "seed": key.seed,
-        "config_hash": config.cell_hash(key.dataset, key.method, key.setting, key.fold, key.seed),
-        "preset": config.preset, "device": config.device, "versions": package_versions(),
+        "config_hash": config.cell_hash(key.dataset, key.method, key.setting, key.fold, key.seed, threads=threads),
+        "preset": config.preset, "device": config.device, "threads": threads, "versions": package_versions(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     try:
@@ -281,7 +292,38 @@ def _is_done(record: dict[str, Any] | None, config: RunConfig, key: CellKey, ret
         return False
     if record.get("config_hash") != config.cell_hash(key.dataset, key.method, key.setting, key.fold, key.seed):
         return False  # stale: settings changed since it ran
+    if record.get("status") == "skipped_redundant":
+        return key.method == IND and _ind_mirrors_causcell(config)  # else CausCell_IND must run after all
     return record.get("status") == "ok" or (record.get("status") == "failed" and not retry_failed)
+
+
+IND = "CausCell_IND"
+REDUNDANT_NOTE = "identical to CausCell: the dataset has no DAG edges"
+
+
+def _ind_mirrors_causcell(config: RunConfig) -> bool:
+    """True if this run's CausCell_IND cells would train the same models as its CausCell cells on a
+    dataset without DAG edges: both run, with the same hyperparameters."""
+    return ("CausCell" in config.methods and IND in config.methods
+            and config.method_params.get("CausCell", {}) == config.method_params.get(IND, {}))
+
+
+def redundant_cells(config: RunConfig, keys: Iterable[CellKey]) -> list[CellKey]:
+    """The CausCell_IND cells that repeat a CausCell cell of the run (dataset has no DAG edges).
+    Needs the datasets loaded (:func:`prepare`)."""
+    if not _ind_mirrors_causcell(config):
+        return []
+    return [k for k in keys if k.method == IND and not _DATA[_data_id(k.dataset, config)][1].edges]
+
+
+def redundant_record(config: RunConfig, key: CellKey) -> dict[str, Any]:
+    """The record stored for a cell skipped by :func:`redundant_cells`: no metrics, a note why."""
+    return {
+        "dataset": key.dataset, "method": key.method, "setting": key.setting, "fold": key.fold, "seed": key.seed,
+        "status": "skipped_redundant", "same_as": "CausCell", "note": REDUNDANT_NOTE,
+        "config_hash": config.cell_hash(key.dataset, key.method, key.setting, key.fold, key.seed),
+        "preset": config.preset, "device": config.device, "threads": config.effective_threads(),
+    }
 
 
 def run_grid(
@@ -319,8 +361,9 @@ def run_grid(
     if any(not _is_done(store.read(k), config, k, retry_failed) for k in keys):
         preload(config.methods)
         problems = prepare(config, run_dir, log=log)
+        redundant = set(redundant_cells(config, keys))
     else:
-        problems = {}
+        problems, redundant = {}, set()
     outcomes: list[CellOutcome] = []
     todo: list[CellKey] = []
     for key in keys:
@@ -334,6 +377,9 @@ def run_grid(
                 "config_hash": config.cell_hash(key.dataset, key.method, key.setting, key.fold, key.seed),
             })
             outcomes.append(CellOutcome(key, "failed", 0.0, problems[(key.dataset, key.setting)]))
+        elif key in redundant:
+            store.write(key, redundant_record(config, key))
+            outcomes.append(CellOutcome(key, "skipped_redundant", 0.0))
         else:
             todo.append(key)
     if outcomes and todo:
@@ -381,9 +427,8 @@ def run_cells_local(
     start_method: str = "fork",
 ) -> None:
     """The local executor: up to ``config.jobs`` child processes at a time, one per cell."""
-    # CAUSCELL_BENCH_THREADS overrides: when cores are shared (parallel test workers), torch's
-    # default of one thread per core runs small models several times slower than one thread
-    threads = int(os.environ.get("CAUSCELL_BENCH_THREADS", "0")) or max(1, cpu_count() // config.jobs)
+    # not cores // jobs: the thread count changes the numbers, and --jobs must not
+    threads = config.effective_threads()
     store = ResultStore(run_dir)
     ctx = mp.get_context(start_method)
     running: dict[Any, tuple[CellKey, float]] = {}

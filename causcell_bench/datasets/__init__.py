@@ -20,7 +20,7 @@ from causcell_bench.datasets.loaders import (
 from causcell_bench.datasets.prepare import prepare_ici_response
 from causcell_bench.datasets.preprocess import preprocess
 from causcell_bench.datasets.spec import DatasetSpec
-from causcell_bench.datasets.splits import Split, load_splits, make_splits, save_splits
+from causcell_bench.datasets.splits import Split, load_splits, make_holdout_split, make_splits, save_splits
 from causcell_bench.datasets.synthetic import (
     age_trend_genes,
     counterfactual_label_posterior,
@@ -43,6 +43,7 @@ __all__ = [
     "load",
     "load_pbmc68k",
     "load_splits",
+    "make_holdout_split",
     "make_splits",
     "prepare_ici_response",
     "preprocess",

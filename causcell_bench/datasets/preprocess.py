@@ -22,6 +22,7 @@ from anndata import AnnData
 from causcell_bench.datasets.spec import DatasetSpec
 from causcell_bench.datasets.validate import counts_matrix
 from causcell_bench.errors import DataError
+from causcell_bench.threads import keep_thread_counts
 
 HVG_FLAVOR = "seurat"
 
@@ -42,7 +43,9 @@ def select_hvg(counts: Any, n_top: int) -> np.ndarray:
 
     tmp = AnnData(X=log_cp10k(counts))
     try:
-        df = sc.pp.highly_variable_genes(tmp, n_top_genes=int(n_top), flavor=HVG_FLAVOR, inplace=False)
+        # scanpy's numba kernels resize the shared OpenMP team (torch's too): keep the caller's thread budget
+        with keep_thread_counts():
+            df = sc.pp.highly_variable_genes(tmp, n_top_genes=int(n_top), flavor=HVG_FLAVOR, inplace=False)
     except Exception as e:  # noqa: BLE001 - scanpy raises bare ValueErrors on degenerate data
         raise DataError(f"highly variable gene selection failed on the training cells ({e}); try n_hvg=None") from None
     idx = np.flatnonzero(df["highly_variable"].to_numpy())

@@ -230,6 +230,43 @@ def make_splits(
     )
 
 
+def make_holdout_split(adata: AnnData | pd.DataFrame, spec: DatasetSpec, combos: list[dict[str, str]],
+                       seed: int = 0) -> list[Split]:
+    """One fold (``setting="HOLDOUT"``) whose test part is exactly the cells of the user's ``combos``
+    (e.g. ``{"condition": "stimulated", "cell_type": "CD4T"}``: the classic scGen test), the rest training.
+
+    Each combination names concepts with values; a combination matching no cell, or one whose removal
+    would take a label value out of training entirely (it could not be intervened on), is an error.
+    """
+    obs = adata.obs if isinstance(adata, AnnData) else adata
+    if not combos:
+        raise BenchError("no held-out combination given; use --holdout 'concept=value,concept=value'")
+    test = np.zeros(len(obs), dtype=bool)
+    for combo in combos:
+        unknown = [c for c in combo if c not in spec.concepts]
+        if unknown:
+            raise BenchError(f"--holdout names {unknown}, not concepts of this dataset; concepts are {spec.concepts}")
+        mask = np.ones(len(obs), dtype=bool)
+        for c, v in combo.items():
+            values = set(obs[c].astype(str))
+            if str(v) not in values:
+                raise BenchError(f"--holdout {c}={v}: no cell has that value; values are {sorted(values)[:20]}")
+            mask &= obs[c].astype(str).to_numpy() == str(v)
+        if not mask.any():
+            raise DataError(f"--holdout {combo}: no cell carries this combination")
+        test |= mask
+    for c in spec.concepts:
+        left = set(obs[c].astype(str).to_numpy()[~test])
+        gone = sorted(set(obs[c].astype(str).to_numpy()[test]) - left)
+        if gone:
+            raise DataError(f"--holdout leaves no training cell with {c} = {gone}; a model cannot learn (or "
+                            "intervene with) a value it never sees. Hold out a combination, not a whole value")
+    names = np.asarray(obs.index, dtype=object)
+    split = Split(0, "HOLDOUT", int(seed), np.flatnonzero(~test), np.flatnonzero(test), obs_names=names)
+    split.held_out = [{c: str(v) for c, v in combo.items()} for combo in combos]
+    return [split]
+
+
 def _others_in_training(fold_of: np.ndarray, codes: np.ndarray, labels: list[np.ndarray], n_folds: int) -> bool:
     """Every value of the non-OOD concepts occurs in the training part of each fold."""
     for j, lab in enumerate(labels):
