@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
 
 from causcell_bench.errors import BenchError, NotFittedError
-from causcell_bench.methods.causcell import SAVE_FILE, CausCell, CausCellIND
+from causcell_bench.methods.causcell import SAVE_FILE, SWITCHES, CausCell, CausCellIND
 from causcell_bench.testing import check_method, tiny_dataset
 
 # a tiny budget: the point is behaviour, not quality
@@ -123,3 +125,190 @@ def test_bad_input_is_refused(data) -> None:
     scaled.X = sp.csr_matrix(scaled.X.toarray() - 1.0)
     with pytest.raises(BenchError, match="negative"):
         CausCell(**TINY).fit(scaled, spec, seed=0)
+
+
+# --- the switches of issue #14: ours (quick) vs the authors' code (paper) ---------------------
+def _variant(fitted: CausCell, **params) -> CausCell:
+    """A copy of the fitted model with inference-time parameters changed."""
+    m = copy.deepcopy(fitted)
+    m.params.update(params)
+    m.params["mode"] = m.params["cf_mode"]
+    return m
+
+
+def test_presets_take_ours_in_quick_and_the_authors_in_paper() -> None:
+    quick, paper = CausCell.presets["quick"], CausCell.presets["paper"]
+    for key, (ours, theirs, doc) in SWITCHES.items():
+        assert quick[key] == ours and paper[key] == theirs, key
+        assert doc and CausCell.param_docs[key] == doc
+    assert CausCellIND.presets == CausCell.presets
+    assert paper["cf_mode"] == paper["mode"] == "exogenous" and quick["mode"] == "do"
+    differ = {k for k in SWITCHES if quick[k] != paper[k]}
+    assert differ == set(SWITCHES) - {"n_encodings", "n_samples"}
+
+
+def test_cf_mode_parameter_and_its_mode_alias() -> None:
+    assert CausCell(cf_mode="exogenous").params["mode"] == "exogenous"
+    assert CausCell(mode="exogenous").params["cf_mode"] == "exogenous"
+    assert CausCell(preset="paper", cf_mode="do").params["mode"] == "do"
+    with pytest.raises(BenchError, match="alias"):
+        CausCell(mode="do", cf_mode="exogenous")
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"cf_mode": "surgery"}, "cf_mode"),
+        ({"cf_donors": "all"}, "cf_donors"),
+        ({"recon_reduction": "median"}, "recon_reduction"),
+        ({"label_head": "sigmoid"}, "label_head"),
+        ({"independence": "gan"}, "independence"),
+        ({"kl_units": "hartley"}, "kl_units"),
+        ({"encode": "mode"}, "encode"),
+        ({"combo_weights": "none"}, "combo_weights"),
+        ({"clamp_x0": "no"}, "clamp_x0"),
+        ({"ema_every": 0}, "ema_every"),
+        ({"ema_start": -1}, "ema_start"),
+        ({"cf_n_samples": 0}, "cf_n_samples"),
+        ({"time_mlp_mult": 0}, "time_mlp_mult"),
+    ],
+)
+def test_bad_switch_values_are_refused(params, match) -> None:
+    with pytest.raises(BenchError, match=match):
+        CausCell(**params)
+
+
+def test_cf_mode_parameter_drives_grid_counterfactuals(fitted, data) -> None:
+    # the grid builds the method from --param values and calls generate(adata, do=..., seed=...)
+    train, test, spec = data
+    exo = CausCell(device="cpu", **TINY, cf_mode="exogenous")
+    exo.fit(train, spec, seed=0)
+    do = {"celltype": "type1"}  # a child: graph surgery and the eps swap differ
+    got = exo.generate(test, do=do, seed=3)
+    np.testing.assert_array_equal(got, fitted.generate(test, do=do, seed=3, mode="exogenous"))
+    assert not np.allclose(got, fitted.generate(test, do=do, seed=3))
+
+
+def test_exogenous_query_donors_swap_only_the_target_noise(fitted, data) -> None:
+    _, test, spec = data
+    m = _variant(fitted, cf_mode="exogenous", cf_donors="query")
+    lat = m.counterfactual_latents(test, {"age": "age1"}, seed=0)
+    eps, z, z_cf, donors = lat["eps"], lat["z"], lat["z_cf"], lat["donors"]
+    k = spec.concepts.index("age")
+    assert list(donors) == [k]
+    at_target = (test.obs["age"] == "age1").to_numpy()
+    # every donor eps_age is that of a queried cell carrying age1 (cells at age1 keep their own)
+    pool = {tuple(r) for r in eps[at_target, k]}
+    assert all(tuple(r) in pool for r in donors[k])
+    np.testing.assert_array_equal(donors[k][at_target], eps[at_target, k])
+    # only eps_age changes; the SCM then recomputes the descendant celltype from the cell's own eps
+    eps_cf = eps.copy()
+    eps_cf[:, k] = donors[k]
+    ct, dom = spec.concepts.index("celltype"), spec.concepts.index("domain")
+    np.testing.assert_allclose(z_cf[:, ct], z_cf[:, k] + z[:, dom] + eps[:, ct], rtol=1e-5, atol=1e-5)
+    for j in (dom, 3):  # non-descendant and u: untouched
+        np.testing.assert_array_equal(z_cf[:, j], z[:, j])
+    assert not np.allclose(z_cf[~at_target, ct], z[~at_target, ct])
+    # training donors come from the pools, not from the query
+    train_donors = _variant(fitted, cf_mode="exogenous").counterfactual_latents(test, {"age": "age1"}, seed=0)
+    assert not all(tuple(r) in pool for r in train_donors["donors"][k][~at_target])
+
+
+def test_query_donors_fall_back_to_training_cells(fitted, data) -> None:
+    # the grid queries cells that differ from the target: no queried cell can donate
+    _, test, _ = data
+    others = test[(test.obs["age"] != "age1").to_numpy()].copy()
+    q = _variant(fitted, cf_donors="query").generate(others, do={"age": "age1"}, seed=2)
+    np.testing.assert_array_equal(q, fitted.generate(others, do={"age": "age1"}, seed=2))
+
+
+def test_sampled_encodings(fitted, data) -> None:
+    _, test, _ = data
+    mean = fitted.embed(test, seed=1)
+    for k, v in fitted.embed(test, seed=2).items():
+        np.testing.assert_array_equal(v, mean[k])
+    s = _variant(fitted, encode="sample", n_encodings=3)
+    e1, e1b, e2 = s.embed(test, seed=1), s.embed(test, seed=1), s.embed(test, seed=2)
+    np.testing.assert_array_equal(s.embed(test)["age"], s.embed(test)["age"])
+    for k in mean:
+        np.testing.assert_array_equal(e1[k], e1b[k])
+        assert not np.allclose(e1[k], e2[k]) and not np.allclose(e1[k], mean[k])
+    # reconstruction: one pass per stochastic encoding, averaged
+    r1, r1b, r2 = (s.generate(test[:10], seed=sd) for sd in (1, 1, 2))
+    np.testing.assert_array_equal(r1, r1b)
+    assert not np.allclose(r1, r2)
+    assert not np.allclose(r1, fitted.generate(test[:10], seed=1))
+    one = _variant(fitted, encode="sample", n_encodings=1).generate(test[:10], seed=1)
+    assert not np.allclose(one, r1)
+
+
+def test_cf_n_samples_overrides_the_number_of_passes(fitted, data, monkeypatch) -> None:
+    _, test, _ = data
+    m = _variant(fitted, encode="sample", n_encodings=3, cf_n_samples=1)
+    calls = []
+    real = m.model_.sample
+    monkeypatch.setattr(m.model_, "sample", lambda z, **kw: calls.append(kw["n_samples"]) or real(z, **kw))
+    m.generate(test[:5], seed=0)
+    assert calls == [1, 1, 1]
+    calls.clear()
+    m.generate(test[:5], do={"age": "age1"}, seed=0)
+    assert calls == [1]
+
+
+def test_unclamped_output_is_not_clipped(fitted, data) -> None:
+    _, test, _ = data
+    with torch.no_grad():
+        m = _variant(fitted, clamp_x0=False)
+        m.model_.ema.denoiser.head.bias.sub_(3.0)  # push predictions below 0
+        free = m.generate(test, seed=0)
+        clamped = _variant(m, clamp_x0=True).generate(test, seed=0)
+    assert (clamped >= 0).all()
+    assert (free < 0).any()
+
+
+def test_online_weights_at_inference(data) -> None:
+    train, test, spec = data
+    m = CausCell(device="cpu", **TINY, ema_at_inference=False)
+    m.fit(train, spec, seed=0)
+    assert m.model_.inference_net is m.model_.net
+    mu = m.model_.net.encode(torch.from_numpy(test.X.toarray()))[0]
+    np.testing.assert_allclose(m.embed(test)["age"], mu[:, 0].detach().numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_paper_preset_builds_the_authors_model(data, tmp_path) -> None:
+    train, test, spec = data
+    small = {**TINY, "n_steps": 12, "ema_start": 4, "ema_every": 4, "n_encodings": 2, "n_timesteps": 100}
+    m = CausCell(preset="paper", device="cpu", **small)
+    m.fit(train, spec, seed=0)
+    model = m.model_
+    assert model.inference_net is model.net and model.ema_updates == 3
+    assert len(model.net.adversaries) == 0 and "adv" not in m.history_[-1]
+    assert model.net.denoiser.time[0].out_features == 4 * TINY["hidden"]
+    assert model.net.denoiser.blocks[0].attn.q.bias is not None
+    x = m.generate(test[:8], seed=0)
+    cf = m.generate(test[:8], do={"age": "age1"}, seed=0)
+    assert x.shape == cf.shape == (8, test.n_vars) and np.isfinite(cf).all()
+    m.save(tmp_path)
+    again = CausCell.load(tmp_path)
+    assert again.params == m.params
+    np.testing.assert_array_equal(again.generate(test[:8], seed=0), x)
+
+
+def test_model_saved_before_the_switches_loads_with_our_choices(fitted, data, tmp_path) -> None:
+    _, test, _ = data
+    fitted.save(tmp_path)
+    blob = torch.load(tmp_path / SAVE_FILE, weights_only=True)
+    for key in set(SWITCHES) - {"n_samples", "recon_reduction"}:
+        blob["params"].pop(key)
+    blob["params"].update(mode="exogenous", recon_reduction="sum", embed_samples=0)
+    for key in ("time_mlp_mult", "qkv_bias", "independence", "ema_at_inference"):
+        blob["model"]["config"].pop(key)
+    blob["model"].pop("ema_updates")
+    torch.save(blob, tmp_path / SAVE_FILE)
+    old = CausCell.load(tmp_path)
+    assert old.params["cf_mode"] == "exogenous" and old.params["recon_reduction"] == "gene_sum"
+    assert all(old.params[k] == v[0] for k, v in SWITCHES.items() if k not in ("cf_mode", "recon_reduction"))
+    np.testing.assert_array_equal(
+        old.generate(test, do={"celltype": "type0"}, seed=1),
+        fitted.generate(test, do={"celltype": "type0"}, seed=1, mode="exogenous"),
+    )

@@ -279,3 +279,164 @@ def test_state_roundtrip_gives_identical_outputs(trained) -> None:
     np.testing.assert_array_equal(z1, z2)
     np.testing.assert_array_equal(model.sample(z1, seed=0, steps=5), again.sample(z2, seed=0, steps=5))
     assert [len(p) for p in again.pools] == [len(p) for p in model.pools]
+
+
+# --- the switches of issue #14 (ours vs the authors' code) -------------------------------
+def _net(**kw) -> CausCellNet:
+    torch.manual_seed(0)
+    return CausCellNet(6, [3, 2], np.zeros((3, 3)), d=4, hidden=8, n_blocks=1, heads=1, head_dim=4, **kw)
+
+
+def _batch(n: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.rand(n, 6, generator=g) * 3
+    codes = torch.stack([torch.randint(0, 3, (n,), generator=g), torch.randint(0, 2, (n,), generator=g)], 1)
+    return x0, codes
+
+
+def _losses(
+    net: CausCellNet, x0: torch.Tensor, codes: torch.Tensor, seed: int = 0, grad: bool = False, **kw
+) -> dict[str, torch.Tensor]:
+    with torch.set_grad_enabled(grad):
+        return net.losses(x0, codes, torch.ones(x0.shape[0]), torch.Generator().manual_seed(seed), **kw)
+
+
+class _ZeroDenoiser(torch.nn.Module):
+    """x0_hat = 0 whatever the noise, so the reconstruction term is a fixed function of x0."""
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x_t)
+
+
+def test_recon_reduction_sum_scales_with_the_batch() -> None:
+    net = _net()
+    net.denoiser = _ZeroDenoiser()
+    x0, codes = _batch()
+    x2, c2 = torch.cat([x0, x0]), torch.cat([codes, codes])
+    rec = {r: (_losses(net, x0, codes, recon_reduction=r)["recon"], _losses(net, x2, c2, recon_reduction=r)["recon"])
+           for r in ("mean", "gene_sum", "sum")}
+    # "sum" (the authors'): summed over cells and genes, so a duplicated batch doubles it
+    torch.testing.assert_close(rec["sum"][1], 2 * rec["sum"][0])
+    torch.testing.assert_close(rec["sum"][0], x0.pow(2).sum())
+    # "mean" and "gene_sum" average over cells: the batch size does not matter
+    for r in ("mean", "gene_sum"):
+        torch.testing.assert_close(rec[r][1], rec[r][0])
+    torch.testing.assert_close(rec["gene_sum"][0], 6 * rec["mean"][0])
+
+
+def test_softmax_label_head_loss_is_bounded() -> None:
+    net = _net()
+    with torch.no_grad():
+        for p in net.predictors:
+            p.weight.mul_(1e4)  # extreme logits: a wrong label costs ~1e4 on logits
+    x0, codes = _batch(64)
+    logits = _losses(net, x0, codes, label_head="logits")["pred"]
+    soft = _losses(net, x0, codes, label_head="softmax")["pred"]
+    # cross-entropy of softmax probabilities: at most log(1 + (n - 1) e) per head
+    bound = max(np.log(1 + (k - 1) * np.e) for k in (3, 2))
+    assert float(soft) <= bound + 1e-5
+    assert float(logits) > 10 * bound
+
+
+def test_kl_in_bits_is_nats_over_ln2() -> None:
+    net = _net()
+    x0, codes = _batch()
+    nats = _losses(net, x0, codes, kl_units="nats")["kl"]
+    bits = _losses(net, x0, codes, kl_units="bits")["kl"]
+    assert float(nats) > 0
+    torch.testing.assert_close(bits, nats / np.log(2.0))
+
+
+def test_negative_ce_independence_has_no_adversary_and_reaches_everything() -> None:
+    adv_net, net = _net(), _net(independence="negative_ce")
+    assert len(net.adversaries) == 0 and len(adv_net.adversaries) == 2
+    assert not any("adversar" in n for n, _ in net.named_parameters())
+    assert sum(p.numel() for p in net.parameters()) < sum(p.numel() for p in adv_net.parameters())
+    x0, codes = _batch()
+    terms = _losses(net, x0, codes, grad=True, label_head="softmax")
+    assert "adv" not in terms and "adv" in _losses(adv_net, x0, codes)
+    # indep = minus the label heads' mean cross-entropy on the sampled u (the same draw as the loss)
+    mu, logvar = net.encode(x0)
+    eps = mu + torch.randn(mu.shape, generator=torch.Generator().manual_seed(0)) * (0.5 * logvar).exp()
+    z_u = net.scm(eps)[:, 2]
+    ce = [torch.nn.functional.cross_entropy(p(z_u).softmax(-1), codes[:, k]) for k, p in enumerate(net.predictors)]
+    torch.testing.assert_close(terms["indep"], -(ce[0] + ce[1]) / 2)
+    assert terms["indep"].item() < 0
+    # nothing detached: the term trains both the encoder and the label heads
+    terms["indep"].backward()
+    assert net.encoder[0].weight.grad.abs().sum() > 0
+    assert all(p.weight.grad.abs().sum() > 0 for p in net.predictors)
+    with pytest.raises(ValueError, match="independence"):
+        _net(independence="gan")
+
+
+def test_network_details_time_mlp_and_qkv_bias() -> None:
+    ours, theirs = _net(), _net(time_mlp_mult=4, qkv_bias=True)
+    assert ours.denoiser.time[0].out_features == 8 and theirs.denoiser.time[0].out_features == 32
+    assert theirs.denoiser.time[2].in_features == 32
+    for attr in ("q", "k", "v"):
+        assert getattr(ours.denoiser.blocks[0].attn, attr).bias is None
+        assert getattr(theirs.denoiser.blocks[0].attn, attr).bias is not None
+
+
+def test_raw_combination_weights() -> None:
+    codes = np.array([[0, 0]] * 8 + [[1, 0]] * 2)
+    np.testing.assert_allclose(combination_weights(codes, rescale=False), [0.2] * 8 + [0.8] * 2, rtol=1e-6)
+    np.testing.assert_array_equal(combination_weights(np.zeros((5, 2), int), rescale=False), np.ones(5))
+
+
+def _toy(n: int = 80, g: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(5)
+    codes = np.stack([rng.integers(0, 2, n), rng.integers(0, 2, n)], 1)
+    x = np.abs(rng.normal(size=(n, g)) + codes[:, :1] * 2).astype(np.float32)
+    a = np.zeros((3, 3), np.float32)
+    a[0, 1] = 1
+    return x, codes, a
+
+
+def test_ema_schedule_and_online_weights_at_inference() -> None:
+    torch.set_num_threads(1)
+    x, codes, a = _toy()
+    online = CausCellModel(x.shape[1], [2, 2], a, n_timesteps=50, ema_at_inference=False, **TINY)
+    online.fit(x, codes, n_steps=10, batch_size=32, ema_start=4, ema_every=3, seed=0)
+    assert online.ema_updates == 2  # after steps 6 and 9
+    assert online.inference_net is online.net
+    mu = online.net.encode(torch.from_numpy(x))[0].detach().numpy()
+    np.testing.assert_array_equal(online.encode(x)[0], mu)
+    assert not np.allclose(online.encode(x)[0], online.ema.encode(torch.from_numpy(x))[0].numpy())
+    # before ema_start the EMA follows the online weights exactly
+    late = CausCellModel(x.shape[1], [2, 2], a, n_timesteps=50, **TINY)
+    late.fit(x, codes, n_steps=5, batch_size=32, ema_start=100, seed=0)
+    assert late.ema_updates == 0 and late.inference_net is late.ema
+    for pe, p in zip(late.ema.parameters(), late.net.parameters(), strict=True):
+        torch.testing.assert_close(pe, p.detach(), rtol=0, atol=0)
+    # ours: a decay step after every optimizer step
+    ours = CausCellModel(x.shape[1], [2, 2], a, n_timesteps=50, **TINY)
+    ours.fit(x, codes, n_steps=5, batch_size=32, seed=0)
+    assert ours.ema_updates == 5
+    assert not torch.equal(ours.ema.encoder[0].weight, ours.net.encoder[0].weight)
+    # the schedule and the inference switch survive a save/load
+    again = CausCellModel.from_state(online.state(), device="cpu")
+    assert again.ema_updates == 2 and again.inference_net is again.net
+
+
+def test_unclamped_sampling_can_go_negative() -> None:
+    x, _, a = _toy()
+    model = CausCellModel(x.shape[1], [2, 2], a, n_timesteps=50, **TINY)
+    with torch.no_grad():
+        model.ema.denoiser.head.bias.fill_(-3.0)  # the denoiser now predicts negative expression
+    _, z = model.encode(x[:10])
+    for sampler in ("ddim", "ancestral"):
+        clamped = model.sample(z, sampler=sampler, steps=5, seed=0)
+        free = model.sample(z, sampler=sampler, steps=5, seed=0, clamp_x0=False)
+        assert (clamped >= 0).all()
+        assert (free < 0).mean() > 0.5
+
+
+def test_stochastic_encoding_depends_on_the_seed() -> None:
+    x, _, a = _toy()
+    model = CausCellModel(x.shape[1], [2, 2], a, n_timesteps=50, **TINY)
+    np.testing.assert_array_equal(model.encode(x, seed=1)[1], model.encode(x, seed=2)[1])  # posterior mean
+    one, again, other = (model.encode(x, n_samples=1, seed=s)[1] for s in (1, 1, 2))
+    np.testing.assert_array_equal(one, again)
+    assert not np.allclose(one, other)

@@ -64,3 +64,39 @@ def test_truth_scores_for_a_no_op_method_show_no_effect(ood_fold) -> None:
     assert evaluation.intervention_concept(spec) == "age"
     assert {"cf_pcc", "cf_mse", "effect_pcc", "causal_acc:celltype"} <= set(scores)
     assert abs(scores["effect_pcc"]) < 1e-6  # ignoring do() predicts no effect at all
+
+
+def _spy_calls(train, test, spec, held_out, **kw):
+    m = Spy()
+    m.calls = []
+    m.fit(train, spec, seed=0)
+    scores = evaluation.score_heldout_populations(m, train, test, spec, held_out, seed=0, **kw)
+    return m.calls, scores
+
+
+def test_heldout_task_intervenes_on_the_declared_perturbation(ood_fold) -> None:
+    train, test, spec, split = ood_fold
+    assert spec.perturbation == "age"
+    calls, scores = _spy_calls(train, test, spec, split.held_out)
+    assert calls and {"r2_mean", "delta_pcc_deg", "deg_overlap_lfc", "pop_rank"} <= set(scores)
+    for obs, do in calls:
+        assert "age" in do  # do(age = held-out value), descendants pinned to the held-out labels
+        # some held-out combination is the target: the source cells share every one of its labels
+        # outside the intervention, and differ from it in age
+        def is_source_of(combo: dict[str, str]) -> bool:
+            if any(combo[k] != v for k, v in do.items()):
+                return False
+            same = all(set(obs[c].astype(str)) == {v} for c, v in combo.items() if c not in do)
+            return same and combo["age"] not in set(obs["age"].astype(str))
+        assert any(is_source_of(c) for c in split.held_out)
+
+
+def test_cf_concept_overrides_and_no_perturbation_scores_each_concept(ood_fold) -> None:
+    train, test, spec, split = ood_fold
+    calls, _ = _spy_calls(train, test, spec, split.held_out, cf_concept="domain")
+    assert calls and all(next(iter(do)) == "domain" for _, do in calls)
+    with pytest.raises(Exception, match="not a concept"):
+        _spy_calls(train, test, spec, split.held_out, cf_concept="nope")
+    plain = spec.model_copy(update={"perturbation": None})
+    _, scores = _spy_calls(train, test, plain, split.held_out)
+    assert any(k.startswith("edist:") for k in scores) and "edist" not in scores

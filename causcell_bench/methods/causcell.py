@@ -7,27 +7,27 @@ conditioned on them. The torch model lives in
 :mod:`causcell_bench.models.causcell`; this module maps AnnData and
 :class:`DatasetSpec` onto it.
 
-Counterfactual mode: ``mode="do"`` (graph surgery; default) or
-``"exogenous"`` (the authors' eps swap), set as a parameter
-(``CausCell(mode="exogenous")``) or per call (``generate(..., mode=...)``).
-Cells whose observed label already equals the intervened value keep their
-own representation (do() is then a no-op); the others get a donor drawn at
-random, seeded, from training cells with that label.
+Presets: ``paper`` is the authors' model: their objective, network details,
+training schedule and inference procedure (every switch in :data:`SWITCHES`
+set to the authors' choice, as read from their public code). ``quick`` (CPU
+minutes) is smaller (width 256, 2 blocks, 1,500 steps, DDIM-50 sampling),
+takes our choice for every switch, and adds two penalties of this
+implementation, ``excl_weight`` (each concept embedding holds no linear
+information on other, non-ancestor concepts beyond its own label) and
+``exo_weight`` (a child's exogenous noise is independent of its parents'
+labels); see :mod:`causcell_bench.models.causcell`. ``docs/causcell.md``
+tabulates every switch with both choices.
 
-Loss scale: the quick preset averages the diffusion squared error over genes
-(``recon_reduction="mean"``) times ``recon_weight``, so it stays balanced with
-the cross-entropy and KL terms whatever the number of genes; the paper preset
-sums over genes as the authors do.
-
-Presets: ``paper`` is the authors' objective and settings. ``quick`` (CPU
-minutes) is smaller (width 256, 2 blocks, 1,500 steps, DDIM-50 sampling) and
-switches on two additions of this implementation, ``excl_weight`` (each
-concept embedding holds no linear information on other, non-ancestor
-concepts beyond its own label) and ``exo_weight`` (a child's exogenous noise
-is independent of its parents' labels); see
-:mod:`causcell_bench.models.causcell`. Set both to 0 for the paper's objective.
-Embeddings are posterior means (``embed_samples=0``); ``embed_samples=10``
-averages ten stochastic passes as the authors do.
+Counterfactuals: ``cf_mode="do"`` (graph surgery) or ``"exogenous"`` (the
+authors' eps swap), set as a parameter (``CausCell(cf_mode="exogenous")``;
+``mode`` is an older alias of the same parameter) or per call
+(``generate(..., mode=...)``). Cells whose observed label already equals the
+intervened value keep their own representation (do() is then a no-op); the
+others get a donor drawn at random, seeded, from training cells with that
+label (``cf_donors="train"``) or from the queried cells with that label
+(``"query"``, the authors'; the training cells stand in when no queried cell
+carries the value, as in the benchmark grid, which queries cells that differ
+from the target).
 """
 
 from __future__ import annotations
@@ -44,11 +44,71 @@ from anndata import AnnData
 from causcell_bench.datasets.spec import DatasetSpec
 from causcell_bench.errors import BenchError, NotFittedError
 from causcell_bench.methods.base import UNEXPLAINED, Capabilities, ConceptEmbeddings, Method
-from causcell_bench.models.causcell import CausCellModel
+from causcell_bench.models.causcell import (
+    INDEPENDENCE,
+    KL_UNITS,
+    LABEL_HEADS,
+    MODES,
+    RECON_REDUCTIONS,
+    SAMPLERS,
+    CausCellModel,
+)
 from causcell_bench.models.utils import resolve_device, seed_everything, set_cpu_threads
 
 SAVE_FILE = "causcell.pt"
 _FORMAT = "causcell-bench/causcell/1"
+
+# Where our implementation and the authors' public code differ (issue #14). Each switch:
+# (our choice = quick, the authors' choice = paper, what it does). docs/causcell.md has the table.
+SWITCHES: dict[str, tuple[Any, Any, str]] = {
+    "recon_reduction": (
+        "mean", "sum",
+        "diffusion squared error: mean over genes and cells; 'gene_sum' sums genes, averages cells; "
+        "'sum' sums both (grows with batch size and gene count)",
+    ),
+    "combo_weights": (
+        "rescaled", "raw", "per-cell weights 1 - freq(combination)/N: rescaled to mean 1, or raw",
+    ),
+    "label_head": (
+        "logits", "softmax",
+        "label heads give logits, or softmax probabilities that cross-entropy soft-maxes again (bounded loss)",
+    ),
+    "independence": (
+        "adversary", "negative_ce",
+        "u independent of the labels: separate adversaries on a detached u with a bounded confusion loss, "
+        "or minus the label heads' cross-entropy on u, nothing detached",
+    ),
+    "kl_units": ("nats", "bits", "KL of the exogenous noise in nats, or divided by ln 2"),
+    "ema_at_inference": (
+        True, False, "encode, embed and sample with the EMA weights, or with the online weights",
+    ),
+    "ema_start": (0, 2000, "optimizer step from which the EMA is updated (before it, it copies the online weights)"),
+    "ema_every": (1, 1000, "update the EMA every this many optimizer steps"),
+    "clamp_x0": (
+        True, False, "clamp the predicted x0 at >= 0 at every sampling step and clip the output at 0",
+    ),
+    "encode": (
+        "mean", "sample",
+        "latents for embed/generate: posterior mean, or n_encodings stochastic encodings "
+        "(embed: averaged; generate: one sampling pass each, outputs averaged)",
+    ),
+    "n_encodings": (10, 10, "stochastic encodings under encode='sample'"),
+    "n_samples": (1, 1, "sampling chains per encoding, averaged"),
+    "cf_mode": ("do", "exogenous", "counterfactual: graph surgery on z, or swap of the exogenous noise eps"),
+    "cf_donors": (
+        "train", "query",
+        "donor cells for the intervened value: up to pool_size training cells per value, or the queried cells",
+    ),
+    "cf_n_samples": (
+        None, 1, "samples averaged per counterfactual cell (None: as for reconstruction)",
+    ),
+    "time_mlp_mult": (1, 4, "hidden width of the time-embedding MLP, in multiples of the token width"),
+    "qkv_bias": (False, True, "bias in the attention query/key/value projections"),
+}
+_OURS = {k: v[0] for k, v in SWITCHES.items()}
+_AUTHORS = {k: v[1] for k, v in SWITCHES.items()}
+# a model saved before a switch existed behaved as our choice
+_LEGACY = {k: v for k, v in _OURS.items() if k not in ("recon_reduction", "n_samples", "cf_mode")}
 
 _COMMON: dict[str, Any] = {
     "d": 32,
@@ -58,8 +118,8 @@ _COMMON: dict[str, Any] = {
     "ema_decay": 0.995,
     "adv_weight": 1.0,
     "kl_weight": 1.0,
-    "embed_samples": 0,
-    "mode": "do",
+    # None: follow `encode` (0 = posterior mean under "mean", n_encodings draws under "sample")
+    "embed_samples": None,
     "pool_size": 512,
     "gen_batch_size": 512,
     "log_every": 50,
@@ -78,6 +138,8 @@ class CausCell(Method):
         # CPU minutes: 3,000 cells x 500 genes in about 3 min on 2 cores
         "quick": {
             **_COMMON,
+            **_OURS,
+            "mode": _OURS["cf_mode"],
             "hidden": 256,
             "n_blocks": 2,
             "heads": 4,
@@ -90,15 +152,16 @@ class CausCell(Method):
             "pred_weight": 3.0,
             "excl_weight": 1.0,
             "exo_weight": 1.0,
-            "recon_reduction": "mean",
             "grad_clip": 1.0,
             "sampler": "ddim",
             "ddim_steps": 50,
-            "n_samples": 1,
         },
-        # the authors' settings: width = n_genes, 4 blocks of 4 x 64 heads, batch 64 x 2, 100k steps
+        # the authors' model: width = n_genes, 4 blocks of 4 x 64 heads, batch 64 x 2, 100k steps,
+        # and their choice for every switch
         "paper": {
             **_COMMON,
+            **_AUTHORS,
+            "mode": _AUTHORS["cf_mode"],
             "hidden": None,
             "n_blocks": 4,
             "heads": 4,
@@ -111,26 +174,52 @@ class CausCell(Method):
             "pred_weight": 1.0,
             "excl_weight": 0.0,
             "exo_weight": 0.0,
-            "recon_reduction": "sum",
             "grad_clip": None,
             "sampler": "ancestral",
             "ddim_steps": 50,
-            "n_samples": 10,
         },
+    }
+    # one line per switch, for documentation and listings
+    param_docs: ClassVar[dict[str, str]] = {
+        **{k: v[2] for k, v in SWITCHES.items()},
+        "mode": "alias of cf_mode (kept for older commands and saved models)",
+        "embed_samples": "stochastic encodings averaged by embed(); None follows encode",
     }
 
     def __init__(self, preset: str = "quick", device: str = "auto", **params: Any) -> None:
         super().__init__(preset, device, **params)
         p = self.params
-        if p["mode"] not in ("do", "exogenous"):
-            raise BenchError(f"mode must be 'do' or 'exogenous', got {p['mode']!r}")
-        if p["sampler"] not in ("ancestral", "ddim"):
-            raise BenchError(f"sampler must be 'ancestral' or 'ddim', got {p['sampler']!r}")
-        if p["recon_reduction"] not in ("mean", "sum"):
-            raise BenchError(f"recon_reduction must be 'mean' or 'sum', got {p['recon_reduction']!r}")
-        for key in ("n_steps", "batch_size", "grad_accum", "n_samples", "ddim_steps", "pool_size", "d"):
+        # `mode` is the older name of `cf_mode`: keep both keys equal, whichever was given
+        if "mode" in params and "cf_mode" in params and params["mode"] != params["cf_mode"]:
+            raise BenchError(
+                f"mode={params['mode']!r} and cf_mode={params['cf_mode']!r} disagree; mode is an alias of "
+                "cf_mode, give only cf_mode"
+            )
+        if "mode" in params and "cf_mode" not in params:
+            p["cf_mode"] = p["mode"]
+        p["mode"] = p["cf_mode"]
+        choices = {
+            "cf_mode": MODES, "cf_donors": ("train", "query"), "sampler": SAMPLERS,
+            "recon_reduction": RECON_REDUCTIONS, "combo_weights": ("rescaled", "raw"), "label_head": LABEL_HEADS,
+            "independence": INDEPENDENCE, "kl_units": KL_UNITS, "encode": ("mean", "sample"),
+        }
+        for key, allowed in choices.items():
+            if p[key] not in allowed:
+                raise BenchError(f"{key} must be one of {list(allowed)}, got {p[key]!r}")
+        for key in ("ema_at_inference", "clamp_x0", "qkv_bias"):
+            if not isinstance(p[key], bool):
+                raise BenchError(f"{key} must be true or false, got {p[key]!r}")
+        for key in (
+            "n_steps", "batch_size", "grad_accum", "n_samples", "ddim_steps", "pool_size", "d",
+            "n_encodings", "ema_every", "time_mlp_mult",
+        ):
             if int(p[key]) < 1:
                 raise BenchError(f"{key} must be >= 1, got {p[key]!r}")
+        if int(p["ema_start"]) < 0:
+            raise BenchError(f"ema_start must be >= 0, got {p['ema_start']!r}")
+        for key, low in (("cf_n_samples", 1), ("embed_samples", 0)):
+            if p[key] is not None and int(p[key]) < low:
+                raise BenchError(f"{key} must be null or >= {low}, got {p[key]!r}")
         self.model_: CausCellModel | None = None
         self.history_: list[dict[str, float]] = []
         self.seed_: int | None = None
@@ -167,6 +256,10 @@ class CausCell(Method):
             head_dim=p["head_dim"],
             ff_mult=p["ff_mult"],
             n_timesteps=p["n_timesteps"],
+            time_mlp_mult=int(p["time_mlp_mult"]),
+            qkv_bias=bool(p["qkv_bias"]),
+            independence=p["independence"],
+            ema_at_inference=bool(p["ema_at_inference"]),
             device=device,
         )
         self.history_ = self.model_.fit(
@@ -177,8 +270,13 @@ class CausCell(Method):
             grad_accum=int(p["grad_accum"]),
             lr=float(p["lr"]),
             ema_decay=float(p["ema_decay"]),
+            ema_start=int(p["ema_start"]),
+            ema_every=int(p["ema_every"]),
             recon_weight=float(p["recon_weight"]),
             recon_reduction=p["recon_reduction"],
+            combo_weights=p["combo_weights"],
+            label_head=p["label_head"],
+            kl_units=p["kl_units"],
             pred_weight=float(p["pred_weight"]),
             adv_weight=float(p["adv_weight"]),
             excl_weight=float(p["excl_weight"]),
@@ -192,12 +290,23 @@ class CausCell(Method):
         self.model_.build_pools(train.X, codes, pool_size=int(p["pool_size"]), seed=seed)
         self.seed_ = seed
 
-    def embed(self, adata: AnnData) -> ConceptEmbeddings:
-        """Per concept, z_k (posterior mean, or the mean of ``embed_samples`` draws); u as ``unexplained``."""
+    def embed(self, adata: AnnData, *, seed: int | None = None) -> ConceptEmbeddings:
+        """Per concept, z_k; u as ``unexplained``.
+
+        z is the posterior mean (``encode="mean"``) or the average of
+        ``n_encodings`` stochastic encodings (``"sample"``, the authors';
+        ``embed_samples`` overrides the count). Draws are seeded by ``seed``,
+        by default the fit seed, so repeated calls agree.
+        """
         self._check_query(adata)
         model = self._model()
         assert self.spec_ is not None
-        _, z = model.encode(adata.X, n_samples=int(self.params["embed_samples"]), seed=self.seed_ or 0)
+        p = self.params
+        n = p["embed_samples"]
+        if n is None:
+            n = p["n_encodings"] if p["encode"] == "sample" else 0
+        seed = (self.seed_ or 0) if seed is None else seed
+        _, z = model.encode(adata.X, n_samples=int(n), seed=seed)
         out = {c: np.ascontiguousarray(z[:, k]) for k, c in enumerate(self.spec_.concepts)}
         out[UNEXPLAINED] = np.ascontiguousarray(z[:, model.m])
         return out
@@ -215,47 +324,105 @@ class CausCell(Method):
     ) -> np.ndarray:
         """Reconstruct each cell from its own concepts, or, with ``do``, its counterfactual.
 
-        ``mode``/``sampler``/``steps``/``n_samples`` override the fitted
-        parameters for this call only (e.g. to compare DDIM with ancestral).
-        Returns dense float32 log1p(CP10k), negatives clipped to 0.
+        ``encode="mean"``: one encoding at the posterior mean, ``n_samples``
+        chains averaged. ``"sample"``: ``n_encodings`` passes, each with a
+        fresh stochastic encoding (and fresh donors) and ``n_samples`` chains,
+        all averaged. With ``do`` and ``cf_n_samples`` set, that many samples
+        are averaged instead (passes under ``"sample"``, chains under
+        ``"mean"``). ``mode``/``sampler``/``steps``/``n_samples`` override the
+        fitted parameters for this call only (``n_samples`` then also wins
+        over ``cf_n_samples``). Returns dense float32 log1p(CP10k), clipped at
+        0 unless ``clamp_x0=False``.
         """
         self._check_query(adata, do)
         model = self._model()
-        assert self.spec_ is not None and self.categories_ is not None
         p = self.params
-        mode = mode or p["mode"]
-        if mode not in ("do", "exogenous"):
+        mode = mode or p["cf_mode"]
+        if mode not in MODES:
             raise BenchError(f"mode must be 'do' or 'exogenous', got {mode!r}")
         sampler = sampler or p["sampler"]
-        if sampler not in ("ancestral", "ddim"):
+        if sampler not in SAMPLERS:
             raise BenchError(f"sampler must be 'ancestral' or 'ddim', got {sampler!r}")
         steps = int(steps or p["ddim_steps"])
         if not 1 <= steps <= int(p["n_timesteps"]):
             raise BenchError(f"steps must be in 1..{p['n_timesteps']}, got {steps}")
-        n_samples = int(n_samples or p["n_samples"])
-        eps, z = model.encode(adata.X)
-        if do:
-            rng = np.random.default_rng(seed)
-            donors = {}
-            for c, v in do.items():
-                k = self.spec_.concepts.index(c)
-                code = self.categories_[c].index(str(v))
+        chains = int(n_samples or p["n_samples"])
+        passes = int(p["n_encodings"]) if p["encode"] == "sample" else 1
+        if do and p["cf_n_samples"] is not None and n_samples is None:
+            if p["encode"] == "sample":
+                passes, chains = int(p["cf_n_samples"]), 1
+            else:
+                chains = int(p["cf_n_samples"])
+        rng = np.random.default_rng(seed)
+        out: np.ndarray | None = None
+        for i in range(passes):
+            eps, z = self._encode_pass(adata, seed, i)
+            if do:
+                z, _ = self._intervene(adata, eps, z, do, rng, mode)
+            x = model.sample(
+                z,
+                sampler=sampler,
+                steps=steps,
+                n_samples=chains,
+                seed=seed if i == 0 else _derive_seed(seed, 1, i),
+                batch_size=int(p["gen_batch_size"]),
+                clamp_x0=bool(p["clamp_x0"]),
+                progress=bool(p["progress"]),
+            )
+            out = x if out is None else out + x
+        assert out is not None
+        if passes > 1:
+            out = out / passes
+        if p["clamp_x0"]:
+            out = np.clip(out, 0.0, None)
+        return out.astype(np.float32, copy=False)
+
+    def counterfactual_latents(
+        self, adata: AnnData, do: Mapping[str, str], *, seed: int, mode: str | None = None
+    ) -> dict[str, Any]:
+        """The latents of the first generation pass of ``generate(adata, do, seed=seed)``.
+
+        Returns ``eps`` and ``z`` (factual, (n, m+1, d)), ``z_cf`` (after the
+        intervention) and ``donors`` ({node index: (n, d) donor eps_k or z_k}),
+        for inspecting what an intervention changes.
+        """
+        self._check_query(adata, do)
+        mode = mode or self.params["cf_mode"]
+        if mode not in MODES:
+            raise BenchError(f"mode must be 'do' or 'exogenous', got {mode!r}")
+        eps, z = self._encode_pass(adata, seed, 0)
+        z_cf, donors = self._intervene(adata, eps, z, do, np.random.default_rng(seed), mode)
+        return {"eps": eps, "z": z, "z_cf": z_cf, "donors": donors}
+
+    def _encode_pass(self, adata: AnnData, seed: int, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(eps, z) of pass ``i``: the posterior mean, or one stochastic encoding with its own seed."""
+        model = self._model()
+        if self.params["encode"] == "mean":
+            return model.encode(adata.X)
+        # a seed of its own, so the encoding noise is not the sampler's initial noise
+        return model.encode(adata.X, n_samples=1, seed=_derive_seed(seed, 0, i))
+
+    def _intervene(
+        self, adata: AnnData, eps: np.ndarray, z: np.ndarray, do: Mapping[str, str],
+        rng: np.random.Generator, mode: str,
+    ) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+        """Counterfactual z of every cell under ``do``, and the donor representation set on each node."""
+        model = self._model()
+        assert self.spec_ is not None and self.categories_ is not None
+        src = eps if mode == "exogenous" else z
+        donors: dict[int, np.ndarray] = {}
+        for c, v in do.items():
+            k = self.spec_.concepts.index(c)
+            code = self.categories_[c].index(str(v))
+            own = self._codes(adata, c) == code
+            if self.params["cf_donors"] == "query" and own.any():
+                drawn = src[np.flatnonzero(own)[rng.integers(0, int(own.sum()), adata.n_obs)], k]
+            else:
                 drawn = model.draw_donors(k, code, adata.n_obs, rng, mode)
-                # a cell already at the target value is its own counterfactual
-                own = self._codes(adata, c) == code
-                drawn[own] = (eps if mode == "exogenous" else z)[own, k]
-                donors[k] = drawn
-            z = model.intervene(eps, donors, mode=mode)
-        x = model.sample(
-            z,
-            sampler=sampler,
-            steps=steps,
-            n_samples=n_samples,
-            seed=seed,
-            batch_size=int(p["gen_batch_size"]),
-            progress=bool(p["progress"]),
-        )
-        return np.clip(x, 0.0, None).astype(np.float32, copy=False)
+            # a cell already at the target value is its own counterfactual
+            drawn[own] = src[own, k]
+            donors[k] = drawn
+        return model.intervene(eps, donors, mode=mode), donors
 
     # --- persistence: one torch file --------------------------------------------
     def save(self, path: str | Path) -> None:
@@ -292,7 +459,13 @@ class CausCell(Method):
             raise BenchError(f"{f} is not a saved CausCell model (format {_FORMAT})")
         if blob["method"] != cls.name:
             raise BenchError(f"{path} holds a {blob['method']} model; load it with that method's class")
-        obj = cls(preset=blob["preset"], device=device, **blob["params"])
+        params = dict(blob["params"])
+        if "combo_weights" not in params:
+            # saved before the switches of issue #14: it ran with our choices, and "sum" meant genes only
+            if params.get("recon_reduction") == "sum":
+                params["recon_reduction"] = "gene_sum"
+            params = {**_LEGACY, **params}
+        obj = cls(preset=blob["preset"], device=device, **params)
         obj.spec_ = DatasetSpec.model_validate(blob["spec"])
         obj.var_names_ = list(blob["var_names"])
         obj.categories_ = {k: list(v) for k, v in blob["categories"].items()}
@@ -322,6 +495,11 @@ class CausCellIND(CausCell):
 
     def _adjacency(self, spec: DatasetSpec) -> np.ndarray:
         return np.zeros((spec.n_concepts + 1, spec.n_concepts + 1), dtype=np.float32)
+
+
+def _derive_seed(seed: int, *keys: int) -> int:
+    """A seed for stream ``keys`` of call ``seed``, independent of the others."""
+    return int(np.random.default_rng([int(seed), *keys]).integers(2**62))
 
 
 def _check_log_expression(x: Any) -> None:

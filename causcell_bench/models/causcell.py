@@ -15,9 +15,12 @@ Pieces (paper section in brackets):
   concept tokens of width d; a closed-form linear SCM layer
   z = (I - A^T)^-1 eps per feature dimension [Causal disentanglement module];
   one linear label predictor per observed concept on z_k (cross-entropy on
-  logits); independence of the unexplained token u from the labels through
-  one adversary per concept (bounded: see :meth:`CausCellNet._adversary_pair`);
-  KL(q(eps|x0) || N(0, I)), mean over dimensions.
+  logits, or ``label_head="softmax"``: on softmax probabilities, the authors'
+  bounded variant); independence of the unexplained token u from the labels
+  through one adversary per concept (``independence="adversary"``, bounded:
+  see :meth:`CausCellNet._adversary_pair`) or, as the authors do, minus the
+  label heads' cross-entropy on u (``"negative_ce"``);
+  KL(q(eps|x0) || N(0, I)), mean over dimensions, in nats or bits.
 - two optional additions, not in the paper (weight 0 = the paper's objective):
   an *exclusivity* penalty (z_k holds no linear information on a
   non-ancestor concept's label beyond its own label; u none on any) and an
@@ -71,6 +74,12 @@ __all__ = [
 
 MODES = ("do", "exogenous")
 SAMPLERS = ("ancestral", "ddim")
+# "mean": mean over genes and cells; "gene_sum": sum over genes, mean over cells;
+# "sum": sum over genes and cells (the authors'; grows with the batch size)
+RECON_REDUCTIONS = ("mean", "gene_sum", "sum")
+LABEL_HEADS = ("logits", "softmax")
+INDEPENDENCE = ("adversary", "negative_ce")
+KL_UNITS = ("nats", "bits")
 
 
 # --- DAG helpers -------------------------------------------------------------
@@ -224,13 +233,13 @@ class GEGLU(nn.Module):
 class CrossAttention(nn.Module):
     """Multi-head attention of query tokens (width W) over context tokens (width d)."""
 
-    def __init__(self, width: int, ctx_dim: int, heads: int, head_dim: int) -> None:
+    def __init__(self, width: int, ctx_dim: int, heads: int, head_dim: int, qkv_bias: bool = False) -> None:
         super().__init__()
         self.heads, self.head_dim = heads, head_dim
         inner = heads * head_dim
-        self.q = nn.Linear(width, inner, bias=False)
-        self.k = nn.Linear(ctx_dim, inner, bias=False)
-        self.v = nn.Linear(ctx_dim, inner, bias=False)
+        self.q = nn.Linear(width, inner, bias=qkv_bias)
+        self.k = nn.Linear(ctx_dim, inner, bias=qkv_bias)
+        self.v = nn.Linear(ctx_dim, inner, bias=qkv_bias)
         self.out = nn.Linear(inner, width)
 
     def forward(self, h: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
@@ -246,10 +255,12 @@ class CrossAttention(nn.Module):
 class Block(nn.Module):
     """Pre-LN cross-attention then pre-LN GEGLU feed-forward, both residual."""
 
-    def __init__(self, width: int, ctx_dim: int, heads: int, head_dim: int, ff_mult: int) -> None:
+    def __init__(
+        self, width: int, ctx_dim: int, heads: int, head_dim: int, ff_mult: int, qkv_bias: bool = False
+    ) -> None:
         super().__init__()
         self.ln1 = nn.LayerNorm(width)
-        self.attn = CrossAttention(width, ctx_dim, heads, head_dim)
+        self.attn = CrossAttention(width, ctx_dim, heads, head_dim, qkv_bias)
         self.ln2 = nn.LayerNorm(width)
         self.ff = GEGLU(width, ff_mult)
 
@@ -263,17 +274,30 @@ class Denoiser(nn.Module):
 
     ``hidden=None`` keeps the token width equal to the number of genes (the
     paper); otherwise x_t is projected to ``hidden`` and back (fast preset).
+    The time-embedding MLP is ``time_mlp_mult`` x the width inside (authors: 4).
     """
 
     def __init__(
-        self, n_genes: int, ctx_dim: int, hidden: int | None, n_blocks: int, heads: int, head_dim: int, ff_mult: int
+        self,
+        n_genes: int,
+        ctx_dim: int,
+        hidden: int | None,
+        n_blocks: int,
+        heads: int,
+        head_dim: int,
+        ff_mult: int,
+        time_mlp_mult: int = 1,
+        qkv_bias: bool = False,
     ) -> None:
         super().__init__()
         width = n_genes if hidden is None else hidden
         self.width = width
         self.inp = nn.Identity() if hidden is None else nn.Linear(n_genes, width)
-        self.time = nn.Sequential(nn.Linear(width, width), nn.Mish(), nn.Linear(width, width))
-        self.blocks = nn.ModuleList(Block(width, ctx_dim, heads, head_dim, ff_mult) for _ in range(n_blocks))
+        tw = time_mlp_mult * width
+        self.time = nn.Sequential(nn.Linear(width, tw), nn.Mish(), nn.Linear(tw, width))
+        self.blocks = nn.ModuleList(
+            Block(width, ctx_dim, heads, head_dim, ff_mult, qkv_bias) for _ in range(n_blocks)
+        )
         self.ln = nn.LayerNorm(width)
         self.head = nn.Linear(width, n_genes)
 
@@ -301,8 +325,16 @@ class CausCellNet(nn.Module):
         head_dim: int = 64,
         ff_mult: int = 4,
         n_timesteps: int = 1000,
+        time_mlp_mult: int = 1,
+        qkv_bias: bool = False,
+        independence: str = "adversary",
     ) -> None:
         super().__init__()
+        if independence not in INDEPENDENCE:
+            raise ValueError(f"independence must be one of {INDEPENDENCE}, got {independence!r}")
+        if int(time_mlp_mult) < 1:
+            raise ValueError(f"time_mlp_mult must be >= 1, got {time_mlp_mult!r}")
+        self.independence = independence
         self.n_genes = int(n_genes)
         self.concept_sizes = [int(k) for k in concept_sizes]
         self.m = len(self.concept_sizes)
@@ -319,8 +351,11 @@ class CausCellNet(nn.Module):
             nn.Linear(self.n_genes, eh), nn.Mish(), nn.Linear(eh, (self.m + 1) * self.d * 2)
         )
         self.predictors = nn.ModuleList(nn.Linear(self.d, k) for k in self.concept_sizes)
-        # independence of u: a separate adversary per concept, looking only at z_u
-        self.adversaries = nn.ModuleList(self._adversary(k) for k in self.concept_sizes)
+        # independence of u: a separate adversary per concept, looking only at z_u; the authors'
+        # "negative_ce" reuses the label predictors instead, so it has no adversary parameters
+        self.adversaries = nn.ModuleList(
+            self._adversary(k) for k in self.concept_sizes if independence == "adversary"
+        )
         # optional additions (not in the paper; weight 0 = off), see `linear_dependence`:
         # exclusivity: z_k holds no linear information on y_j beyond y_k, for j neither k nor an
         # ancestor of k (z_k legitimately contains its ancestors through the SCM); u (node m)
@@ -336,7 +371,9 @@ class CausCellNet(nn.Module):
         ]
         for j, nj in enumerate(self.concept_sizes):
             self.register_buffer(f"prior{j}", torch.full((nj,), 1.0 / nj))
-        self.denoiser = Denoiser(self.n_genes, self.d, hidden, n_blocks, heads, head_dim, ff_mult)
+        self.denoiser = Denoiser(
+            self.n_genes, self.d, hidden, n_blocks, heads, head_dim, ff_mult, int(time_mlp_mult), bool(qkv_bias)
+        )
         for k, v in diffusion_schedule(self.n_timesteps).items():
             self.register_buffer(k, v.float())
 
@@ -419,38 +456,64 @@ class CausCellNet(nn.Module):
         generator: torch.Generator | None,
         *,
         recon_reduction: str = "mean",
+        label_head: str = "logits",
+        kl_units: str = "nats",
         exclusivity: bool = False,
         exogenous: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Loss terms of one minibatch (unweighted; the trainer combines them).
 
-        ``adv`` is the u adversaries' own cross-entropy (it only trains them);
-        ``indep`` is the encoder's bounded confusion term against them; the
-        optional ``excl``/``exo`` are closed-form linear-dependence penalties in [0, 1].
+        ``independence="adversary"``: ``adv`` is the u adversaries' own
+        cross-entropy (it only trains them) and ``indep`` the encoder's bounded
+        confusion term against them. ``"negative_ce"`` (the authors'): no
+        ``adv``; ``indep`` is minus the label heads' mean cross-entropy on the
+        sampled z_u, nothing detached (bounded below only with
+        ``label_head="softmax"``). The optional ``excl``/``exo`` are closed-form
+        linear-dependence penalties in [0, 1]. ``recon_reduction``: see
+        :data:`RECON_REDUCTIONS`; ``kl_units="bits"`` divides the KL by ln 2.
         """
         b = x0.shape[0]
         mu, logvar = self.encode(x0)
         eps = mu + torch.randn(mu.shape, generator=generator, device=mu.device) * (0.5 * logvar).exp()
         z = self.scm(eps)
-        pred = sum(F.cross_entropy(p(z[:, k]), codes[:, k], ignore_index=-1) for k, p in enumerate(self.predictors))
+
+        def head(k: int, zk: torch.Tensor) -> torch.Tensor:
+            # the authors' heads end in a softmax, and cross_entropy applies its own log-softmax
+            # on top: the loss of a head is then bounded by log(1 + (n - 1) e)
+            out = self.predictors[k](zk)
+            return out.softmax(-1) if label_head == "softmax" else out
+
+        pred = sum(F.cross_entropy(head(k, z[:, k]), codes[:, k], ignore_index=-1) for k in range(self.m))
         # adversaries look at posterior means, as the embeddings do: on noisy samples the encoder
         # could hide information in offsets far below the posterior noise, which a probe on the
         # means then reads back perfectly
         z_mean = self.scm(mu)
-        adv, conf = self.independence_terms(z_mean[:, self.m], codes)
+        indep: dict[str, torch.Tensor] = {}
+        if self.independence == "adversary":
+            indep["adv"], indep["indep"] = self.independence_terms(z_mean[:, self.m], codes)
+        else:
+            ce_u = sum(F.cross_entropy(head(k, z[:, self.m]), codes[:, k], ignore_index=-1) for k in range(self.m))
+            indep["indep"] = -ce_u / self.m
         extra: dict[str, torch.Tensor] = {}
         if exclusivity and self.excl_pairs:
             extra["excl"] = self.exclusivity_term(z_mean, codes)
         if exogenous and self.exo_pairs:
             extra["exo"] = self.exogenous_term(mu, codes)
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).mean()
+        if kl_units == "bits":
+            kl = kl / math.log(2.0)
         t = torch.randint(0, self.n_timesteps, (b,), generator=generator, device=x0.device)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device)
         x0_hat = self.denoiser(self.q_sample(x0, t, noise), t, z)
         se = (x0_hat - x0).pow(2)
-        per_cell = se.sum(1) if recon_reduction == "sum" else se.mean(1)
-        recon = (cell_weight * per_cell).mean()
-        return {"recon": recon, "pred": pred / self.m, "adv": adv, "indep": conf, "kl": kl, **extra}
+        per_cell = se.mean(1) if recon_reduction == "mean" else se.sum(1)
+        weighted = cell_weight * per_cell
+        recon = weighted.sum() if recon_reduction == "sum" else weighted.mean()
+        # key order as before the switches existed: the trainer sums the terms in this order
+        terms = {"recon": recon, "pred": pred / self.m}
+        if "adv" in indep:
+            terms["adv"] = indep["adv"]
+        return {**terms, "indep": indep["indep"], "kl": kl, **extra}
 
 
 # --- helpers -----------------------------------------------------------------
@@ -462,18 +525,19 @@ def _rows(x: Any, idx: np.ndarray | slice) -> np.ndarray:
     return np.asarray(r, dtype=np.float32)
 
 
-def combination_weights(codes: np.ndarray) -> np.ndarray:
-    """Per-cell weight 1 - freq(label combination)/N, rescaled to mean 1 (rare combinations weigh more).
+def combination_weights(codes: np.ndarray, rescale: bool = True) -> np.ndarray:
+    """Per-cell weight 1 - freq(label combination)/N (rare combinations weigh more).
 
-    The rescaling keeps the loss scale independent of the number of
-    combinations; with a single combination every weight would be 0, so all
-    cells then weigh 1.
+    ``rescale=True`` divides by the mean weight so that the loss scale does
+    not depend on the number of combinations; ``False`` keeps the raw weights
+    (the authors'). With a single combination every weight would be 0, so all
+    cells then weigh 1 either way.
     """
     _, inv, counts = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
     w = 1.0 - counts[inv.ravel()] / codes.shape[0]
     if w.sum() <= 0:
         return np.ones(codes.shape[0], dtype=np.float32)
-    return (w / w.mean()).astype(np.float32)
+    return (w / w.mean() if rescale else w).astype(np.float32)
 
 
 def _progress(enabled: bool, total: int, what: str) -> Any:
@@ -487,6 +551,10 @@ def _progress(enabled: bool, total: int, what: str) -> Any:
     return prog
 
 
+# CausCellModel settings that are not CausCellNet constructor arguments
+_MODEL_ONLY = ("n_genes", "concept_sizes", "adjacency", "ema_at_inference")
+
+
 class CausCellModel:
     """Trainer / inference wrapper around :class:`CausCellNet` with EMA weights and donor pools.
 
@@ -494,6 +562,10 @@ class CausCellModel:
     scipy sparse; densified per minibatch), ``codes`` is (n_cells, m) int
     label codes (-1 = unknown), ``adjacency`` is (m+1, m+1) with
     ``A[parent, child] = 1`` and u last.
+
+    ``ema_at_inference=True`` encodes, predicts and samples with the EMA
+    weights; ``False`` with the online weights (the authors load those).
+    The attribute can be changed after training.
     """
 
     def __init__(
@@ -510,6 +582,10 @@ class CausCellModel:
         head_dim: int = 64,
         ff_mult: int = 4,
         n_timesteps: int = 1000,
+        time_mlp_mult: int = 1,
+        qkv_bias: bool = False,
+        independence: str = "adversary",
+        ema_at_inference: bool = True,
         device: str | torch.device = "auto",
     ) -> None:
         self.config: dict[str, Any] = {
@@ -524,12 +600,18 @@ class CausCellModel:
             "head_dim": head_dim,
             "ff_mult": ff_mult,
             "n_timesteps": n_timesteps,
+            "time_mlp_mult": int(time_mlp_mult),
+            "qkv_bias": bool(qkv_bias),
+            "independence": independence,
+            "ema_at_inference": bool(ema_at_inference),
         }
+        self.ema_at_inference = bool(ema_at_inference)
         self.device = resolve_device(device)
-        cfg = {k: v for k, v in self.config.items() if k not in ("n_genes", "concept_sizes", "adjacency")}
+        cfg = {k: v for k, v in self.config.items() if k not in _MODEL_ONLY}
         self.net = CausCellNet(n_genes, concept_sizes, np.asarray(adjacency, dtype=np.float32), **cfg).to(self.device)
         self.ema = copy.deepcopy(self.net).requires_grad_(False).eval()
         self.n_updates = 0
+        self.ema_updates = 0
         self.history: list[dict[str, float]] = []
         # pools[k][v] = (eps_k, z_k) posterior means of training cells with label v of concept k
         self.pools: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
@@ -545,6 +627,11 @@ class CausCellModel:
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.net.parameters())
 
+    @property
+    def inference_net(self) -> CausCellNet:
+        """The weights used by encode / predict_labels / sample: EMA or online (``ema_at_inference``)."""
+        return self.ema if self.ema_at_inference else self.net
+
     # --- training ---------------------------------------------------------
     def fit(
         self,
@@ -556,8 +643,13 @@ class CausCellModel:
         grad_accum: int = 1,
         lr: float = 1e-3,
         ema_decay: float = 0.995,
+        ema_start: int = 0,
+        ema_every: int = 1,
         recon_weight: float = 1.0,
         recon_reduction: str = "mean",
+        combo_weights: str = "rescaled",
+        label_head: str = "logits",
+        kl_units: str = "nats",
         pred_weight: float = 1.0,
         adv_weight: float = 1.0,
         excl_weight: float = 0.0,
@@ -572,8 +664,13 @@ class CausCellModel:
 
         Loss = recon_weight * L_G + pred_weight * L_pred + kl_weight * KL + adv_weight * L_indep(u)
         [+ excl_weight * L_excl + exo_weight * L_exo] + L_adv (the adversaries' own cross-entropy,
-        which reaches only their parameters). ``excl_weight``/``exo_weight`` switch on the optional
-        exclusivity and exogenous-independence penalties (0 = the paper's objective).
+        which reaches only their parameters; absent with ``independence="negative_ce"``).
+        ``excl_weight``/``exo_weight`` switch on the optional exclusivity and
+        exogenous-independence penalties (0 = the paper's objective).
+        ``recon_reduction``/``label_head``/``kl_units``: see :meth:`CausCellNet.losses`;
+        ``combo_weights``: ``"rescaled"`` (mean 1) or ``"raw"`` 1 - freq/N cell weights.
+        EMA: after optimizer step s (1-based), the EMA copies the online weights while
+        s < ``ema_start``, then takes a decay step whenever s is a multiple of ``ema_every``.
         """
         codes = np.asarray(codes, dtype=np.int64)
         n = codes.shape[0]
@@ -583,11 +680,19 @@ class CausCellModel:
             raise ValueError(f"X has {X.shape[1]} genes, the model {self.net.n_genes}")
         if codes.ndim != 2 or codes.shape[1] != self.m:
             raise ValueError(f"codes must be (n_cells, {self.m}), got {codes.shape}")
-        if recon_reduction not in ("mean", "sum"):
-            raise ValueError(f"recon_reduction must be 'mean' or 'sum', got {recon_reduction!r}")
+        for name, value, allowed in (
+            ("recon_reduction", recon_reduction, RECON_REDUCTIONS),
+            ("combo_weights", combo_weights, ("rescaled", "raw")),
+            ("label_head", label_head, LABEL_HEADS),
+            ("kl_units", kl_units, KL_UNITS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if ema_start < 0 or ema_every < 1:
+            raise ValueError(f"need ema_start >= 0 and ema_every >= 1, got {ema_start} and {ema_every}")
         if n == 0:
             raise ValueError("no cells to train on")
-        weights = torch.from_numpy(combination_weights(codes))
+        weights = torch.from_numpy(combination_weights(codes, rescale=combo_weights == "rescaled"))
         self.net.set_label_stats(codes)
         self.ema.set_label_stats(codes)
         rng = np.random.default_rng(seed)
@@ -616,8 +721,8 @@ class CausCellModel:
                     c = torch.from_numpy(codes[idx]).to(self.device)
                     w = weights[idx].to(self.device)
                     terms = self.net.losses(
-                        x0, c, w, gen, recon_reduction=recon_reduction,
-                        exclusivity=excl_weight > 0, exogenous=exo_weight > 0,
+                        x0, c, w, gen, recon_reduction=recon_reduction, label_head=label_head,
+                        kl_units=kl_units, exclusivity=excl_weight > 0, exogenous=exo_weight > 0,
                     )
                     loss = sum(coef[k] * v for k, v in terms.items())
                     (loss / grad_accum).backward()
@@ -628,7 +733,7 @@ class CausCellModel:
                 if grad_clip:
                     nn.utils.clip_grad_norm_(self.net.parameters(), grad_clip)
                 opt.step()
-                self._ema_update(ema_decay)
+                self._ema_update(ema_decay, ema_start, ema_every)
                 if (step + 1) % log_every == 0 or step + 1 == n_steps:
                     rec = {"step": float(self.n_updates), **{k: v / count for k, v in running.items()}}
                     if not all(math.isfinite(v) for v in rec.values()):
@@ -644,12 +749,18 @@ class CausCellModel:
         return self.history
 
     @torch.no_grad()
-    def _ema_update(self, decay: float) -> None:
+    def _ema_update(self, decay: float, start: int = 0, every: int = 1) -> None:
         self.n_updates += 1
-        # warm-up so that short runs are not dominated by the initial weights
-        dk = min(decay, (1 + self.n_updates) / (10 + self.n_updates))
-        for pe, p in zip(self.ema.parameters(), self.net.parameters(), strict=True):
-            pe.mul_(dk).add_(p.detach(), alpha=1 - dk)
+        if self.n_updates < start:
+            # before the EMA starts it follows the online weights, so it starts from trained ones
+            for pe, p in zip(self.ema.parameters(), self.net.parameters(), strict=True):
+                pe.copy_(p.detach())
+        elif self.n_updates % every == 0:
+            self.ema_updates += 1
+            # warm-up so that short runs are not dominated by the initial weights
+            dk = min(decay, (1 + self.ema_updates) / (10 + self.ema_updates))
+            for pe, p in zip(self.ema.parameters(), self.net.parameters(), strict=True):
+                pe.mul_(dk).add_(p.detach(), alpha=1 - dk)
         for be, b in zip(self.ema.buffers(), self.net.buffers(), strict=True):
             be.copy_(b)
 
@@ -658,16 +769,18 @@ class CausCellModel:
     def encode(
         self, X: Any, *, n_samples: int = 0, seed: int = 0, batch_size: int = 1024
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(eps, z), each (n_cells, m+1, d), from the EMA encoder.
+        """(eps, z), each (n_cells, m+1, d), from the inference encoder (EMA or online).
 
         ``n_samples=0``: posterior means (deterministic); ``k > 0``: the
-        average of k reparameterised samples (the authors' 10 passes).
+        average of k reparameterised samples (the authors' 10 passes; ``k = 1``
+        is one stochastic encoding).
         """
+        net = self.inference_net
         gen = torch.Generator(device=self.device).manual_seed(int(seed))
         eps_out, z_out = [], []
         for s in range(0, X.shape[0], batch_size):
             x0 = torch.from_numpy(_rows(X, slice(s, s + batch_size))).to(self.device)
-            mu, logvar = self.ema.encode(x0)
+            mu, logvar = net.encode(x0)
             if n_samples > 0:
                 std = (0.5 * logvar).exp()
                 eps = torch.stack(
@@ -676,17 +789,17 @@ class CausCellModel:
             else:
                 eps = mu
             eps_out.append(eps.cpu())
-            z_out.append(self.ema.scm(eps).cpu())
+            z_out.append(net.scm(eps).cpu())
         if not eps_out:
             shape = (0, self.m + 1, self.net.d)
             return np.zeros(shape, np.float32), np.zeros(shape, np.float32)
         return torch.cat(eps_out).numpy(), torch.cat(z_out).numpy()
 
     def predict_labels(self, z: np.ndarray) -> list[np.ndarray]:
-        """Label codes the (EMA) predictors read from each concept token of z (n, m+1, d)."""
+        """Label codes the inference predictors read from each concept token of z (n, m+1, d)."""
         zt = torch.as_tensor(z, device=self.device)
         with torch.no_grad():
-            return [p(zt[:, k]).argmax(-1).cpu().numpy() for k, p in enumerate(self.ema.predictors)]
+            return [p(zt[:, k]).argmax(-1).cpu().numpy() for k, p in enumerate(self.inference_net.predictors)]
 
     # --- counterfactuals ------------------------------------------------------
     def build_pools(self, X: Any, codes: np.ndarray, *, pool_size: int = 512, seed: int = 0) -> None:
@@ -769,15 +882,16 @@ class CausCellModel:
         n_samples: int = 1,
         seed: int = 0,
         batch_size: int = 512,
-        clip: bool = True,
+        clamp_x0: bool = True,
         progress: bool = False,
     ) -> np.ndarray:
         """Generate x0 (n, n_genes) by reverse diffusion conditioned on concept tokens z (n, m+1, d).
 
         ``ancestral``: the paper's T-step DDPM sampler; ``ddim``: deterministic
         DDIM (eta = 0) over ``steps`` evenly spaced timesteps. ``n_samples``
-        runs are averaged. ``clip`` keeps the x0 estimate non-negative at every
-        step (log1p expression is never negative).
+        runs are averaged. ``clamp_x0`` keeps the x0 estimate non-negative at
+        every step (log1p expression is never negative); the authors do not
+        clamp, so their output can be negative.
         """
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; use one of {SAMPLERS}")
@@ -786,7 +900,7 @@ class CausCellModel:
         z_all = torch.as_tensor(np.asarray(z, dtype=np.float32))
         n = z_all.shape[0]
         gen = torch.Generator(device=self.device).manual_seed(int(seed))
-        net = self.ema
+        net = self.inference_net
         if sampler == "ancestral":
             ts = list(range(self.net.n_timesteps - 1, -1, -1))
         else:
@@ -804,7 +918,7 @@ class CausCellModel:
                     for i, t in enumerate(ts):
                         tt = torch.full((b,), t, device=self.device, dtype=torch.long)
                         x0 = net.denoiser(x, tt, ctx)
-                        if clip:
+                        if clamp_x0:
                             x0 = x0.clamp_min(0.0)
                         if sampler == "ancestral":
                             if t > 0:
@@ -837,6 +951,7 @@ class CausCellModel:
             "net": {k: v.cpu() for k, v in self.net.state_dict().items()},
             "ema": {k: v.cpu() for k, v in self.ema.state_dict().items()},
             "n_updates": self.n_updates,
+            "ema_updates": self.ema_updates,
             "history": self.history,
             "pools": [[(e.cpu(), z.cpu()) for e, z in per] for per in self.pools],
         }
@@ -848,6 +963,8 @@ class CausCellModel:
         obj.net.load_state_dict(state["net"])
         obj.ema.load_state_dict(state["ema"])
         obj.n_updates = int(state["n_updates"])
+        # saved before the EMA schedule existed: it was updated at every step
+        obj.ema_updates = int(state.get("ema_updates", obj.n_updates))
         obj.history = list(state["history"])
         obj.pools = [[(e, z) for e, z in per] for per in state["pools"]]
         obj.net.eval()
