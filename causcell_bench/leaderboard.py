@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from causcell_bench import metrics as _metrics
 from causcell_bench.store import ResultStore
 
 POS, NEG = "positive_control", "negative_control"
@@ -38,9 +39,8 @@ def _registry() -> Any:
     return registry
 
 
-# groups, categories and headline columns come from the metric registry (declared next to each scorer);
-# importing the metrics package runs those declarations
-from causcell_bench import metrics as _metrics  # noqa: E402
+# groups, categories and headline columns come from the metric registry (declared next to each scorer;
+# importing the metrics package runs those declarations)
 
 GROUP_ORDER: tuple[str, ...] = _metrics.GROUPS
 CATEGORY_ORDER: tuple[str, ...] = tuple(_metrics.CATEGORIES)
@@ -56,7 +56,7 @@ def _info(metric: str) -> Any:
 
     try:
         return metric_info(metric)
-    except Exception:  # noqa: BLE001 - a metric from a newer version: keep it, unscored
+    except Exception:  # a metric from a newer version: keep it, unscored
         return None
 
 
@@ -168,7 +168,7 @@ def _scale(vals: dict[str, float], hib: bool, references: Iterable[str] = ()) ->
     degenerate = not (math.isfinite(p) and math.isfinite(n)) or p <= n
     if degenerate:
         notes.append("negative control at least as good as the positive control: every method scores 0")
-    for m, v in vals.items():
+    for m in vals:
         if m not in good:
             out[m] = np.nan
         elif degenerate:
@@ -698,7 +698,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, figure:
         try:
             for p in heatmap(summary, score_table, out / "heatmap"):
                 paths[p.name] = p
-        except Exception as e:  # noqa: BLE001 - the figure must never cost the user the tables
+        except Exception as e:  # the figure must never cost the user the tables
             (out / "heatmap_error.txt").write_text(f"{type(e).__name__}: {e}\n")
             paths["heatmap_error"] = out / "heatmap_error.txt"
     from causcell_bench.report_html import write_index_html  # here: report_html imports this module

@@ -403,7 +403,7 @@ def _versions(run_dir: Path) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
     try:
         records = list(ResultStore(run_dir).records())
-    except Exception:  # noqa: BLE001 - provenance is best effort; the tables must still be written
+    except Exception:
         return out
     for r in records:
         for pkg, ver in (r.get("versions") or {}).items():
@@ -591,7 +591,7 @@ def write_index_html(out_dir: str | Path, run_dir: str | Path, tidy: pd.DataFram
             parts.append("<h4>Every metric (mean ± sd over folds)</h4>" + _metric_table(block, order, kinds, emb))
             try:
                 uri = bar_chart(tidy, dataset, setting, order, kinds)
-            except Exception as e:  # noqa: BLE001 - a chart must not cost the reader the tables
+            except Exception as e:  # a chart must not cost the reader the tables
                 uri, parts = None, parts + [f'<p class="warn">Bar charts failed: {_e(type(e).__name__)}: {_e(e)}</p>']
             if uri:
                 parts.append("<h4>Headline metrics per method</h4><figure>"

@@ -83,12 +83,14 @@ def test_heldout_task_intervenes_on_the_declared_perturbation(ood_fold) -> None:
         assert "age" in do  # do(age = held-out value), descendants pinned to the held-out labels
         # some held-out combination is the target: the source cells share every one of its labels
         # outside the intervention, and differ from it in age
-        def is_source_of(combo: dict[str, str]) -> bool:
-            if any(combo[k] != v for k, v in do.items()):
-                return False
-            same = all(set(obs[c].astype(str)) == {v} for c, v in combo.items() if c not in do)
-            return same and combo["age"] not in set(obs["age"].astype(str))
-        assert any(is_source_of(c) for c in split.held_out)
+        assert any(_is_source_of(combo, obs, do) for combo in split.held_out)
+
+
+def _is_source_of(combo: dict[str, str], obs, do: dict[str, str]) -> bool:
+    if any(combo[k] != v for k, v in do.items()):
+        return False
+    same = all(set(obs[c].astype(str)) == {v} for c, v in combo.items() if c not in do)
+    return same and combo["age"] not in set(obs["age"].astype(str))
 
 
 def test_cf_concept_overrides_and_no_perturbation_scores_each_concept(ood_fold) -> None:

@@ -53,9 +53,9 @@ def test_index_html_is_written_and_self_contained(run: dict[str, Any]) -> None:
     page = run["html"]
     assert run["paths"]["html"].name == "index.html" and run["paths"]["html"].parent.name == "report"
     # nothing to fetch: no external scripts, styles or images, no protocol-relative links
-    refs = re.findall(r"""(?:src|href)\s*=\s*["']?([^"'\s>]+)""", page, flags=re.I)
+    refs = re.findall(r"""(?:src|href)\s*=\s*["']?([^"'\s>]+)""", page, flags=re.IGNORECASE)
     assert refs, "no src/href at all: the page lost its images and table of contents"
-    assert not [r for r in refs if re.match(r"(https?:)?//", r, flags=re.I)]
+    assert not [r for r in refs if re.match(r"(https?:)?//", r, flags=re.IGNORECASE)]
     assert "<link" not in page.lower() and "@import" not in page
     assert all(r.startswith(("data:image/png;base64,", "#")) for r in refs), refs
     images = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
@@ -181,7 +181,7 @@ def test_report_renders_in_headless_chromium(run: dict[str, Any], tmp_path: Path
              f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000"]
     dom = subprocess.run([*flags, "--dump-dom", probe_page.as_uri()], capture_output=True, text=True,
                          timeout=180, check=True).stdout
-    match = re.search(r'<pre id="probe">(.*?)</pre>', dom, flags=re.S)
+    match = re.search(r'<pre id="probe">(.*?)</pre>', dom, flags=re.DOTALL)
     assert match, "the probe did not run: a script error stopped the page's scripts"
     got = json.loads(match.group(1).replace("&quot;", '"').replace("&amp;", "&"))
     n_tables = page.count('<table class="sortable')

@@ -39,7 +39,7 @@ def _onehot(col: pd.Series) -> np.ndarray:
 def _scm_embeddings(obs: pd.DataFrame, seed: int, leak_child_into_parent: bool = False) -> dict[str, np.ndarray]:
     """Endogenous SCM embeddings: z_child = z_parents + own noise (its one-hot label)."""
     rng = np.random.default_rng(seed)
-    noise = lambda k: rng.normal(scale=0.05, size=(len(obs), k))  # noqa: E731
+    noise = lambda k: rng.normal(scale=0.05, size=(len(obs), k))
     z_age, z_dom = _onehot(obs["age"]), _onehot(obs["domain"])
     z_ct = np.concatenate([z_age, z_dom, _onehot(obs["celltype"])], axis=1)
     if leak_child_into_parent:
@@ -205,7 +205,7 @@ def test_only_capability_complete_methods_are_ranked() -> None:
 
 
 def test_bootstrap_ranks_a_clear_winner_first_and_ties_twins() -> None:
-    metrics = lambda v: {"acc:age": v, "pcc": v, "cf_pcc": v}  # noqa: E731
+    metrics = lambda v: {"acc:age": v, "pcc": v, "cf_pcc": v}
     tidy, summary = _summary({"positive_control": metrics(1.0), "negative_control": metrics(0.0),
                               "far": metrics(0.9), "twin1": metrics(0.5), "twin2": metrics(0.5)},
                              folds=5, noise=0.05)

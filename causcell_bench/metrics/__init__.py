@@ -14,8 +14,8 @@ from causcell_bench.metrics.counterfactual import (
     predict_labels,
     score_counterfactual,
 )
-from causcell_bench.metrics.degenerate import degenerate_metrics
 from causcell_bench.metrics.dci_mig import dci, dci_from_importance, mig
+from causcell_bench.metrics.degenerate import degenerate_metrics
 from causcell_bench.metrics.disentanglement import score_disentanglement
 from causcell_bench.metrics.distribution import (
     change_scores,
@@ -63,8 +63,8 @@ __all__ = [
     "effect_pcc",
     "exclusivity_gap",
     "geometry_scores",
-    "headline_metrics",
     "granularity_scores",
+    "headline_metrics",
     "lift",
     "list_metrics",
     "majority_baseline",

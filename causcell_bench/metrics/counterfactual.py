@@ -136,7 +136,7 @@ def causal_consistency(
     return float(np.mean(pred == true))
 
 
-_DECLARE = dict(computed_by=score_counterfactual, needs=CF)
+_DECLARE = {"computed_by": score_counterfactual, "needs": CF}
 declare("cf_pcc", "cf_truth", True, "mean per-cell Pearson r, predicted vs true counterfactual",
         headline=True, **_DECLARE)
 declare("cf_mse", "cf_truth", False, "MSE between predicted and true counterfactual", **_DECLARE)

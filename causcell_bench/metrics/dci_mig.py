@@ -131,7 +131,7 @@ def dci_importance(
     if z_test is None:
         rng = np.random.default_rng(seed)
         order = rng.permutation(z.shape[0])
-        n_tr = max(1, int(round(0.7 * z.shape[0])))
+        n_tr = max(1, round(0.7 * z.shape[0]))
         if n_tr >= z.shape[0]:
             raise BenchError("dci needs at least two cells to split into train and test; pass z_test")
         tr, te = np.sort(order[:n_tr]), np.sort(order[n_tr:])

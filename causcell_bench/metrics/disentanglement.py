@@ -180,7 +180,7 @@ def score_disentanglement(
     return out
 
 
-_DECLARE = dict(computed_by=score_disentanglement, needs=EMB)
+_DECLARE = {"computed_by": score_disentanglement, "needs": EMB}
 declare("acc", "predictive", True, "probe accuracy of concept c from its own embedding",
         qualified=True, headline=True, **_DECLARE)
 declare("precision_w", "predictive", True, "probe precision (weighted by class support)", qualified=True, **_DECLARE)

@@ -233,7 +233,7 @@ def score_distribution(
     return out
 
 
-_DECLARE = dict(computed_by=score_populations, needs=DIST)
+_DECLARE = {"computed_by": score_populations, "needs": DIST}
 declare("edist", "distribution", False, "energy distance between predicted and real populations", headline=True,
         **_DECLARE)
 declare("mean_pcc", "distribution", True, "Pearson r of the mean expression profiles", headline=True, **_DECLARE)

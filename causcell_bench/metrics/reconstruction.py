@@ -124,7 +124,7 @@ def score_reconstruction(
     return out
 
 
-_DECLARE = dict(computed_by=score_reconstruction, needs=GEN)
+_DECLARE = {"computed_by": score_reconstruction, "needs": GEN}
 declare("pcc", "trend", True, "mean per-cell Pearson r between real and generated cells", headline=True, **_DECLARE)
 declare("mse", "trend", False, "mean squared error over all cells x genes", headline=True, **_DECLARE)
 declare("pcc_ct", "trend", True, "CT control of pcc: generated rows randomly permuted", aggregate=False,
