@@ -9,3 +9,12 @@ Nat Commun 16, 6775, 2025) and the baselines it was compared with.
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # lazy: `import causcell_bench` (the CLI's first import) must not pull in AnnData and friends
+    if name in ("benchmark", "BenchmarkResult"):
+        from causcell_bench import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'causcell_bench' has no attribute {name!r}")
