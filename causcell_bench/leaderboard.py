@@ -33,20 +33,10 @@ REFERENCE_NAMES = ("group_mean", "additive_shift", "no_change")
 N_BOOTSTRAP = 200
 
 
-def _registry() -> Any:
-    from causcell_bench.metrics import registry
-
-    return registry
-
-
 # groups, categories and headline columns come from the metric registry (declared next to each scorer;
 # importing the metrics package runs those declarations)
-
 GROUP_ORDER: tuple[str, ...] = _metrics.GROUPS
 CATEGORY_ORDER: tuple[str, ...] = tuple(_metrics.CATEGORIES)
-DISENTANGLEMENT_GROUPS = _metrics.CATEGORIES["disentanglement"]
-RECONSTRUCTION_GROUPS = _metrics.CATEGORIES["fidelity"] + _metrics.CATEGORIES["realism"]
-COUNTERFACTUAL_GROUPS = _metrics.CATEGORIES["counterfactual"]
 #: the leaderboard's and the figure's columns (all metrics stay in the tables), in group order
 HEATMAP_METRICS: tuple[str, ...] = tuple(_metrics.headline_metrics())
 
@@ -239,8 +229,7 @@ def scores(summary: pd.DataFrame, *, tidy: pd.DataFrame | None = None, n_boot: i
     interval of each ranked method's rank (folds x seeds resampled ``n_boot`` times) and ``tied``
     lists the neighbours whose intervals overlap.
     """
-    reg = _registry()
-    groups, categories = reg.GROUPS, reg.CATEGORIES
+    groups, categories = _metrics.GROUPS, _metrics.CATEGORIES
     base = _scores_once(summary)
     if base.empty:
         return base
@@ -253,7 +242,6 @@ def scores(summary: pd.DataFrame, *, tidy: pd.DataFrame | None = None, n_boot: i
 
 
 def _scores_once(summary: pd.DataFrame) -> pd.DataFrame:
-    reg = _registry()
     head = headline(summary)
     empty_cols = [*KEYS, "kind", "embedding", "overall", "complete", "rank", "note"]
     if head.empty:
@@ -270,14 +258,14 @@ def _scores_once(summary: pd.DataFrame) -> pd.DataFrame:
     scaled_df = pd.DataFrame(rows)
     first = head.groupby(KEYS, sort=False)[["embedding", "kind"]].first()
     per_group = scaled_df.groupby([*KEYS, "group"], sort=False)["scaled"].mean().unstack("group")
-    per_group = per_group.reindex(columns=[g for g in reg.GROUPS if g in per_group.columns]).join(first)
+    per_group = per_group.reindex(columns=[g for g in _metrics.GROUPS if g in per_group.columns]).join(first)
     # label-lookup embeddings are identical within a label: not ranked on disentanglement
     lookup = per_group["embedding"] == "label_lookup"
-    for g in reg.CATEGORIES["disentanglement"]:
+    for g in _metrics.CATEGORIES["disentanglement"]:
         if g in per_group.columns:
             per_group.loc[lookup, g] = np.nan
     cats = []
-    for cat, gs in reg.CATEGORIES.items():
+    for cat, gs in _metrics.CATEGORIES.items():
         present = [g for g in gs if g in per_group.columns]
         if present:
             per_group[cat] = per_group[present].mean(axis=1, skipna=True)  # a one-group category keeps its name
@@ -524,12 +512,12 @@ def heatmap(summary: pd.DataFrame, score_table: pd.DataFrame, path: str | Path) 
     # 101-step ramps indexed by the scaled value: dark = best
     palettes = {name: [matplotlib.colors.to_hex(matplotlib.colormaps[cmap](i / 100)) for i in range(101)]
                 for name, cmap in (("overall", "Greys"), ("disentanglement", "Blues"),
-                                   ("reconstruction", "Reds"), ("counterfactual", "Greens"))}
-    category_of = {g: c for c, gs in (("disentanglement", DISENTANGLEMENT_GROUPS),
-                                      ("reconstruction", RECONSTRUCTION_GROUPS),
-                                      ("counterfactual", COUNTERFACTUAL_GROUPS)) for g in gs}
+                                   ("fidelity", "Reds"), ("realism", "Purples"), ("counterfactual", "Greens"))}
+    categories = _metrics.CATEGORIES
+    category_of = {g: c for c, gs in categories.items() for g in gs}
     has_sd = "overall_sd" in score_table.columns
-    short = {"disentanglement": "disent.", "reconstruction": "recon.", "counterfactual": "cf."}
+    kinds = dict(zip(score_table["method"], score_table["kind"])) if "kind" in score_table.columns else {}
+    short = {"disentanglement": "disent.", "fidelity": "fid.", "realism": "real.", "counterfactual": "cf."}
 
     def fit_label(setting: str, category: str, n_columns: int) -> str:
         # a group label wider than its columns runs into the next group's: abbreviate it to fit
@@ -552,9 +540,14 @@ def heatmap(summary: pd.DataFrame, score_table: pd.DataFrame, path: str | Path) 
     def draw(data: dict[str, dict[str, Any]], col_rows: list[dict[str, Any]], groups: list[dict[str, Any]],
              rank_cols: list[str], stem: str) -> None:
         df = pd.DataFrame.from_dict(data, orient="index")
-        order = df.reindex(columns=rank_cols).astype(float).mean(axis=1).sort_values(ascending=False).index
+        # methods by overall, then references, then controls (as in the markdown leaderboard)
+        mean = df.reindex(columns=rank_cols).astype(float).mean(axis=1).fillna(-1.0)
+        tier = pd.Series([_TIER.get(kinds.get(m, "method"), 0) for m in df.index], index=df.index)
+        order = pd.DataFrame({"tier": tier, "neg": -mean}).sort_values(["tier", "neg"], kind="stable").index
         df = df.loc[order].reset_index(names="id")
-        df.insert(1, "method", [f"{m}{EMBEDDING_FLAG.get(_emb(score_table, m), '')}" for m in df["id"]])
+        df.insert(1, "method", [f"{m}{EMBEDDING_FLAG.get(_emb(score_table, m), '')}"
+                                + ("" if kinds.get(m, "method") == "method" else f" ({kinds[m]})")
+                                for m in df["id"]])
         column_info = pd.DataFrame([{"id": "method", "name": "", "geom": "text", "group": "method",
                                      "palette": np.nan, "options": {"width": 5, "ha": 0}}] + col_rows)
         column_info = column_info[column_info.id.isin(df.columns)]
@@ -598,7 +591,7 @@ def heatmap(summary: pd.DataFrame, score_table: pd.DataFrame, path: str | Path) 
         data: dict[str, dict[str, Any]] = {}
         col_rows: list[dict[str, Any]] = []
         groups_seen = []
-        for setting in ("ID", "OOD"):
+        for setting in ("ID", "OOD", "HOLDOUT"):
             block = dblock[dblock.setting == setting]
             if block.empty:
                 continue
@@ -607,9 +600,7 @@ def heatmap(summary: pd.DataFrame, score_table: pd.DataFrame, path: str | Path) 
             col_rows += overall_columns(setting, f"{setting}_score",
                                         {m: (v, sds.get(m, np.nan)) for m, v in zip(sc.method, sc.overall)}, data)
             groups_seen.append({"group": f"{setting}_score", "level1": setting, "palette": "overall"})
-            for category, cat_groups in (("disentanglement", DISENTANGLEMENT_GROUPS),
-                                         ("reconstruction", RECONSTRUCTION_GROUPS),
-                                         ("counterfactual", COUNTERFACTUAL_GROUPS)):
+            for category, cat_groups in categories.items():
                 cb = block[block.group.isin(cat_groups) & block.metric.isin(HEATMAP_METRICS)]
                 if cb.empty:
                     continue
@@ -655,6 +646,9 @@ def heatmap(summary: pd.DataFrame, score_table: pd.DataFrame, path: str | Path) 
                 groups_seen.append({"group": gid, "level1": f"{dataset} {setting}", "palette": "overall"})
         draw(data, col_rows, groups_seen, ["all_overall"], "all")
     return written
+
+
+_TIER = {"method": 0, "reference": 1, "control": 2}
 
 
 def _emb(score_table: pd.DataFrame, method: str) -> str:
