@@ -216,24 +216,6 @@ class DatasetSpec(BaseModel):
             data["source"] = str((path.parent / src).resolve())
         return spec_from_dict(data, where=str(path))
 
-    def to_toml(self) -> str:
-        lines = [f"name = {self.name!r}".replace("'", '"'), f'source = "{self.source}"']
-        lines.append("concepts = [" + ", ".join(f'"{c}"' for c in self.concepts) + "]")
-        lines.append("edges = [" + ", ".join(f'["{a}", "{b}"]' for a, b in self.edges) + "]")
-        for key in ("batch", "perturbation"):
-            if getattr(self, key) is not None:
-                lines.append(f'{key} = "{getattr(self, key)}"')
-        if self.ood_concepts:
-            lines.append("ood_concepts = [" + ", ".join(f'"{c}"' for c in self.ood_concepts) + "]")
-        if self.counts_layer is not None:
-            lines.append(f'counts_layer = "{self.counts_layer}"')
-        if self.n_hvg is not None:
-            lines.append(f"n_hvg = {self.n_hvg}")
-        if self.fine_labels:
-            lines.append("[fine_labels]")
-            lines += [f'{k} = "{v}"' for k, v in self.fine_labels.items()]
-        return "\n".join(lines) + "\n"
-
 
 def spec_from_dict(data: dict, where: str = "spec") -> DatasetSpec:
     """Build a spec, turning pydantic's validation report into one clear DataError."""

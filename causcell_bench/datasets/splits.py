@@ -1,10 +1,12 @@
-"""Cross-validation folds for the two settings of the benchmark (DESIGN.md, "Splits").
+"""Cross-validation folds for the settings of the benchmark (docs/datasets.md, "Splits").
 
 - ``ID``: folds over cells, stratified by concept combination, so every
   combination is seen in training.
 - ``OOD``: folds over concept-label COMBINATIONS (GroupKFold-like): a test fold
   holds combinations never seen in its training part, while every single label
   value still occurs in training - only the combination is new.
+- ``HOLDOUT``: one fold whose test part is exactly the combinations the user
+  names (:func:`make_holdout_split`).
 
 Everything is vectorised over cells (a million cells split in about a second);
 only the OOD assignment loops, over combinations.

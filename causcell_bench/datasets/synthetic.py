@@ -7,7 +7,7 @@ u, library size, expression-noise key) in ``obs``/``obsm``, and every model
 parameter lives in ``uns["synthetic"]``; :func:`true_counterfactual` therefore
 needs nothing but the AnnData to recompute a cell under any ``do()``.
 
-Model (see the project's ``specs/synthetic.md``)::
+Model (described in words in ``docs/datasets.md``)::
 
     age ~ U{n_age}, domain ~ U{n_domain}                        (roots)
     celltype = argmax_k(base_k + W_age[age,k] + W_dom[domain,k] + g_k),  g ~ Gumbel(0,1)
@@ -507,11 +507,6 @@ def true_counterfactual(
     return obs_cf, x_cf, x_f
 
 
-def expected_expression(adata: AnnData) -> np.ndarray:
-    """The factual noiseless expression (log1p CP10k) of each cell; see :func:`true_counterfactual`."""
-    return true_counterfactual(adata, {})[2]
-
-
 def counterfactual_label_posterior(
     adata: AnnData, do: Mapping[str, str], *, concept: str = CELLTYPE, n_samples: int = 200_000, seed: int = 0
 ) -> pd.DataFrame:
@@ -561,7 +556,6 @@ def counterfactual_label_posterior(
 __all__ = [
     "age_trend_genes",
     "counterfactual_label_posterior",
-    "expected_expression",
     "simulate",
     "synthetic_spec",
     "true_counterfactual",

@@ -1,4 +1,4 @@
-"""Metrics: pure functions, arrays and labels in, numbers out (DESIGN.md "Metrics", specs/metrics.md).
+"""Metrics: pure functions, arrays and labels in, numbers out (docs/metrics.md).
 
 The disentanglement and reconstruction scenarios follow the CausCell paper (Gao, Dong et al.,
 "Causal disentanglement for single-cell representations and controllable counterfactual

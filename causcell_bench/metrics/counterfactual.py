@@ -1,5 +1,5 @@
-"""Counterfactual accuracy where the truth is known (the ``synthetic`` SCM dataset; specs/metrics.md,
-items 8-9), for the CausCell paper's controllable generation (Gao, Dong et al., Nat Commun 2025)."""
+"""Counterfactual accuracy where the truth is known (the ``synthetic`` SCM dataset; docs/metrics.md,
+"Counterfactual"), for the CausCell paper's controllable generation (Gao, Dong et al., Nat Commun 2025)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from causcell_bench.metrics._validate import (
     row_chunks,
     subsample,
 )
-from causcell_bench.metrics.expression import _pcc_rows, paired_stats
+from causcell_bench.metrics.expression import paired_stats, pcc_rows
 from causcell_bench.metrics.registry import CF, declare
 
 CLASSIFIER_PCS = 50
@@ -45,7 +45,7 @@ def effect_pcc(pred_cf: Any, true_cf: Any, pred_factual: Any, true_factual: Any)
         pe = dense(pc, sl) - dense(pf, sl)
         has = np.ptp(te, axis=1) > 0
         if has.any():
-            total += float(_pcc_rows(pe[has], te[has]).sum())
+            total += float(pcc_rows(pe[has], te[has]).sum())
             count += int(has.sum())
     return total / count if count else float("nan")
 

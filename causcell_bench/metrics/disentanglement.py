@@ -1,5 +1,5 @@
 """Disentanglement scenario of the CausCell paper (Gao, Dong et al., Nat Commun 2025), scored with
-one common probe for all methods, plus DCI and MIG (specs/metrics.md, items 1-3)."""
+one common probe for all methods, plus DCI and MIG (docs/metrics.md, "Disentanglement")."""
 
 from __future__ import annotations
 

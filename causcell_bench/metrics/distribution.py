@@ -25,7 +25,7 @@ from causcell_bench.metrics._validate import (
     dense,
     subsample,
 )
-from causcell_bench.metrics.expression import _pcc_rows, top_genes, wilcoxon_z
+from causcell_bench.metrics.expression import pcc_rows, top_genes, wilcoxon_z
 from causcell_bench.metrics.registry import DIST, declare
 
 MAX_CELLS = 5_000
@@ -75,7 +75,7 @@ def mean_expression_pcc(a: Any, b: Any) -> float:
     a = as_matrix(a, "a")
     b = as_matrix(b, "b")
     _check_genes(a, b, "a", "b")
-    return float(_pcc_rows(_col_mean(a)[None], _col_mean(b)[None])[0])
+    return float(pcc_rows(_col_mean(a)[None], _col_mean(b)[None])[0])
 
 
 def _degs(pop: np.ndarray, src: np.ndarray, k: int) -> np.ndarray:
@@ -126,7 +126,7 @@ def _r2(true: np.ndarray, pred: np.ndarray) -> float:
 
 
 def _pcc(a: np.ndarray, b: np.ndarray) -> float:
-    return float(_pcc_rows(a[None], b[None])[0])
+    return float(pcc_rows(a[None], b[None])[0])
 
 
 def change_scores(pred: Any, real: Any, source: Any, *, k: int | None = None) -> dict[str, float]:

@@ -37,7 +37,7 @@ from causcell_bench.metrics._validate import (
 GENE_CHUNK = 256
 
 
-def _pcc_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def pcc_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise Pearson r of two dense blocks; 0 where either row is constant."""
     ac = a - a.mean(axis=1, keepdims=True)
     bc = b - b.mean(axis=1, keepdims=True)
@@ -61,7 +61,7 @@ def paired_stats(
         a = dense(real, sl)
         for k, order in enumerate(gen_rows):
             b = dense(gen, sl if order is None else order[sl])
-            out_r[k][sl] = _pcc_rows(a, b)
+            out_r[k][sl] = pcc_rows(a, b)
             out_se[k] += float(np.sum((a - b) ** 2))
     return [(r, se / (n * g)) for r, se in zip(out_r, out_se)]
 

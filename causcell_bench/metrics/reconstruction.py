@@ -1,5 +1,5 @@
 """Reconstruction scenario of the CausCell paper (Gao, Dong et al., Nat Commun 2025): generated test
-cells vs the real test cells (specs/metrics.md, items 4-7), each with its CT control."""
+cells vs the real test cells (docs/metrics.md, "Reconstruction"), each with its CT control."""
 
 from __future__ import annotations
 
