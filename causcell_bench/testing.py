@@ -7,12 +7,13 @@ structure age -> celltype <- domain so that concept signal is learnable.
 ``tiny_split()`` is the train/test split of that data the kit uses;
 ``check_counterfactual_direction()`` checks that do() moves cells towards the
 target label. ``check_method(cls)`` is the conformance kit: it fits the method on tiny data
-and checks shapes, determinism under a seed, the save/load round trip and that
-the declared capabilities are honoured. A plugin's test suite can call it::
+and checks shapes, determinism under a seed, the save/load round trip, that
+reconstructions are on the scale of X (``check_scale()``) and that the declared
+capabilities are honoured. A plugin's test suite can call it::
 
     from causcell_bench.testing import check_method
     def test_my_method_conforms():
-        check_method(MyMethod, params={"epochs": 2})
+        check_method(MyMethod, params={"epochs": 20})  # enough to train: reconstructions must match X's scale
 """
 
 from __future__ import annotations
@@ -30,8 +31,14 @@ from causcell_bench.errors import BenchError
 from causcell_bench.methods.base import UNEXPLAINED, Method
 
 
-def tiny_dataset(n_cells: int = 240, n_genes: int = 60, seed: int = 0) -> tuple[AnnData, DatasetSpec]:
-    """A small preprocessed dataset with concepts age (3), domain (2), celltype (3; child of both)."""
+def tiny_dataset(
+    n_cells: int = 240, n_genes: int = 60, seed: int = 0, library_size: float = 2000.0
+) -> tuple[AnnData, DatasetSpec]:
+    """A small preprocessed dataset with concepts age (3), domain (2), celltype (3; child of both).
+
+    ``library_size`` is the median total count per cell; a small one gives sparse data, where
+    log1p of expected counts and the mean of log1p(counts) part ways (see :func:`check_scale`).
+    """
     rng = np.random.default_rng(seed)
     age = rng.integers(0, 3, n_cells)
     domain = rng.integers(0, 2, n_cells)
@@ -46,7 +53,7 @@ def tiny_dataset(n_cells: int = 240, n_genes: int = 60, seed: int = 0) -> tuple[
     log_mu = log_mu + np.outer(u, rng.normal(0, 0.3, n_genes))
     p = np.exp(log_mu - log_mu.max(1, keepdims=True))
     p /= p.sum(1, keepdims=True)
-    lib = rng.lognormal(np.log(2000), 0.3, n_cells)
+    lib = rng.lognormal(np.log(library_size), 0.3, n_cells)
     counts = rng.poisson(p * lib[:, None]).astype(np.float32)
     counts[counts.sum(1) == 0, 0] = 1.0
     x = np.log1p(counts / counts.sum(1, keepdims=True) * 1e4).astype(np.float32)
@@ -73,9 +80,11 @@ def tiny_dataset(n_cells: int = 240, n_genes: int = 60, seed: int = 0) -> tuple[
     return adata, spec
 
 
-def tiny_split(n_cells: int = 240, n_genes: int = 60) -> tuple[AnnData, AnnData, DatasetSpec]:
+def tiny_split(
+    n_cells: int = 240, n_genes: int = 60, library_size: float = 2000.0
+) -> tuple[AnnData, AnnData, DatasetSpec]:
     """(train, test, spec): the seeded 75/25 split of :func:`tiny_dataset` that :func:`check_method` fits on."""
-    adata, spec = tiny_dataset(n_cells=n_cells, n_genes=n_genes)
+    adata, spec = tiny_dataset(n_cells=n_cells, n_genes=n_genes, library_size=library_size)
     test_mask = np.random.default_rng(1).random(adata.n_obs) < 0.25
     return adata[~test_mask].copy(), adata[test_mask].copy(), spec
 
@@ -98,6 +107,32 @@ def check_counterfactual_direction(
             assert after > before + min_gain, f"do({c}={v}) did not move cells towards {v}: P {before:.3f} -> {after:.3f}"
 
 
+SCALE_TOLERANCE = 0.25
+"""How far (relative) the mean generated value may sit from the real cells' mean in :func:`check_scale`."""
+
+
+def check_scale(generated: np.ndarray, real: AnnData, tolerance: float = SCALE_TOLERANCE) -> float:
+    """Assert that ``generated`` is on X's scale: its mean within ``tolerance`` (relative) of the mean of
+    ``real.X``, the cells it reconstructs. Returns the ratio of the two means.
+
+    X is log1p(counts / library * 1e4); a count model must return that transform of its counts in
+    expectation, not log1p of its expected counts, which on sparse data sits well above X.
+    """
+    x = real.X
+    real_mean = float(x.mean()) if sp.issparse(x) else float(np.asarray(x, dtype=np.float64).mean())
+    gen_mean = float(np.asarray(generated, dtype=np.float64).mean())
+    assert real_mean > 0, "the real cells are all zero; cannot check the scale"
+    ratio = gen_mean / real_mean
+    assert abs(ratio - 1.0) <= tolerance, (
+        f"generate() is on another scale than adata.X: mean reconstructed value {gen_mean:.3f} vs "
+        f"{real_mean:.3f} in the real cells (ratio {ratio:.2f}; allowed {1 - tolerance:.2f}-{1 + tolerance:.2f}). "
+        "Return log1p(counts / library * 1e4) like X; a count model should average that over its "
+        "likelihood (causcell_bench.models.utils.expected_log1p_cp10k), not log1p its expected counts. "
+        "An undertrained model fails this too: give it more training steps."
+    )
+    return ratio
+
+
 def check_method(
     method_cls: type[Method],
     params: dict[str, Any] | None = None,
@@ -105,9 +140,13 @@ def check_method(
     n_cells: int = 240,
     n_genes: int = 60,
     check_determinism: bool = True,
+    check_output_scale: bool = True,
 ) -> Method:
     """Run the conformance kit on ``method_cls``; raise AssertionError on the first violation.
 
+    With ``check_output_scale`` (default), reconstructions must also be on X's scale
+    (:func:`check_scale`), which needs a budget that actually trains the model on the tiny data;
+    switch it off only for deliberately untrained, behaviour-only runs.
     Returns the fitted method so callers can make further, method-specific checks.
     """
     params = params or {}
@@ -145,6 +184,8 @@ def check_method(
         gen = m.generate(test, seed=0)
         assert gen.shape == (test.n_obs, test.n_vars), f"generate() shape {gen.shape} != {(test.n_obs, test.n_vars)}"
         assert np.isfinite(gen).all(), "generate() returned non-finite values"
+        if check_output_scale:
+            check_scale(gen, test)
         if check_determinism:
             again = m.generate(test, seed=0)
             np.testing.assert_allclose(gen, again, rtol=1e-4, atol=1e-4, err_msg="generate() not deterministic under a seed")

@@ -45,7 +45,8 @@ def fitted(data):
 
 @pytest.mark.parametrize("cls", [CausCell, CausCellIND])
 def test_conformance(cls) -> None:
-    m = check_method(cls, params=TINY)
+    # 150 steps: at 30 the untrained decoder sits at a third of X's scale and fails the scale check
+    m = check_method(cls, params={**TINY, "n_steps": 150})
     assert m.history_ and all(np.isfinite(v) for v in m.history_[-1].values())
 
 

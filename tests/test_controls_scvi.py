@@ -29,7 +29,9 @@ def test_negative_control_conforms() -> None:
 
 
 def test_scvi_conforms() -> None:
-    m = check_method(SCVI, params={"max_epochs": 3})
+    # 40 epochs (0.4 s): with 3 the ZINB is still untrained and its reconstructions sit ~35% below X,
+    # which the kit's scale check rightly refuses
+    m = check_method(SCVI, params={"max_epochs": 40})
     adata, _ = tiny_dataset()
     emb = m.embed(adata)
     assert emb["age"].shape == (adata.n_obs, 10)

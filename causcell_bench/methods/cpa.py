@@ -11,7 +11,10 @@ Benchmark outputs (specs/baselines.md):
   cell's label (the dose-scaled perturbation embedding, or the covariate
   embedding) — identical for every cell sharing a label; ``"unexplained"`` is
   z_basal, the label-free basal state;
-- reconstruction: decode z_basal + the embeddings of the cell's own labels;
+- reconstruction: decode z_basal + the embeddings of the cell's own labels to proportions;
+  return X's normalisation of the NB counts with mean = proportions x the cell's own library
+  (its total over the kept genes) — divided by that library, x 1e4, log1p'd — in expectation
+  over the NB (computed, not sampled; log1p of the mean would overshoot X on sparse data);
 - counterfactual: swap the intervened concepts' label embeddings, keep z_basal, decode.
 
 ``history_`` holds per-epoch reconstruction loss and adversary accuracy per
@@ -135,7 +138,8 @@ class CPA(CpuPickledNet, Method):
                 pert = np.full_like(pert, code)
             else:
                 covs[:, self.covariates_.index(concept)] = code
-        return decode_log1p_cp10k(self.net_, self._basal(adata), pert, covs, device=self.torch_device())
+        library = np.asarray(counts_of(adata).sum(1), dtype=np.float64).ravel()
+        return decode_log1p_cp10k(self.net_, self._basal(adata), pert, covs, library, device=self.torch_device())
 
     # --- helpers ---------------------------------------------------------------------
     def _known_codes(self, adata: AnnData, concept: str) -> np.ndarray:

@@ -10,7 +10,11 @@ Benchmark outputs (specs/baselines.md):
   concept; ``"unexplained"`` is the shared z_c. The batch concept has no z_d of
   its own, so it is given z_c as well (the batch-corrected shared latent: a
   probe on it measures how much batch leaks into z_c);
-- reconstruction: the decoder's NB mean, normalised per cell to 1e4 and log1p'd;
+- reconstruction: X's normalisation applied to the decoder's NB counts, in expectation: counts
+  with mean = decoded proportions x the cell's own library (its total over the kept genes) are
+  divided by that library, x 1e4, log1p'd, and averaged over the NB (computed, not sampled).
+  log1p of the NB *mean* instead sits far above X on sparse data (the log of a mean exceeds
+  the mean of a log);
 - counterfactual: z_d of an intervened condition shifted by (centroid of the
   target label - centroid of the cell's current label), centroids of training
   cells' posterior means; z_c kept. Intervening on the batch concept swaps the
@@ -151,7 +155,8 @@ class ScDisInFact(CpuPickledNet, Method):
             current = self._known_codes(adata, concept)
             cents = self.centroids_[k]
             z_ds[k] = z_ds[k] + (cents[target][None, :] - cents[current])
-        return decode_log1p_cp10k(self.net_, z_c, z_ds, batch, device=self.torch_device())
+        library = np.asarray(counts_of(adata).sum(1), dtype=np.float64).ravel()
+        return decode_log1p_cp10k(self.net_, z_c, z_ds, batch, library, device=self.torch_device())
 
     # --- helpers ---------------------------------------------------------------------
     def _known_codes(self, adata: AnnData, concept: str) -> np.ndarray:

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from causcell_bench.models.utils import RowFn, nb_nll
+from causcell_bench.models.utils import RowFn, expected_log1p_cp10k, nb_nll
 
 
 def standardise(z: torch.Tensor) -> torch.Tensor:
@@ -267,11 +267,11 @@ def label_embeddings(
 
 
 @torch.no_grad()
-def decode_log1p_cp10k(
+def decode_frequencies(
     net: CPANet, z_basal: np.ndarray, pert: np.ndarray, covs: np.ndarray, *,
     device: torch.device | str = "cpu", chunk: int = 2048,
 ) -> np.ndarray:
-    """Decode z_basal + label embeddings to log1p(CP10k) expression (the library size cancels)."""
+    """Decode z_basal + label embeddings to each cell's expression proportions (softmax over genes)."""
     net.eval().to(device)
     covs = np.asarray(covs, dtype=np.int64).reshape(len(pert), -1)
     out = []
@@ -280,5 +280,18 @@ def decode_log1p_cp10k(
         p = torch.as_tensor(np.asarray(pert[sl], dtype=np.int64), device=device)
         c = torch.as_tensor(covs[sl], device=device)
         z = torch.as_tensor(z_basal[sl], device=device) + sum(net.label_embeddings(p, c))
-        out.append(torch.log1p(F.softmax(net.decode_logits(z), dim=1) * 1e4).cpu().numpy())
+        out.append(F.softmax(net.decode_logits(z), dim=1).cpu().numpy())
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, net.config["n_genes"]), np.float32)
+
+
+def decode_log1p_cp10k(
+    net: CPANet, z_basal: np.ndarray, pert: np.ndarray, covs: np.ndarray, library: np.ndarray, *,
+    device: torch.device | str = "cpu",
+) -> np.ndarray:
+    """Expected log1p(CP10k) under the decoder's NB (mean = proportions x each cell's own ``library``, its
+    observed total over these genes): the expectation of X's transform of the counts, not the transform
+    of their mean (see :func:`causcell_bench.models.utils.expected_log1p_cp10k`)."""
+    freq = decode_frequencies(net, z_basal, pert, covs, device=device)
+    theta = net.log_theta.detach().exp().cpu().numpy()
+    mean = freq * np.asarray(library, dtype=np.float32).reshape(-1, 1)
+    return expected_log1p_cp10k(mean, theta)

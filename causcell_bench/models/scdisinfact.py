@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from causcell_bench.models.utils import RowFn, nb_nll
+from causcell_bench.models.utils import RowFn, expected_log1p_cp10k, nb_nll
 
 # --- losses ------------------------------------------------------------------
 
@@ -340,11 +340,11 @@ def encode_means(
 
 
 @torch.no_grad()
-def decode_log1p_cp10k(
+def decode_frequencies(
     net: ScDisInFactNet, z_c: np.ndarray, z_ds: Sequence[np.ndarray], batch: np.ndarray, *,
     device: torch.device | str = "cpu", chunk: int = 2048,
 ) -> np.ndarray:
-    """Decoder NB mean, normalised per cell to 1e4 and log1p'd (the library size cancels)."""
+    """Decoder NB rates normalised per cell to sum to 1: each cell's expected expression proportions."""
     net.eval().to(device)
     out = []
     for start in range(0, z_c.shape[0], chunk):
@@ -353,5 +353,18 @@ def decode_log1p_cp10k(
         rate = net.decode(
             torch.as_tensor(z_c[sl], device=device), [torch.as_tensor(z[sl], device=device) for z in z_ds], b
         )
-        out.append(torch.log1p(rate / rate.sum(1, keepdim=True) * 1e4).cpu().numpy())
+        out.append((rate / rate.sum(1, keepdim=True)).cpu().numpy())
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, net.config["n_genes"]), np.float32)
+
+
+def decode_log1p_cp10k(
+    net: ScDisInFactNet, z_c: np.ndarray, z_ds: Sequence[np.ndarray], batch: np.ndarray, library: np.ndarray, *,
+    device: torch.device | str = "cpu",
+) -> np.ndarray:
+    """Expected log1p(CP10k) under the decoder's NB at each cell's own ``library`` (its observed total over
+    these genes): the expectation of X's transform of the counts, not the transform of their mean
+    (see :func:`causcell_bench.models.utils.expected_log1p_cp10k`)."""
+    freq = decode_frequencies(net, z_c, z_ds, batch, device=device)
+    theta = net.log_theta.detach().exp().cpu().numpy()
+    mean = freq * np.asarray(library, dtype=np.float32).reshape(-1, 1)
+    return expected_log1p_cp10k(mean, theta)
