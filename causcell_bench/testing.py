@@ -8,7 +8,8 @@ structure age -> celltype <- domain so that concept signal is learnable.
 ``check_counterfactual_direction()`` checks that do() moves cells towards the
 target label. ``check_method(cls)`` is the conformance kit: it fits the method on tiny data
 and checks shapes, determinism under a seed, the save/load round trip, that
-reconstructions are on the scale of X (``check_scale()``) and that the declared
+reconstructions are on the scale of X (``check_scale()``), that progress reports,
+if the method gives any, are sane (``check_progress()``) and that the declared
 capabilities are honoured. A plugin's test suite can call it::
 
     from causcell_bench.testing import check_method
@@ -18,7 +19,9 @@ capabilities are honoured. A plugin's test suite can call it::
 
 from __future__ import annotations
 
+import math
 import tempfile
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -28,7 +31,7 @@ from anndata import AnnData
 
 from causcell_bench.datasets.spec import DatasetSpec
 from causcell_bench.errors import BenchError
-from causcell_bench.methods.base import UNEXPLAINED, Method
+from causcell_bench.methods.base import UNEXPLAINED, Method, Progress
 
 
 def tiny_dataset(
@@ -133,6 +136,28 @@ def check_scale(generated: np.ndarray, real: AnnData, tolerance: float = SCALE_T
     return ratio
 
 
+def check_progress(reports: Sequence[Progress]) -> None:
+    """Assert that a fit's progress reports are sane, phase by phase (a phase: consecutive reports with
+    the same ``what``): known unit, 0 <= done <= total, done never decreasing, the last report
+    done == total, a finite loss where one is given."""
+    phases: list[list[Progress]] = []
+    for r in reports:
+        assert isinstance(r, Progress), f"progress report {r!r} is not a Progress"
+        if phases and phases[-1][-1].what == r.what:
+            phases[-1].append(r)
+        else:
+            phases.append([r])
+    for phase in phases:
+        what = phase[0].what
+        for prev, r in zip([None, *phase], phase):
+            assert r.unit in ("steps", "epochs"), f"{what}: unit {r.unit!r} is neither 'steps' nor 'epochs'"
+            assert 0 <= r.done <= r.total, f"{what}: done {r.done} outside 0..total {r.total}"
+            assert prev is None or r.done >= prev.done, f"{what}: done went back from {prev.done} to {r.done}"
+            assert r.loss is None or math.isfinite(r.loss), f"{what}: loss {r.loss} at {r.done}/{r.total} is not finite"
+        last = phase[-1]
+        assert last.done == last.total, f"{what}: the last report reads {last.done}/{last.total}, not done == total"
+
+
 def check_method(
     method_cls: type[Method],
     params: dict[str, Any] | None = None,
@@ -160,7 +185,12 @@ def check_method(
     if caps.embedding != "none":
         _expect_bench_error(lambda: m.embed(test), "embed() before fit()")
 
+    # a closure, not a picklable bound method: save() below must cope with a callback that cannot be pickled
+    reports: list[Progress] = []
+    m.progress_callback = lambda r: reports.append(r)
     m.fit(train, spec, seed=0)
+    if reports:  # reporting is optional (a plugin may not), but what is reported must be sane
+        check_progress(reports)
 
     emb = None
     if caps.embedding != "none":

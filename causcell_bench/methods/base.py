@@ -12,13 +12,20 @@ builds the same for tests):
 
 ``generate`` returns a dense float32 array in the same log1p(CP10k) space as
 ``adata.X``, one row per input cell.
+
+Progress: a caller may set ``method.progress_callback`` (a :data:`ProgressFn`)
+before ``fit``; trained methods then report :class:`Progress` through
+:meth:`Method.report_progress`. The callback is never pickled or saved.
 """
 
 from __future__ import annotations
 
 import abc
+import functools
 import pickle
-from collections.abc import Iterator, Mapping
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -60,6 +67,48 @@ class Capabilities:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Progress:
+    """One progress report of a method's training.
+
+    ``done`` of ``total`` ``unit`` ("steps" or "epochs") of the phase ``what`` ("training", or
+    e.g. "VAE training" then "GAN training" for a method trained in stages: each phase runs from
+    its first report to ``done == total``). ``loss`` is the mean training loss reported since the
+    previous report (None if the method logs none). When training stops early, the last report
+    has ``total`` shrunk to ``done``.
+    """
+
+    done: int
+    total: int
+    unit: str = "steps"
+    what: str = "training"
+    loss: float | None = None
+
+
+ProgressFn = Callable[[Progress], None]
+"""A progress callback: shown to the user, so it must be quick; whatever it raises is swallowed."""
+
+ModelProgressFn = Callable[[int, int, float | None], None]
+"""The plain ``callback(done, total, loss)`` our torch models accept (``models.utils.StepCallback``;
+the models know no Method, and this module does not import torch)."""
+
+PROGRESS_SECONDS = 2.0
+"""Besides every 1% of the budget, a report is forwarded when this long has passed since the last one."""
+
+
+@dataclass
+class _ProgressState:
+    """Throttling state of :meth:`Method.report_progress` for the current phase."""
+
+    what: str
+    total: int
+    done: int = -1
+    percent: int = -1
+    time: float = 0.0
+    loss_sum: float = 0.0
+    loss_n: int = 0
+
+
 class Method(abc.ABC):
     """Base class of every benchmarked method.
 
@@ -76,6 +125,10 @@ class Method(abc.ABC):
     # heavy, fork-safe modules the runner imports once before forking grid cells
     # (importing scvi-tools takes seconds; paying it per cell would dominate small cells)
     preload_modules: ClassVar[tuple[str, ...]] = ()
+    # class-level defaults too, so objects unpickled without them (or saved before they existed) have them
+    progress_callback: ProgressFn | None = None
+    _progress_state: _ProgressState | None = None
+    _progress_warned: bool = False
 
     def __init__(self, preset: str = "quick", device: str = "auto", **params: Any) -> None:
         if preset not in self.presets:
@@ -94,6 +147,7 @@ class Method(abc.ABC):
         self.spec_: DatasetSpec | None = None
         self.var_names_: list[str] | None = None
         self.categories_: dict[str, list[str]] | None = None
+        self.progress_callback = None
 
     # --- the interface ---------------------------------------------------
     @abc.abstractmethod
@@ -126,6 +180,63 @@ class Method(abc.ABC):
         if not isinstance(obj, cls):
             raise BenchError(f"{path} holds a {type(obj).__name__}, not a {cls.__name__}")
         return obj
+
+    # --- progress ------------------------------------------------------------
+    def report_progress(
+        self, done: int, total: int, *, unit: str = "steps", what: str = "training", loss: float | None = None
+    ) -> None:
+        """Report ``done`` of ``total`` ``unit`` of phase ``what`` to :attr:`progress_callback`, if set.
+
+        Call it as often as convenient (every step is fine): a report reaches the callback at the
+        start of a phase, once per 1% of ``total``, after :data:`PROGRESS_SECONDS` without one, and
+        at ``done >= total``, with the mean of the losses given since the last report. It never
+        raises: a failing display must not fail the fit (the first failure is warned about).
+        """
+        fn = self.progress_callback
+        if fn is None:
+            return
+        try:
+            state = self._progress_state
+            if state is None or state.what != what or state.total != total or done < state.done:
+                state = self._progress_state = _ProgressState(what=what, total=total)
+            if loss is not None:
+                state.loss_sum += float(loss)
+                state.loss_n += 1
+            now = time.monotonic()
+            percent = done * 100 // total if total > 0 else 100
+            due = state.done < 0 or done >= total or percent != state.percent or now - state.time >= PROGRESS_SECONDS
+            if not due:
+                state.done = done
+                return
+            mean_loss = state.loss_sum / state.loss_n if state.loss_n else None
+            state.done, state.percent, state.time, state.loss_sum, state.loss_n = done, percent, now, 0.0, 0
+            fn(Progress(done=int(done), total=int(total), unit=unit, what=what, loss=mean_loss))
+        except Exception as e:  # noqa: BLE001 - a display bug must not kill a grid cell
+            if not self._progress_warned:
+                self._progress_warned = True
+                warnings.warn(
+                    f"{self.name}: the progress callback raised {type(e).__name__}: {e}; further errors are ignored",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+
+    def progress_hook(self, what: str = "training", unit: str = "steps") -> ModelProgressFn | None:
+        """A plain ``callback(done, total, loss)`` for a model's training loop, or None when no one listens
+        (the loop then runs exactly as without progress reporting)."""
+        if self.progress_callback is None:
+            return None
+
+        def hook(done: int, total: int, loss: float | None = None) -> None:
+            self.report_progress(done, total, unit=unit, what=what, loss=loss)
+
+        return hook
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the callback belongs to the caller's display (often a lambda or a queue): never pickle it
+        state = self.__dict__.copy()
+        for key in ("progress_callback", "_progress_state", "_progress_warned"):
+            state.pop(key, None)
+        return state
 
     # --- shared bookkeeping for subclasses ------------------------------
     def torch_device(self) -> Any:
@@ -189,7 +300,8 @@ class CpuPickledNet:
     arguments): pickles it as a CPU state dict, so a model fitted on a GPU loads on a CPU-only machine."""
 
     def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
+        # Method.__getstate__ (next in the MRO) drops the progress callback
+        state = dict(super().__getstate__())  # type: ignore[misc]
         net = state.pop("net_", None)
         if net is not None:
             weights = {k: v.detach().cpu() for k, v in net.state_dict().items()}
@@ -246,6 +358,48 @@ def lightning_accelerator(device: str) -> str:
     if device.startswith("cuda"):
         return "gpu"
     raise BenchError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'")
+
+
+def lightning_progress(method: Method, loss_key: str = "train_loss") -> list[Any]:
+    """Lightning callbacks (for a scvi-tools ``train(callbacks=...)``) that report epochs done of
+    ``max_epochs`` with the epoch's logged ``loss_key`` to ``method``; [] when no one listens."""
+    if method.progress_callback is None:
+        return []
+    return [_lightning_progress_class()(method, loss_key)]
+
+
+@functools.cache
+def _lightning_progress_class() -> type:
+    from lightning.pytorch.callbacks import Callback
+
+    class EpochProgress(Callback):  # type: ignore[misc]
+        """Reports epoch e when epoch e + 1 starts, and the last when training ends: a module that logs its
+        loss in its own ``on_train_epoch_end`` (biolord) does so after the callbacks' hook of that name."""
+
+        def __init__(self, method: Method, loss_key: str) -> None:
+            self.method, self.loss_key = method, loss_key
+
+        def _loss(self, trainer: Any) -> float | None:
+            value = trainer.callback_metrics.get(self.loss_key)  # biolord's str-Enum keys match plain strings
+            return None if value is None else float(value)
+
+        def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+            done = int(trainer.current_epoch)
+            if done > 0:
+                self.method.report_progress(done, _max_epochs(trainer, done), unit="epochs", loss=self._loss(trainer))
+
+        def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+            done = int(trainer.current_epoch)
+            # total = done: the whole budget, or, stopped early, the budget shrunk to what ran
+            self.method.report_progress(done, done, unit="epochs", loss=self._loss(trainer))
+
+    return EpochProgress
+
+
+def _max_epochs(trainer: Any, done: int) -> int:
+    """The trainer's epoch budget (``done`` when it has none)."""
+    total = trainer.max_epochs
+    return int(total) if total is not None and total > 0 else done
 
 
 def quiet_lightning(*extra_loggers: str) -> None:

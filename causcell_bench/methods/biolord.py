@@ -41,6 +41,7 @@ from causcell_bench.methods.base import (
     Method,
     dense_rows,
     lightning_accelerator,
+    lightning_progress,
     quiet_lightning,
 )
 
@@ -131,6 +132,8 @@ class Biolord(Method):
                 enable_progress_bar=False,
                 logger=False,
                 default_root_dir=root,  # biolord's default is ./biolord_log in the working directory
+                # biolord logs no total: its reconstruction term is the one to watch
+                callbacks=lightning_progress(self, "reconstruction_loss"),
             )
         self.n_train_ = int(train.n_obs)
         self._cache: tuple[str, np.ndarray] | None = None

@@ -286,6 +286,7 @@ class CausCell(Method):
             log_every=int(p["log_every"]),
             seed=seed,
             progress=bool(p["progress"]),
+            callback=self.progress_hook(),
         )
         self.model_.build_pools(train.X, codes, pool_size=int(p["pool_size"]), seed=seed)
         self.seed_ = seed

@@ -107,7 +107,7 @@ class CPA(CpuPickledNet, Method):
             epochs=p["epochs"], batch_size=p["batch_size"], lr_ae=p["lr_ae"], lr_adv=p["lr_adv"],
             weight_decay=p["weight_decay"], reg_adv=p["reg_adv"], pen_adv=p["pen_adv"],
             adv_steps=p["adv_steps"], adv_objective=p["adv_objective"],
-            adv_warmup=p["adv_warmup"], seed=seed, device=device,
+            adv_warmup=p["adv_warmup"], seed=seed, device=device, callback=self.progress_hook(),
         )
         names = [self.perturbation_, *self.covariates_]
         for h in history:  # concept names instead of head indices

@@ -97,6 +97,7 @@ class MichiGAN(Method):
         vae_hist = mm.train_tcvae(
             vae, rows, n, epochs=int(p["vae_epochs"]), batch_size=int(p["vae_batch_size"]),
             lr=float(p["vae_lr"]), lambda_tc=float(p["lambda_tc"]), rng=rng, device=device,
+            callback=self.progress_hook("VAE training"),
         )
         codes, _ = mm.encode_rows(vae, rows, n, device=device)
         t1 = time.perf_counter()
@@ -108,7 +109,7 @@ class MichiGAN(Method):
         gan_hist = mm.train_wgan_gp(
             gen, critic, rows, codes, steps=int(p["gan_steps"]), batch_size=int(p["gan_batch_size"]),
             lr=float(p["gan_lr"]), n_critic=int(p["n_critic"]), gp_weight=float(p["gp_weight"]),
-            rng=rng, device=device,
+            rng=rng, device=device, callback=self.progress_hook("GAN training"),
         )
         self.timings_ = {"vae_s": t1 - t0, "gan_s": time.perf_counter() - t1}
 
@@ -192,8 +193,9 @@ class MichiGAN(Method):
 
     # --- persistence --------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
-        # pickle CPU copies so a model trained on a GPU loads on a CPU-only machine
-        state = self.__dict__.copy()
+        # pickle CPU copies so a model trained on a GPU loads on a CPU-only machine;
+        # Method.__getstate__ leaves out the progress callback
+        state = super().__getstate__()
         for key in ("vae_", "generator_", "critic_"):
             if state.get(key) is not None:
                 state[key] = copy.deepcopy(state[key]).cpu()

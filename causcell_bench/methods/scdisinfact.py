@@ -118,6 +118,7 @@ class ScDisInFact(CpuPickledNet, Method):
             epochs=p["epochs"], batch_per_group=p["batch_per_group"], lr=p["lr"],
             w_kl_c=p["w_kl_c"], w_kl_d=p["w_kl_d"], w_mmd_c=p["w_mmd_c"], w_mmd_d=p["w_mmd_d"],
             w_ce=p["w_ce"], w_gl=p["w_gl"], gl_alpha=p["gl_alpha"], seed=seed, device=device,
+            callback=self.progress_hook(),
         )
         self.net_ = net
         # centroids of the training cells' z_d per label, for counterfactual shifts

@@ -33,6 +33,7 @@ from causcell_bench.methods.base import (
     Method,
     dense_rows,
     lightning_accelerator,
+    lightning_progress,
     quiet_lightning,
 )
 
@@ -103,6 +104,7 @@ class ScGen(Method):
             enable_progress_bar=False,
             logger=False,
             enable_checkpointing=False,
+            callbacks=lightning_progress(self),
         )
         self._fns = None
         # latent centroids of the training cells per concept label: scGen's arithmetic deltas

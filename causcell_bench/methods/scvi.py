@@ -31,6 +31,7 @@ from causcell_bench.methods.base import (
     Method,
     counts_of,
     lightning_accelerator,
+    lightning_progress,
     quiet_lightning,
 )
 from causcell_bench.models.utils import expected_log1p_cp10k
@@ -72,6 +73,7 @@ class SCVI(Method):
             enable_progress_bar=False,
             logger=False,
             enable_checkpointing=False,
+            callbacks=lightning_progress(self),
         )
 
     def _prepared(self, adata: AnnData) -> AnnData:

@@ -57,7 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from causcell_bench.models.utils import resolve_device
+from causcell_bench.models.utils import StepCallback, resolve_device
 
 __all__ = [
     "CausCellModel",
@@ -659,6 +659,7 @@ class CausCellModel:
         log_every: int = 50,
         seed: int = 0,
         progress: bool = False,
+        callback: StepCallback | None = None,
     ) -> list[dict[str, float]]:
         """Train end to end with Adam for ``n_steps`` optimizer steps; returns the loss history.
 
@@ -671,6 +672,8 @@ class CausCellModel:
         ``combo_weights``: ``"rescaled"`` (mean 1) or ``"raw"`` 1 - freq/N cell weights.
         EMA: after optimizer step s (1-based), the EMA copies the online weights while
         s < ``ema_start``, then takes a decay step whenever s is a multiple of ``ema_every``.
+        ``callback(step, n_steps, loss)``, if given, is called after every optimizer step with that
+        step's total loss (mean over its ``grad_accum`` minibatches); it must not touch random state.
         """
         codes = np.asarray(codes, dtype=np.int64)
         n = codes.shape[0]
@@ -712,6 +715,7 @@ class CausCellModel:
         try:
             for step in range(n_steps):
                 opt.zero_grad(set_to_none=True)
+                step_loss = 0.0
                 for _ in range(grad_accum):
                     if pos + bs > n:
                         order, pos = rng.permutation(n), 0
@@ -728,7 +732,9 @@ class CausCellModel:
                     (loss / grad_accum).backward()
                     for k, v in terms.items():
                         running[k] = running.get(k, 0.0) + float(v.detach())
-                    running["total"] = running.get("total", 0.0) + float(loss.detach())
+                    loss_value = float(loss.detach())
+                    running["total"] = running.get("total", 0.0) + loss_value
+                    step_loss += loss_value
                     count += 1
                 if grad_clip:
                     nn.utils.clip_grad_norm_(self.net.parameters(), grad_clip)
@@ -742,6 +748,8 @@ class CausCellModel:
                     running, count = {}, 0
                 if prog is not None:
                     prog.update(prog.task_ids[0], advance=1, info=f"loss {float(loss):.3f}")
+                if callback is not None:
+                    callback(step + 1, n_steps, step_loss / grad_accum)
         finally:
             if prog is not None:
                 prog.stop()

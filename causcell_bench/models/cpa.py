@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from causcell_bench.models.utils import RowFn, expected_log1p_cp10k, nb_nll
+from causcell_bench.models.utils import RowFn, StepCallback, expected_log1p_cp10k, nb_nll
 
 
 def standardise(z: torch.Tensor) -> torch.Tensor:
@@ -146,13 +146,15 @@ def train_cpa(
     adv_warmup: int = 0,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    callback: StepCallback | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``net`` in place; return one dict per epoch.
 
     Each history entry holds ``recon`` (mean NB NLL per count), ``adv_loss``,
     ``adv_acc`` (concept index -> adversary accuracy on minibatches, measured
     before the adversary's own update, so it is not training-set memorisation)
-    and ``adv_acc_mean``.
+    and ``adv_acc_mean``. ``callback(minibatch, epochs * minibatches per epoch,
+    reconstruction NLL)`` follows every minibatch.
     """
     device = torch.device(device)
     net.to(device)
@@ -175,16 +177,16 @@ def train_cpa(
         for h, k in enumerate([net.config["n_perts"], *net.config["covariate_sizes"]])
     ]
     history: list[dict[str, Any]] = []
+    # BatchNorm cannot train on a single cell: fold a trailing singleton into the previous batch
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] < 2:
+        starts.pop()
 
     for epoch in range(epochs):
         net.train()
         # the adversarial weight ramps up linearly over the first ``adv_warmup`` epochs
         reg = reg_adv * min(1.0, epoch / adv_warmup) if adv_warmup > 0 else reg_adv
         order = rng.permutation(n)
-        # BatchNorm cannot train on a single cell: fold a trailing singleton into the previous batch
-        starts = list(range(0, n, batch_size))
-        if len(starts) > 1 and n - starts[-1] < 2:
-            starts.pop()
         recon_sum = adv_sum = 0.0
         correct = np.zeros(n_heads)
         seen = 0
@@ -228,8 +230,11 @@ def train_cpa(
             opt_ae.zero_grad(set_to_none=True)
             (recon + reg * fool).backward()
             opt_ae.step()
-            recon_sum += float(recon.detach()) * len(idx)
+            recon_value = float(recon.detach())
+            recon_sum += recon_value * len(idx)
             adv_sum += float(loss_adv.detach()) * len(idx)
+            if callback is not None:
+                callback(epoch * len(starts) + i + 1, epochs * len(starts), recon_value)
         acc = {h: float(correct[h] / seen) for h in range(n_heads)}
         history.append({
             "epoch": epoch + 1,

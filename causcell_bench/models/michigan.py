@@ -31,6 +31,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from causcell_bench.models.utils import StepCallback
+
 LOG_2PI = math.log(2.0 * math.pi)
 
 # A callable giving dense float32 rows for an index array (lets callers keep sparse data sparse).
@@ -127,11 +129,18 @@ def train_tcvae(
     lambda_tc: float = 100.0,
     rng: np.random.Generator,
     device: torch.device,
+    callback: StepCallback | None = None,
 ) -> dict[str, list[float]]:
-    """Adam on the TC-penalised ELBO; returns per-epoch mean loss parts."""
+    """Adam on the TC-penalised ELBO; returns per-epoch mean loss parts.
+
+    ``callback(update, epochs * updates per epoch, loss)`` follows every minibatch update.
+    """
     vae.to(device).train()
     opt = torch.optim.Adam(vae.parameters(), lr=lr)
     hist: dict[str, list[float]] = {"loss": [], "recon": [], "kl": [], "tc": []}
+    # minibatches of one cell are skipped below; count the rest for the progress total
+    per_epoch = sum(1 for start in range(0, n_cells, batch_size) if min(batch_size, n_cells - start) >= 2)
+    done = 0
     for _ in range(epochs):
         sums = dict.fromkeys(hist, 0.0)
         n_batches = 0
@@ -148,6 +157,9 @@ def train_tcvae(
             for k in sums:
                 sums[k] += parts[k]
             n_batches += 1
+            done += 1
+            if callback is not None:
+                callback(done, epochs * per_epoch, parts["loss"])
         for k, values in hist.items():
             values.append(sums[k] / max(n_batches, 1))
     vae.eval()
@@ -255,8 +267,13 @@ def train_wgan_gp(
     rng: np.random.Generator,
     device: torch.device,
     log_every: int = 50,
+    callback: StepCallback | None = None,
 ) -> dict[str, list[float]]:
-    """``steps`` generator updates, each after ``n_critic`` critic updates; real cells paired with their codes."""
+    """``steps`` generator updates, each after ``n_critic`` critic updates; real cells paired with their codes.
+
+    ``callback(step, steps, critic loss)`` follows every generator update (WGAN-GP's critic loss,
+    minus the Wasserstein estimate plus the penalty, is the curve that tracks convergence).
+    """
     gen.to(device).train()
     critic.to(device).train()
     # Adam betas of Gulrajani et al.: momentum hurts the critic/generator alternation
@@ -294,11 +311,14 @@ def train_wgan_gp(
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
-        acc["critic"] += loss_c.item()
+        critic_loss = loss_c.item()
+        acc["critic"] += critic_loss
         acc["generator"] += loss_g.item()
         acc["wasserstein"] += w.item()
         acc["gp"] += gp.item()
         k += 1
+        if callback is not None:
+            callback(step + 1, steps, critic_loss)
         if k == log_every or step == steps - 1:
             for key, values in hist.items():
                 values.append(acc[key] / k)

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from causcell_bench.models.utils import RowFn, expected_log1p_cp10k, nb_nll
+from causcell_bench.models.utils import RowFn, StepCallback, expected_log1p_cp10k, nb_nll
 
 # --- losses ------------------------------------------------------------------
 
@@ -222,12 +222,14 @@ def train_scdisinfact(
     gl_alpha: float = 0.1,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    callback: StepCallback | None = None,
 ) -> list[dict[str, float]]:
     """Train ``net`` in place with the two alternating updates; return per-epoch loss history.
 
     ``labels`` is (n_cells, n_conditions) int codes, ``batch`` (n_cells,) int codes,
     ``library`` (n_cells,) total counts. One epoch draws about n_cells cells,
     ``batch_per_group`` (or all, if fewer) from every group per iteration.
+    ``callback(iteration, epochs * iterations per epoch, reconstruction NLL)`` follows every iteration.
     """
     device = torch.device(device)
     labels = np.asarray(labels, dtype=np.int64).reshape(len(library), -1)
@@ -257,7 +259,7 @@ def train_scdisinfact(
     for epoch in range(epochs):
         net.train()
         tot = {"recon": 0.0, "mmd_c": 0.0, "mmd_d": 0.0, "ce": 0.0, "acc": 0.0, "kl_c": 0.0, "kl_d": 0.0, "gl": 0.0}
-        for _ in range(n_iter):
+        for it in range(n_iter):
             idx = np.concatenate([rng.choice(m, size=min(batch_per_group, len(m)), replace=False) for m in members])
             x = torch.as_tensor(rows(idx), device=device)
             s = torch.as_tensor(sf[idx], device=device)
@@ -309,6 +311,8 @@ def train_scdisinfact(
                              ("kl_c", kl_c), ("kl_d", kl_d), ("gl", gl)):
                 tot[key] += float(val.detach()) / n_iter
             tot["acc"] += acc / n_iter
+            if callback is not None:
+                callback(epoch * n_iter + it + 1, epochs * n_iter, float(recon.detach()))
         history.append({"epoch": epoch + 1, **tot})
     net.eval()
     return history

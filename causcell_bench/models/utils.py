@@ -44,6 +44,10 @@ def set_cpu_threads() -> None:
 RowFn = Callable[[np.ndarray], np.ndarray]
 """Row indices -> dense float32 counts of those cells (densifies one minibatch only)."""
 
+StepCallback = Callable[[int, int, float | None], None]
+"""``callback(done, total, loss)`` a training loop calls after each update: a plain callable, so the
+models stay benchmark-agnostic. It must not touch random state (the fit would change)."""
+
 
 def nb_nll(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Element-wise negative log-likelihood of counts ``x`` under NB(mean ``mu``, inverse dispersion ``theta``)."""
