@@ -120,7 +120,7 @@ def benchmark(
     from causcell_bench.leaderboard import build_report, scores, status_table, summarize, tidy_table
     from causcell_bench.registry import resolve_methods
     from causcell_bench.runner import run_grid
-    from causcell_bench.store import ResultStore
+    from causcell_bench.store import read_run
 
     if not isinstance(adata, AnnData):
         raise BenchError(f"benchmark() needs an AnnData, got {type(adata).__name__}")
@@ -156,7 +156,7 @@ def benchmark(
         edges=_edges(dag), n_hvg=n_hvg, holdout=[dict(h) for h in holdout] if holdout else None,
     )
     run_grid(config, run_dir, progress=progress, start_method=start_method)
-    records = list(ResultStore(run_dir).records())
+    records = read_run(run_dir).records  # current cells only: stale and unreadable ones are left out
     tidy = tidy_table(records)
     summary = summarize(tidy)
     files = build_report(run_dir) if report else {}

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
+import os
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from causcell_bench.errors import BenchError
 
@@ -27,27 +32,142 @@ err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+DEBUG_ENV = "CAUSCELL_BENCH_DEBUG"
+_DEBUG = {"on": False}
+
+
+@app.callback()
+def _global_options(
+    debug: Annotated[bool, typer.Option("--debug", help=f"show the full traceback of an error (or set {DEBUG_ENV}=1)")] = False,
+) -> None:
+    """Benchmark disentangled representations and counterfactual generation on single-cell data."""
+    _DEBUG["on"] = debug
+
+
+def debugging() -> bool:
+    return _DEBUG["on"] or os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def explain(e: BaseException) -> tuple[int, str]:
+    """(exit code, one-line message) for an error: 2 for input the user can fix, 1 for a run that failed."""
+    import pickle
+
+    from pydantic import ValidationError
+
+    if isinstance(e, BenchError):
+        return 2, str(e)
+    if isinstance(e, ValidationError):
+        return 2, "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg'].removeprefix('Value error, ')}"
+                            for x in e.errors())
+    if isinstance(e, OSError):
+        where = f" {e.filename}" if e.filename else ""
+        reason = e.strerror or str(e)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return 1, f"no space left on the device (writing{where or ' a file'}); free some space and run the command again"
+        if isinstance(e, FileNotFoundError):
+            return 2, f"{e.filename or e} does not exist; check the path"
+        if isinstance(e, (FileExistsError, NotADirectoryError)):
+            return 2, f"cannot create{where}: a file is in the way ({reason}); give a path whose folders are directories"
+        if isinstance(e, IsADirectoryError):
+            return 2, f"{e.filename} is a directory; give a file path"
+        if isinstance(e, PermissionError) or e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            return 2, f"cannot write{where} ({reason}); choose a location you can write to"
+        return 1, f"{reason}{' (' + str(e.filename) + ')' if e.filename else ''}; check the file system and run again"
+    if isinstance(e, (pickle.UnpicklingError, EOFError)):
+        return 2, f"a saved file is truncated or corrupt ({type(e).__name__}: {e}); write it again"
+    if isinstance(e, UnicodeDecodeError):
+        return 2, f"a file that should be text is binary or not UTF-8 ({e}); check the file you passed"
+    if isinstance(e, json.JSONDecodeError):
+        return 2, f"a JSON file is malformed ({e}); check the file you passed"
+    if isinstance(e, MemoryError):
+        return 1, "out of memory; use fewer cells (--n-cells) or fewer parallel cells (--jobs)"
+    return 1, (f"unexpected {type(e).__name__}: {e}; rerun with --debug (causcell-bench --debug ...) "
+               "for the traceback, and report it if the input looks right")
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print ``error: message`` as one line on stderr and exit with ``code``."""
+    text = " ".join(str(message).split())  # one line: a multi-line message reads as a crash
+    err_console.print(Text.assemble(("error: ", "red"), text), soft_wrap=True, highlight=False)
+    raise typer.Exit(code)
+
+
 def friendly(fn: F) -> F:
-    """Print user errors as one clear line instead of a traceback."""
+    """The CLI's one error boundary: every error becomes one line naming the problem and the fix (exit 2
+    for bad input, 1 for a failed run, 130 for Ctrl-C); the traceback only with --debug or $CAUSCELL_BENCH_DEBUG."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from pydantic import ValidationError
-
         try:
             return fn(*args, **kwargs)
-        except BenchError as e:
-            err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-        except ValidationError as e:
-            msgs = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
-            err_console.print(f"[red]error:[/red] {msgs}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-        except FileNotFoundError as e:
-            err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+        except (typer.Exit, typer.Abort, click.exceptions.ClickException):
+            raise
+        except KeyboardInterrupt:
+            if debugging():
+                raise
+            err_console.print("interrupted", highlight=False)
+            raise typer.Exit(130) from None
+        except Exception as e:  # the boundary: every error ends here
+            if debugging():
+                raise
+            code, message = explain(e)
+            fail(message, code)
 
     return wrapper  # type: ignore[return-value]
+
+
+# --- option checks: before any data is loaded --------------------------------------------------------
+def _ints(value: str, flag: str, *, low: int = 0, high: int | None = None, example: str = "0,1") -> list[int]:
+    """``'0,1'`` -> [0, 1], each an integer in [low, high], or a BenchError naming the flag."""
+    out = []
+    for part in _csv(value) or []:
+        try:
+            n = int(part)
+        except ValueError:
+            raise BenchError(f"{flag} {value}: {part!r} is not a whole number; write e.g. {flag} {example}") from None
+        if n < low or (high is not None and n > high):
+            span = f"{low}..{high}" if high is not None else f"{low} or more"
+            raise BenchError(f"{flag} {value}: {n} is out of range; give numbers in {span}")
+        out.append(n)
+    if not out:
+        raise BenchError(f"{flag} is empty; write e.g. {flag} {example}")
+    return out
+
+
+def check_at_least(value: int | None, flag: str, least: int = 1) -> None:
+    if value is not None and value < least:
+        raise BenchError(f"{flag} {value}: give {least} or more")
+
+
+def check_out_dir(path: Path, flag: str = "--out") -> bool:
+    """Refuse an output directory that cannot be made or written, checking without leaving anything
+    behind; returns whether it exists already."""
+    if path.exists() and not path.is_dir():
+        raise BenchError(f"{flag} {path} is a file; give a directory path")
+    _check_writable(path, flag)
+    return path.exists()
+
+
+def _check_writable(path: Path, flag: str) -> None:
+    ancestor = path
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise BenchError(f"{flag} {path}: {ancestor} is a file, so no directory can be made under it; give another path")
+    try:  # os.access says yes to root on a read-only mount: try it
+        tempfile.TemporaryDirectory(dir=ancestor, prefix=".causcell-bench-probe-").cleanup()
+    except OSError as e:
+        raise BenchError(f"{flag} {path}: cannot write in {ancestor} ({e.strerror or e}); choose a writable location") from None
+
+
+def check_out_file(path: Path, flag: str = "--out", suffix: str | None = None) -> bool:
+    """Refuse an output file path that cannot be written; returns whether its folder must be created."""
+    if suffix and path.suffix.lower() != suffix:
+        raise BenchError(f"{flag} {path}: the file must end in {suffix}")
+    if path.is_dir():
+        raise BenchError(f"{flag} {path} is a directory; give a file path ending in {suffix or 'a file name'}")
+    _check_writable(path.parent, flag)
+    return not path.parent.exists()
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -112,56 +232,98 @@ def run(
                           "(default: the spec's perturbation, else each concept in turn)")] = None,
     retry_failed: Annotated[bool, typer.Option(help="rerun cells recorded as failed")] = False,
     report: Annotated[bool, typer.Option(help="build the leaderboard when the grid is done")] = True,
+    claim_timeout: Annotated[float, typer.Option(help="hours after which another process's claim on a cell "
+                             "counts as abandoned and is taken over (a dead process's on this host at once)")] = 24.0,
 ) -> None:
-    """Run a benchmark grid; finished cells are kept, so rerunning resumes."""
-    from causcell_bench.config import RunConfig
+    """Run a benchmark grid; finished cells are kept, so rerunning resumes. Several processes may run
+    into one --out directory: they split the cells between them."""
+    from causcell_bench.config import RunConfig, check_device, check_method_params
     from causcell_bench.datasets.spec import parse_edges
     from causcell_bench.registry import resolve_methods
-    from causcell_bench.runner import run_grid, summarize_outcomes
+    from causcell_bench.runner import dataset_names, run_grid, summarize_outcomes
 
+    # every option is checked before any data is loaded or anything written
     if ray_address and executor != "ray":
         raise BenchError("--ray-address needs --executor ray")
     if threads is not None and threads < 1:
         raise BenchError(f"--threads {threads} is not possible; give 1 or more threads per cell")
+    check_at_least(n_folds, "--n-folds", 2)
+    check_at_least(jobs, "--jobs")
+    for value, flag in ((n_cells, "--n-cells"), (n_genes, "--n-genes"), (n_hvg, "--n-hvg")):
+        check_at_least(value, flag)
+    if claim_timeout <= 0:
+        raise BenchError(f"--claim-timeout {claim_timeout}: give a positive number of hours")
+    fold_list = _ints(folds, "--folds", high=n_folds - 1) if folds is not None else None
+    seed_list = _ints(seeds, "--seeds", high=2**32 - 1, example="0,1")
+    setting_list = _csv(settings) or []
+    bad = [x for x in setting_list if x not in ("ID", "OOD", "HOLDOUT")]
+    if bad or not setting_list:
+        raise BenchError(f"--settings {settings}: choose ID, OOD or ID,OOD (HOLDOUT comes with --holdout)")
+    if data_dir is not None and not data_dir.is_dir():
+        raise BenchError(f"--data-dir {data_dir} is not a directory; give the folder holding the datasets' files")
+    check_device(device, visible=executor == "local")  # a Ray cluster's GPUs are the Ray executor's to check
     names = _csv(dataset) or []
+    if not names:
+        raise BenchError("--dataset is empty; give a dataset name, a spec .toml or an .h5ad")
     kw: dict[str, Any] = {}
     if n_cells is not None:
         kw["n_cells"] = n_cells
     if n_genes is not None:
         kw["n_genes"] = n_genes
     config = RunConfig(
-        datasets=names, methods=resolve_methods(methods), settings=_csv(settings) or [],  # type: ignore[arg-type]
-        n_folds=n_folds, folds=[int(f) for f in _csv(folds)] if folds else None,
-        seeds=[int(s) for s in _csv(seeds) or ["0"]], preset=preset, device=device, jobs=jobs, threads=threads,
-        dataset_kwargs=kw, method_params=_parse_params(param), concepts=_csv(concepts),
+        datasets=names, methods=resolve_methods(methods), settings=setting_list,  # type: ignore[arg-type]
+        n_folds=n_folds, folds=fold_list, seeds=seed_list, preset=preset, device=device, jobs=jobs,
+        threads=threads, dataset_kwargs=kw, method_params=_parse_params(param), concepts=_csv(concepts),
         edges=parse_edges(dag) if dag is not None else None, n_hvg=n_hvg,
         data_dir=str(data_dir) if data_dir else None, probe=probe,  # type: ignore[arg-type]
         holdout=[_parse_combo(h) for h in holdout] if holdout else None, cf_concept=cf_concept,
     )
+    config = config.model_copy(update={
+        "method_params": check_method_params(config.method_params, config.methods, config.preset)})
     if config.holdout and "HOLDOUT" not in config.settings:
         config = config.model_copy(update={"settings": [*config.settings, "HOLDOUT"]})
     config.fold_indices()
-    run_dir = out or Path("runs") / "_".join(Path(n).stem for n in names)
-    err_console.print(f"run directory: {run_dir}")
+    stored = dataset_names(config)  # spec names; two specs with one name fail here
+    run_dir = out or Path("runs") / "_".join(dict.fromkeys(stored.values()))
+    check_out_dir(run_dir)
+    err_console.print(f"run directory: {run_dir}", highlight=False)
     try:
         outcomes = run_grid(config, run_dir, retry_failed=retry_failed, executor=executor, ray_address=ray_address,
-                            start_method=start_method)
+                            start_method=start_method, claim_timeout_s=claim_timeout * 3600)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     counts = summarize_outcomes(outcomes)
     err_console.print("cells: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
     if report:
         _report(run_dir, None)
-    if counts.get("failed", 0) and not counts.get("ok", 0) and not counts.get("skipped", 0):
+    if counts.get("failed", 0) and not any(counts.get(k, 0) for k in ("ok", "skipped", "elsewhere")):
         raise typer.Exit(1)
 
 
-def _report(run_dir: Path, out: Path | None) -> None:
-    from causcell_bench.leaderboard import build_report
+def _warn_left_out(run_dir: Path, contents: Any) -> None:
+    """Name, on the terminal, every cell file a table leaves out (and why) and every cell still claimed."""
+    from causcell_bench.leaderboard import left_out_lines
 
-    paths = build_report(run_dir, out)
+    for line in left_out_lines(contents, run_dir):
+        err_console.print(Text.assemble(("warning: ", "yellow"), line, " (left out)" if not line.startswith("running")
+                                        else ""), soft_wrap=True, highlight=False)
+    if contents.config_note:
+        err_console.print(Text.assemble(("warning: ", "yellow"), contents.config_note), soft_wrap=True, highlight=False)
+
+
+def _report(run_dir: Path, out: Path | None, strict: bool = False) -> None:
+    from causcell_bench.leaderboard import build_report
+    from causcell_bench.store import read_run
+
+    contents = read_run(run_dir)
+    paths = build_report(run_dir, out, contents=contents)
     typer.echo(paths["markdown"].read_text())  # plain: a markdown table must not be re-wrapped
-    err_console.print("written: " + ", ".join(str(p) for p in paths.values()))
+    err_console.print("written: " + ", ".join(str(p) for p in paths.values()), highlight=False, soft_wrap=True)
+    _warn_left_out(run_dir, contents)
+    bad = len(contents.unreadable) + len(contents.stale)
+    if strict and bad:
+        fail(f"{bad} cell file(s) of {run_dir} are unreadable or stale and were left out (listed above); "
+             "rerun the run command to recompute them, or drop --strict", 1)
 
 
 @app.command()
@@ -169,11 +331,53 @@ def _report(run_dir: Path, out: Path | None) -> None:
 def report(
     run_dir: Annotated[Path, typer.Argument(help="a run directory written by `run`")],
     out: Annotated[Path | None, typer.Option(help="where to write (default RUN_DIR/report)")] = None,
+    strict: Annotated[bool, typer.Option(help="exit 1 if any cell file is unreadable or stale (left out)")] = False,
 ) -> None:
-    """Rebuild the leaderboard (tables, markdown, funky heatmap) from a run's cell files."""
+    """Rebuild the leaderboard (tables, markdown, funky heatmap) from a run's cell files. Unreadable cell
+    files and cells computed with other settings than the run's config.json are left out and listed."""
     if not (run_dir / "cells").is_dir():
         raise BenchError(f"{run_dir} holds no results (no cells/ folder); pass the --out directory of a run")
-    _report(run_dir, out)
+    check_out_dir(out if out is not None else run_dir / "report")
+    _report(run_dir, out, strict)
+
+
+REFERENCE_COLUMNS = ("dataset", "method", "setting", "metric", "mean")
+
+
+def read_reference(path: Path) -> Any:
+    """A reference summary table, or a BenchError saying what is wrong with the file."""
+    import pandas as pd
+
+    if not path.is_file():
+        raise BenchError(f"reference table {path} does not exist; pass a summary CSV such as results/<name>.csv")
+    hint = "pass a summary.csv written by `causcell-bench report` (or a committed results/<name>.csv)"
+    try:
+        ref = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise BenchError(f"reference table {path} is empty; {hint}") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
+        raise BenchError(f"cannot read reference table {path} as CSV ({' '.join(str(e).split())[:160]}); {hint}") from None
+    missing = [c for c in REFERENCE_COLUMNS if c not in ref.columns]
+    if missing:
+        raise BenchError(f"reference table {path} lacks the column(s) {', '.join(missing)} (it has "
+                         f"{', '.join(map(str, ref.columns[:8]))}); {hint}")
+    if ref.empty:
+        raise BenchError(f"reference table {path} has no rows; {hint}")
+    mean = pd.to_numeric(ref["mean"], errors="coerce")
+    if (mean.isna() & ref["mean"].notna()).any():
+        raise BenchError(f"reference table {path}: the mean column holds values that are not numbers; {hint}")
+    return ref.assign(mean=mean)
+
+
+def _current_records(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's readable, current records; warns about the rest."""
+    from causcell_bench.store import read_run
+
+    if not run_dir.is_dir():
+        raise BenchError(f"run directory {run_dir} does not exist; pass the --out directory of a run")
+    contents = read_run(run_dir)
+    _warn_left_out(run_dir, contents)
+    return contents.records
 
 
 @app.command()
@@ -186,24 +390,20 @@ def check(
     strict: Annotated[bool, typer.Option(help="also fail on improvements beyond tolerance")] = False,
 ) -> None:
     """Compare a run's summary with a reference table; exit 1 listing each regression."""
-    import pandas as pd
-
     from causcell_bench.leaderboard import check as check_tables
     from causcell_bench.leaderboard import summarize, tidy_table
-    from causcell_bench.store import ResultStore
 
-    if not reference.is_file():
-        raise BenchError(f"reference table {reference} does not exist")
-    summary = summarize(tidy_table(ResultStore(run_dir).records()))
+    ref = read_reference(reference)  # a bad reference is the user's to fix: before reading the run
+    summary = summarize(tidy_table(_current_records(run_dir)))
     if summary.empty:
         raise BenchError(f"{run_dir} holds no successful results to check")
-    problems = check_tables(summary, pd.read_csv(reference), {"abs": abs_tol, "rel": rel_tol}, strict=strict)
+    problems = check_tables(summary, ref, {"abs": abs_tol, "rel": rel_tol}, strict=strict)
     if problems:
         for p in problems:
-            err_console.print(f"[red]{p}[/red]", highlight=False)
-        err_console.print(f"{len(problems)} regression(s) against {reference}")
+            err_console.print(Text(p, style="red"), highlight=False)
+        err_console.print(f"{len(problems)} regression(s) against {reference}", highlight=False)
         raise typer.Exit(1)
-    console.print(f"OK: {len(pd.read_csv(reference))} reference values within tolerance")
+    console.print(f"OK: {len(ref)} reference values within tolerance", highlight=False)
 
 
 @app.command("check-validity")
@@ -211,14 +411,11 @@ def check(
 def check_validity(
     run_dir: Annotated[Path, typer.Argument(help="a run directory written by `run`")],
 ) -> None:
-    """List where the metrics cannot be trusted on this run: every value outside [negative control,
+    """List where the metrics cannot be trusted on this run: every value outside \\[negative control,
     positive control], and every metric on which no_change or group_mean beats every method."""
     from causcell_bench.leaderboard import summarize, tidy_table, uninformative, violations
-    from causcell_bench.store import ResultStore
 
-    if not run_dir.is_dir():
-        raise BenchError(f"run directory {run_dir} does not exist")
-    summary = summarize(tidy_table(ResultStore(run_dir).records()))
+    summary = summarize(tidy_table(_current_records(run_dir)))
     if summary.empty:
         raise BenchError(f"{run_dir} holds no successful results")
     viol, uninf = violations(summary), uninformative(summary)

@@ -14,7 +14,17 @@ from typing import Annotated, Any
 
 import typer
 
-from causcell_bench.cli import _csv, _parse_params, app, console, err_console, friendly
+from causcell_bench.cli import (
+    _csv,
+    _parse_params,
+    app,
+    check_at_least,
+    check_out_dir,
+    check_out_file,
+    console,
+    err_console,
+    friendly,
+)
 from causcell_bench.errors import BenchError
 
 
@@ -58,10 +68,29 @@ def train(
     dag: Annotated[str | None, typer.Option(help="causal DAG, e.g. 'age->celltype,domain->celltype'; '' for none")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="where the paper datasets' files are")] = None,
     param: Annotated[list[str] | None, typer.Option(help="hyperparameter override name=value (repeatable)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace the model already in --out")] = False,
 ) -> None:
     """Train one method and save it for `counterfactual`."""
-    from causcell_bench.counterfactual import train_model
+    from causcell_bench.config import check_device, check_params
+    from causcell_bench.counterfactual import method_class, train_model
     from causcell_bench.datasets.spec import parse_edges
+
+    # options first: a typo must not cost a training run, and a model must not be replaced by accident
+    cls = method_class(method)
+    params = check_params(cls, preset, _method_params(cls.name, param))
+    if check_out_dir(out) and any(out.iterdir()) and not overwrite:
+        raise BenchError(f"--out {out} already holds files (a trained model?); pass --overwrite to replace "
+                         "the model there, or choose a new or empty directory")
+    check_at_least(n_folds, "--n-folds", 2)
+    if fold is not None and not 0 <= fold < n_folds:
+        raise BenchError(f"--fold {fold}: folds are numbered 0..{n_folds - 1}")
+    check_at_least(seed, "--seed", 0)
+    check_at_least(data_seed, "--data-seed", 0)
+    for value, flag in ((n_cells, "--n-cells"), (n_genes, "--n-genes"), (n_hvg, "--n-hvg")):
+        check_at_least(value, flag)
+    if data_dir is not None and not data_dir.is_dir():
+        raise BenchError(f"--data-dir {data_dir} is not a directory; give the folder holding the datasets' files")
+    check_device(device)
 
     load_kwargs: dict[str, Any] = {"seed": data_seed}
     if n_cells is not None:
@@ -75,7 +104,7 @@ def train(
     manifest = train_model(
         method, dataset, out, fold=fold, setting=setting, n_folds=n_folds, preset=preset, device=device,
         seed=seed, load_kwargs=load_kwargs, concepts=_csv(concepts), edges=parse_edges(dag) if dag is not None else None,
-        n_hvg=n_hvg, params=_method_params(method, param),
+        n_hvg=n_hvg, params=params,
     )
     part = f"fold {fold} ({setting}) training part, " if fold is not None else ""
     console.print(
@@ -100,14 +129,20 @@ def counterfactual(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
 ) -> None:
     """Generate counterfactual cells under do(concept = value) with a trained model."""
+    from causcell_bench.config import check_device
     from causcell_bench.counterfactual import generate_counterfactuals, parse_do, write_counterfactuals
 
     intervention = parse_do(do)  # malformed --do fails before anything is loaded
+    new_folder = check_out_file(out, suffix=".h5ad")
+    check_at_least(n_cells_max, "--n-cells-max")
+    check_device(device)
     adata = generate_counterfactuals(
         model_dir, intervention, cells=cells, n_cells_max=n_cells_max, mode=mode, seed=seed,
         dataset=dataset, input=input, part=part, device=device,
     )
     path = write_counterfactuals(adata, out)
+    if new_folder:
+        err_console.print(f"created directory {out.parent}", highlight=False, soft_wrap=True)
     meta = adata.uns["counterfactual"]
     console.print(
         f"{meta['method']} do({meta['do']}), mode {meta['mode']}: {meta['n_original']} cells + "
@@ -128,11 +163,59 @@ def experiment(
     set_: Annotated[list[str] | None, typer.Option("--set", help="experiment option key=value (repeatable), e.g. n_cells=1000")] = None,
 ) -> None:
     """Run one of the paper's counterfactual experiments (Fig. 2) on the synthetic SCM."""
-    from causcell_bench.experiments import parse_options, run_experiment
+    from causcell_bench.config import check_device, check_method_params
+    from causcell_bench.experiments import get_experiment, parse_options, run_experiment
 
+    get_experiment(name)  # unknown names first, with a suggestion
+    check_out_dir(out)
+    check_at_least(seed, "--seed", 0)
+    check_device(device)
+    options = _check_options(name, preset, parse_options(set_))
+    names = _experiment_methods(name, _csv(methods))
+    params = check_method_params(_parse_params(param), names, preset)
     result = run_experiment(
-        name, out, preset=preset, seed=seed, methods=_csv(methods), device=device,
-        params=_parse_params(param), options=parse_options(set_),
+        name, out, preset=preset, seed=seed, methods=_csv(methods), device=device, params=params, options=options,
     )
     console.print(Path(result["report"]).read_text(), markup=False, highlight=False)
     err_console.print(f"written: {result['report']}")
+
+
+def _experiment_module(name: str) -> Any:
+    import importlib
+
+    from causcell_bench.experiments import EXPERIMENTS
+
+    return importlib.import_module(EXPERIMENTS[name][0])
+
+
+def _check_options(name: str, preset: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``--set`` keys must be options of the experiment, and values of their defaults' type."""
+    import dataclasses
+    import difflib
+
+    from causcell_bench.config import value_fits, value_kind
+
+    module = _experiment_module(name)
+    cfg, presets = getattr(module, "Config", None), getattr(module, "PRESETS", {})
+    if cfg is None:
+        return options
+    if preset not in presets:
+        raise BenchError(f"--preset {preset!r}: {name} has presets {', '.join(presets)}")
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)} | dict(presets[preset])
+    for key, value in options.items():
+        if key not in defaults:
+            close = difflib.get_close_matches(key, list(defaults), n=3, cutoff=0.5)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise BenchError(f"--set {key}: {name} has no option {key!r}.{hint} Options: {', '.join(defaults)}")
+        kind = value_kind(defaults[key])
+        if defaults[key] is not None and not value_fits(kind, value):
+            raise BenchError(f"--set {key}={value}: {key} takes a value like its default {json.dumps(defaults[key])} "
+                             f"({type(defaults[key]).__name__}); give one of that type")
+    return options
+
+
+def _experiment_methods(name: str, methods: list[str] | None) -> list[str]:
+    """The methods the experiment will run (its default unless --methods), canonically named."""
+    from causcell_bench.experiments.common import resolve_methods
+
+    return resolve_methods(methods, getattr(_experiment_module(name), "DEFAULT_METHODS", ()))

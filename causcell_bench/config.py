@@ -7,12 +7,15 @@ valid on resume.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
+import inspect
 import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from causcell_bench.errors import BenchError
 from causcell_bench.threads import resolve_threads
 
 Setting = Literal["ID", "OOD", "HOLDOUT"]
@@ -121,3 +124,110 @@ class RunConfig(BaseModel):
         }
         blob = json.dumps(payload, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# --- checks the CLI runs before any data is loaded ------------------------------------------
+def _close(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    if not close:
+        close = [k for k in known if k.lower() == name.lower()]
+    return f" Did you mean {', '.join(close)}?" if close else ""
+
+
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
+               dict: "a table ({...})"}
+
+
+def value_kind(default: Any) -> type | None:
+    for t in (bool, int, float, str, list, dict):  # bool before int: True is an int to Python
+        if isinstance(default, t if t is not list else (list, tuple)):
+            return t
+    return None
+
+
+def value_fits(kind: type | None, value: Any) -> bool:
+    if kind is None:
+        return True
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is list:
+        return isinstance(value, (list, tuple))
+    return isinstance(value, kind)
+
+
+def method_param_defaults(cls: type, preset: str) -> dict[str, Any]:
+    """The parameters a method takes under ``preset`` with their defaults (None: any type), from its
+    preset table and the keyword arguments its own ``__init__`` names."""
+    from causcell_bench.methods.base import Method
+
+    out: dict[str, Any] = dict(getattr(cls, "presets", {}).get(preset, {}))
+    if cls.__init__ is not Method.__init__:
+        for p in inspect.signature(cls.__init__).parameters.values():
+            if p.name not in ("self", "preset", "device") and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD):
+                out.setdefault(p.name, None if p.default is p.empty else p.default)
+    return out
+
+
+def check_params(cls: type, preset: str, params: dict[str, Any], flag: str = "--param") -> dict[str, Any]:
+    """Refuse a parameter ``cls`` does not take, or a value whose type differs from the preset default's
+    (``n_latent=abc`` would otherwise fail deep inside torch); ints are accepted where floats are."""
+    name = getattr(cls, "name", cls.__name__)
+    if preset not in getattr(cls, "presets", {}):
+        raise BenchError(f"{name} has no preset {preset!r}; choose one of {sorted(cls.presets)}")
+    defaults = method_param_defaults(cls, preset)
+    for key, value in params.items():
+        if key not in defaults:
+            if not defaults:
+                raise BenchError(f"{flag} {name}.{key}: {name} takes no parameters; drop the {flag}")
+            raise BenchError(f"{flag} {name}.{key}: {name} has no parameter {key!r}.{_close(key, sorted(defaults))} "
+                             f"Its parameters: {', '.join(sorted(defaults))}")
+        kind = value_kind(defaults[key])
+        if not value_fits(kind, value):
+            raise BenchError(f"{flag} {name}.{key}={json.dumps(value) if not isinstance(value, str) else value}: "
+                             f"{key} takes {_TYPE_WORDS[kind]} (the {preset} preset's default is "  # type: ignore[index]
+                             f"{json.dumps(defaults[key])}); give a value of that type")
+    return dict(params)
+
+
+def check_method_params(method_params: dict[str, dict[str, Any]], methods: list[str], preset: str,
+                        flag: str = "--param") -> dict[str, dict[str, Any]]:
+    """``method_params`` with method names matched case-insensitively to ``methods`` (the run's), every
+    parameter checked by :func:`check_params`. A method that is unknown or not in the run is an error:
+    its parameters would otherwise be silently ignored."""
+    from causcell_bench.registry import get_method, method_names
+
+    out: dict[str, dict[str, Any]] = {}
+    folded = {m.lower(): m for m in methods}
+    for given, params in method_params.items():
+        name = folded.get(given.lower())
+        if name is None:
+            known = method_names()
+            if given.lower() not in {k.lower() for k in known}:
+                raise BenchError(f"{flag} {given}.{next(iter(params), '')}: unknown method {given!r}.{_close(given, known)} "
+                                 f"Methods: {', '.join(known)}")
+            raise BenchError(f"{flag} {given}.{next(iter(params), '')}: {given} is not among this run's methods "
+                             f"({', '.join(methods)}); add it to --methods or drop the parameter")
+        out.setdefault(name, {}).update(check_params(get_method(name), preset, params, flag))
+    return out
+
+
+def check_device(device: str, visible: bool = True) -> None:
+    """``device`` must be auto, cpu or cuda[:N], and (``visible``) a cuda device one torch can see here:
+    fail now, not in the first cell."""
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        raise BenchError(f"--device {device}: choose auto, cpu or cuda (cuda:N for one GPU)")
+    if not device.startswith("cuda") or not visible:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise BenchError(f"--device {device}: torch sees no CUDA GPU (torch.cuda.is_available() is False); "
+                         "use --device auto or cpu")
+    index = device.partition(":")[2]
+    if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+        raise BenchError(f"--device {device}: torch sees {torch.cuda.device_count()} GPU(s), numbered from 0; "
+                         "give one of those")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -294,6 +295,11 @@ def train_model(
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    # replacing a model: drop the old manifest first, so a crash mid-save leaves no manifest that
+    # describes the new files (or a mix of old and new method files)
+    (out / MANIFEST).unlink(missing_ok=True)
+    if (out / METHOD_DIR).is_dir():
+        shutil.rmtree(out / METHOD_DIR)
     model.save(out / METHOD_DIR)
     manifest = {
         "format": MANIFEST_FORMAT,
@@ -331,8 +337,8 @@ def read_manifest(model_dir: str | Path) -> dict[str, Any]:
         manifest = json.loads(f.read_text())
     except json.JSONDecodeError as e:
         raise BenchError(f"{f} is not valid JSON ({e}); train the model again") from None
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise BenchError(f"{f} is not a causcell-bench model manifest")
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise BenchError(f"{f} is not a causcell-bench model manifest; pass a directory written by `causcell-bench train`")
     return manifest
 
 
@@ -343,7 +349,13 @@ def load_model(model_dir: str | Path, device: str = "auto") -> tuple[Any, dict[s
     path = Path(model_dir) / METHOD_DIR
     load = cls.load
     kwargs = {"device": device} if "device" in inspect.signature(load).parameters else {}
-    method = load(path, **kwargs)
+    try:
+        method = load(path, **kwargs)
+    except BenchError:
+        raise
+    except Exception as e:  # noqa: BLE001 - pickle, torch and h5py each fail their own way on a bad file
+        raise BenchError(f"cannot load the model saved in {path} ({type(e).__name__}: {' '.join(str(e).split())[:160]}): "
+                         "the file is truncated, corrupt or from an incompatible version; train the model again") from None
     if not getattr(method, "is_fitted", True):
         raise BenchError(f"the model in {model_dir} is not fitted; train it again")
     return method, manifest

@@ -1,13 +1,15 @@
 """Leaderboard: tidy tables, fold aggregation, control-scaled scores, a markdown
 table and a funky heatmap, all rebuilt from a run directory's cell JSONs.
 
-Scaling (metrics.md, "Aggregation"): each metric's fold mean is scaled
+Scaling (docs/metrics.md, "From metrics to scores"): each metric's fold mean is scaled
 between the negative and positive control of the same dataset and setting,
-``(v - neg) / (pos - neg)`` clipped to [0, 1], averaged within metric groups,
-groups averaged into ``overall``. Where a control has no value for a metric
-(e.g. the positive control has no counterfactuals), the worst (for neg) or
-best (for pos) value any method reached stands in, and the table says so.
-Raw values stay in the tables.
+``(v - neg) / (pos - neg)`` clipped to [0, 1] (:func:`_scale`: a control that wins
+gives 0, never NaN), averaged within metric groups, groups within categories, and
+categories into ``overall``. Where a control has no value for a metric (e.g. the
+positive control has no counterfactuals), the worst (for neg) or best (for pos)
+value a method reached stands in, and the table says so. Only capability-complete
+methods are ranked. Raw values stay in the tables; :func:`violations` and
+:func:`uninformative` list where the scale cannot be trusted.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from causcell_bench import metrics as _metrics
-from causcell_bench.store import ResultStore
+from causcell_bench.store import RunContents, read_run
 
 POS, NEG = "positive_control", "negative_control"
 KEYS = ["dataset", "method", "setting"]
@@ -90,9 +92,21 @@ def degenerate_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["dataset", "method", "setting", "fold", "seed", "metric", "reason"])
 
 
-def status_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """One row per cell: status, error, timings and memory (failures included)."""
+def status_table(records: Iterable[dict[str, Any]], claims: Iterable[tuple[Any, dict[str, Any]]] = ()) -> pd.DataFrame:
+    """One row per cell: status, error, timings and memory (failures included); plus one row per claimed
+    cell (``claims`` from :func:`causcell_bench.store.read_run`), status ``claimed`` (a process is running
+    it) or ``abandoned`` (its claim is stale: the next run takes it over)."""
     rows = []
+    for _, c in claims:
+        parts = str(c.get("cell", "")).split("/")
+        if len(parts) != 5:
+            continue
+        dataset, method, setting, fold, seed = parts
+        rows.append({
+            "dataset": dataset, "method": method, "setting": setting, "fold": int(fold.removeprefix("fold")),
+            "seed": int(seed.removeprefix("seed")), "status": "abandoned" if c.get("stale") else "claimed",
+            "error": c.get("stale"), "note": f"claimed by {c.get('host')} pid {c.get('pid')} since {c.get('started')}",
+        })
     for r in records:
         t = r.get("timings") or {}
         rows.append({
@@ -337,13 +351,21 @@ EMBEDDING_FLAG = {"label_lookup": " †", "shared": " *"}
 
 def markdown(summary: pd.DataFrame, score_table: pd.DataFrame, status: pd.DataFrame | None = None,
              violation_table: pd.DataFrame | None = None, degenerate: pd.DataFrame | None = None,
-             uninformative_table: pd.DataFrame | None = None) -> str:
+             uninformative_table: pd.DataFrame | None = None, left_out: Iterable[str] = ()) -> str:
     """A markdown leaderboard: per dataset and setting, ranked methods by overall score (with rank
     intervals), then partial methods, references and controls; headline metrics; notes on what the
     references show, bracketing violations, degenerate metrics and failed cells."""
     head = headline(summary, scored_only=False)
     head = head[head["metric"].isin(HEATMAP_METRICS)]
     parts = ["# causcell-bench leaderboard", ""]
+    left_out = list(left_out)
+    if left_out:
+        # first, not last: a reader must know the table is incomplete before reading it
+        parts += ["## Cells left out of this table", "",
+                  ("These cell files are not in any number below. Unreadable and abandoned cells: rerun the "
+                   "`causcell-bench run` command; stale cells: rerun with the settings they should have."), ""]
+        parts += [f"- {line}" for line in left_out]
+        parts.append("")
     for (dataset, setting), block in head.groupby(["dataset", "setting"], sort=False):
         sc = score_table[(score_table.dataset == dataset) & (score_table.setting == setting)].set_index("method")
         present = set(block["metric"])
@@ -660,13 +682,18 @@ def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
 
-def build_report(run_dir: str | Path, out_dir: str | Path | None = None, figure: bool = True) -> dict[str, Path]:
-    """Rebuild every table and figure of a run from its cell JSONs; return the written paths."""
+def build_report(run_dir: str | Path, out_dir: str | Path | None = None, figure: bool = True,
+                 contents: RunContents | None = None) -> dict[str, Path]:
+    """Rebuild every table and figure of a run from its cell JSONs; return the written paths.
+
+    ``contents``: the run as :func:`causcell_bench.store.read_run` sorted it (read here if None);
+    unreadable and stale cells are left out of every table and listed first in the leaderboard."""
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    records = list(ResultStore(run_dir).records())
-    tidy, status = tidy_table(records), status_table(records)
+    contents = contents if contents is not None else read_run(run_dir)
+    records = contents.records  # readable and current: unreadable and stale cells are left out, and listed
+    tidy, status = tidy_table(records), status_table(records, contents.claims)
     summary = summarize(tidy)
     score_table = scores(summary, tidy=tidy)
     viol, degenerate, uninf = violations(summary), degenerate_table(records), uninformative(summary)
@@ -687,7 +714,8 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, figure:
     summary.to_csv(paths["summary"], index=False)
     score_table.to_csv(paths["scores"], index=False)
     status.to_csv(paths["status"], index=False)
-    paths["markdown"].write_text(markdown(summary, score_table, status, viol, degenerate, uninf))
+    paths["markdown"].write_text(markdown(summary, score_table, status, viol, degenerate, uninf,
+                                          left_out=left_out_lines(contents, run_dir)))
     if figure and not summary.empty:
         try:
             for p in heatmap(summary, score_table, out / "heatmap"):
@@ -699,6 +727,25 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, figure:
 
     paths["html"] = write_index_html(out, run_dir, tidy, summary, score_table, status, dict(paths))
     return paths
+
+
+def left_out_lines(contents: RunContents, run_dir: str | Path) -> list[str]:
+    """One line per cell file a table leaves out (unreadable, stale) or cannot include yet (claimed)."""
+    def rel(p: Path) -> str:
+        try:
+            return str(p.relative_to(run_dir))
+        except ValueError:
+            return str(p)
+
+    lines = [f"unreadable: {rel(p)} {why}" for p, why in contents.unreadable]
+    lines += [f"stale: {rel(p)} was computed with other settings than {rel(Path(run_dir) / 'config.json')} "
+              "(the last run's)" for p, _ in contents.stale]
+    lines += [f"interrupted: {r['dataset']}/{r['method']}/{r['setting']}/fold{r['fold']}/seed{r['seed']} stopped "
+              "before it finished (the next run reruns it)" for r in contents.records if r.get("status") == "interrupted"]
+    for p, c in contents.claims:
+        lines.append(f"abandoned: {c.get('cell')} (claim {rel(p)}: {c['stale']})" if c.get("stale") else
+                     f"running: {c.get('cell')} (claimed by {c.get('host')} pid {c.get('pid')} since {c.get('started')})")
+    return lines
 
 
 # --- regression check --------------------------------------------------------

@@ -10,15 +10,16 @@ Resources per task: 1 GPU when the run's device is ``cuda`` (or ``auto`` and the
 cluster has GPUs), plus ``cores // jobs`` CPUs, where ``cores`` is this machine's
 core count for a local Ray instance and the smallest node's core count on a
 cluster (so ``jobs`` is "cells at a time per node" there). A worker process
-keeps the datasets it loaded, so each worker reads a dataset once however many
-cells it runs.
+keeps the datasets it loaded (:data:`causcell_bench.runner.DATA_CACHE`), so each
+worker reads a dataset once however many cells it runs.
 
 A task whose worker dies (killed, out of memory, node lost) is retried once
 (``max_retries=1``); only that cell is lost if the retry dies too, and it is
 recorded as failed. On a multi-node cluster the run directory should be on a
 shared filesystem; where a worker cannot see it, the task runs in a scratch
-directory with the splits shipped from the driver, and the driver writes the
-record it returns.
+directory with the splits shipped from the driver (seeded into the worker's
+cache with :meth:`~causcell_bench.runner.DataCache.seed_splits`), and the driver
+writes the record it returns.
 """
 
 from __future__ import annotations
@@ -85,21 +86,23 @@ def _capacity(ray: Any, res: dict[str, float]) -> int:
     return max(1, total)
 
 
-def _cell_task(config: RunConfig, key: CellKey, run_dir: str, threads: int,
-               splits: Any) -> tuple[dict[str, Any], bool]:
+def cell_task(config: RunConfig, key: CellKey, run_dir: str, threads: int,
+              splits: list[Any] | None) -> tuple[dict[str, Any], bool]:
     """Body of one Ray task: run the cell through the shared runner code.
 
-    Returns (record, whether it was written to the run directory).
+    ``splits``: the driver's folds for the cell's (dataset, setting), used only where this worker
+    cannot see ``run_dir``. Returns (record, whether it was written to the run directory).
     """
-    from causcell_bench import runner
+    from causcell_bench.runner import DATA_CACHE, execute_cell
 
     if (Path(run_dir) / "config.json").is_file():
-        return runner.execute_cell(config, key, run_dir, threads), True
+        return execute_cell(config, key, run_dir, threads), True
     # this node does not see the driver's run directory (no shared filesystem): work in a
     # scratch directory with the driver's splits; the driver stores the returned record
-    runner._SPLITS.setdefault((key.dataset, key.setting), splits)
+    if splits is not None:  # None: the driver could not make them, and the cell fails saying so
+        DATA_CACHE.seed_splits(key.dataset, config, key.setting, splits)
     with tempfile.TemporaryDirectory(prefix="causcell-bench-cell-") as scratch:
-        return runner.execute_cell(config, key, scratch, threads), False
+        return execute_cell(config, key, scratch, threads), False
 
 
 def _ray_init(ray: Any, address: str | None) -> bool:
@@ -141,7 +144,7 @@ def run_cells_ray(
     (a :class:`causcell_bench.runner.CellOutcome`). Ctrl-C cancels the outstanding tasks and re-raises.
     """
     ray = _import_ray()
-    from causcell_bench.runner import _SPLITS, collect
+    from causcell_bench.runner import DATA_CACHE, collect
 
     if not keys:
         return
@@ -154,9 +157,14 @@ def run_cells_ray(
         node_cpus = [c for n in nodes if (c := n.get("Resources", {}).get("CPU", 0)) > 0] or [1]
         res = task_resources(config, node_cpus, ray.cluster_resources().get("GPU", 0))
         threads = config.effective_threads()
-        remote = ray.remote(max_retries=1, **res)(_cell_task)
-        # ship each (dataset, setting)'s splits once; used only by workers without the run directory
-        split_refs = {ds: ray.put(s) for ds, s in _SPLITS.items() if ds[0] in config.datasets}
+        remote = ray.remote(max_retries=1, **res)(cell_task)
+        # ship each (dataset, setting)'s splits once (prepare() put them in the driver's cache);
+        # used only by workers that cannot see the run directory
+        split_refs: dict[tuple[str, str], Any] = {}
+        for pair in dict.fromkeys((k.dataset, k.setting) for k in keys):
+            held = DATA_CACHE.cached_splits(pair[0], config, pair[1])
+            if held is not None:
+                split_refs[pair] = ray.put(held)
 
         queue = list(keys)
         running: dict[Any, tuple[CellKey, float]] = {}

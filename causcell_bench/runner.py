@@ -22,6 +22,7 @@ import multiprocessing as mp
 import os
 import resource
 import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable
@@ -32,27 +33,86 @@ from typing import Any
 
 from causcell_bench.config import RunConfig
 from causcell_bench.errors import BenchError
-from causcell_bench.store import CellKey, ResultStore, atomic_write_json
+from causcell_bench.progress import CellProgressWriter, ProgressMonitor, cell_output_to, log_path
+from causcell_bench.store import (
+    CLAIM_TIMEOUT_S,
+    CellKey,
+    Claim,
+    ClaimStore,
+    ResultStore,
+    atomic_write_json,
+    file_lock,
+)
 
 VERSIONED = ("causcell-bench", "torch", "numpy", "scanpy", "anndata", "scikit-learn", "scvi-tools", "biolord", "pertpy")
-
-# Datasets loaded before forking (or once per Ray worker), keyed by name and everything in the
-# run config that shapes the data, so two runs in one process never share a stale copy.
-_DATA: dict[tuple[str, str], Any] = {}
-_SPLITS: dict[tuple[str, str, str], Any] = {}
-
 
 START_METHODS = ("fork", "spawn", "forkserver")
 
 
-def _data_id(name: str, config: RunConfig) -> tuple[str, str]:
-    return (name, json.dumps(config.data_key(), sort_keys=True, default=str) + str(config.data_dir))
+class DataCache:
+    """The datasets and splits this process holds, so data is read once per process, not per cell.
+
+    Entries are keyed by the dataset name and everything in the run config that shapes its data
+    (:meth:`RunConfig.data_key` and the data directory), so two runs in one process (a notebook,
+    a reused Ray worker) never share a stale copy.
+    """
+
+    def __init__(self) -> None:
+        self._data: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._splits: dict[tuple[str, str, str], list[Any]] = {}
+
+    @staticmethod
+    def _id(name: str, config: RunConfig) -> tuple[str, str]:
+        return (name, json.dumps(config.data_key(), sort_keys=True, default=str) + str(config.data_dir))
+
+    def data(self, name: str, config: RunConfig) -> tuple[Any, Any]:
+        """(AnnData, spec) of dataset ``name`` under ``config``; loaded on first use."""
+        did = self._id(name, config)
+        if did not in self._data:
+            # ``name`` is the cell's dataset name (a spec's ``name``); load from what the user gave
+            self._data[did] = load_dataset(dataset_arg(config, name), config)
+        return self._data[did]
+
+    def splits(self, name: str, config: RunConfig, setting: str, run_dir: str | Path) -> list[Any]:
+        """The folds of ``setting``: seeded ones if any, else read from the run directory on first use."""
+        sid = (*self._id(name, config), setting)
+        if sid not in self._splits:
+            from causcell_bench.datasets import load_splits
+
+            adata, _ = self.data(name, config)  # also checks the saved splits refer to these cells
+            self._splits[sid] = load_splits(split_path(run_dir, name, setting), adata)
+        return self._splits[sid]
+
+    def cached_splits(self, name: str, config: RunConfig, setting: str) -> list[Any] | None:
+        """The folds of ``setting`` if this process holds them; never reads a file."""
+        return self._splits.get((*self._id(name, config), setting))
+
+    def seed_splits(self, name: str, config: RunConfig, setting: str, splits: list[Any]) -> None:
+        """Hold ``splits`` for ``setting``, replacing any held before: the driver made them (or a worker
+        that cannot see the run directory was handed them), so they are the ones the run uses."""
+        self._splits[(*self._id(name, config), setting)] = splits
+
+    def clear(self) -> None:
+        self._data.clear()
+        self._splits.clear()
+
+
+# Module level so that forked cell processes inherit what the parent loaded (copy-on-write);
+# a spawned child or a Ray worker starts with an empty one and fills it on first use.
+DATA_CACHE = DataCache()
+
+
+def split_path(run_dir: str | Path, name: str, setting: str) -> Path:
+    """Where a run saves the splits of one (dataset, setting)."""
+    return Path(run_dir) / "splits" / _safe(name) / f"{setting}.json"
 
 
 @dataclass
 class CellOutcome:
     key: CellKey
-    status: str  # "ok" | "failed" | "skipped" (done before) | "skipped_redundant" (see redundant_cells)
+    # "ok" | "failed" | "interrupted" (rerun next time) | "skipped" (done before) | "elsewhere" (another
+    # process sharing the run directory ran it) | "skipped_redundant" (see redundant_cells)
+    status: str
     seconds: float
     error: str | None = None
 
@@ -67,15 +127,46 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def dataset_names(config: RunConfig) -> dict[str, str]:
+    """{dataset argument: name its cells are stored and reported under} (a spec file's ``name``, see
+    :func:`causcell_bench.datasets.loaders.dataset_name`); two different datasets with one name are refused."""
+    from causcell_bench.datasets.loaders import dataset_name
+
+    out: dict[str, str] = {}
+    for arg in config.datasets:
+        name = dataset_name(arg)
+        other = next((a for a, n in out.items() if n == name), None)
+        if other is not None and _identity(other) != _identity(arg):
+            raise BenchError(f"datasets {other} and {arg} are both named {name!r}; give each spec its own name "
+                             "(or run them into separate --out directories)")
+        out[arg] = name
+    return out
+
+
+def _identity(arg: str) -> str:
+    """What a dataset argument refers to: a resolved path for files, the name otherwise."""
+    return str(Path(arg).expanduser().resolve()) if arg.lower().endswith((".toml", ".h5ad")) else arg.lower()
+
+
+def dataset_arg(config: RunConfig, name: str) -> str:
+    """The dataset argument (as the user gave it) behind a cell's dataset name."""
+    for arg, n in dataset_names(config).items():
+        if n == name:
+            return arg
+    raise BenchError(f"dataset {name!r} is not in this run's datasets {config.datasets}")
+
+
 def expand_grid(config: RunConfig) -> list[CellKey]:
-    return [
-        CellKey(d, m, s, f, seed)
+    names = dataset_names(config)
+    keys = [
+        CellKey(names[d], m, s, f, seed)
         for d in config.datasets
         for s in config.settings
         for f in config.folds_of(s)
         for m in config.methods
         for seed in config.seeds
     ]
+    return list(dict.fromkeys(keys))  # one dataset given twice (same file, two spellings) runs once
 
 
 # --- data preparation (parent) ---------------------------------------------
@@ -105,41 +196,113 @@ def load_dataset(name: str, config: RunConfig) -> tuple[Any, Any]:
 
 
 def prepare(config: RunConfig, run_dir: Path, log: Callable[[str], None] = print) -> dict[tuple[str, str], str]:
-    """Load datasets and make (or reuse) the saved splits. Returns {(dataset, setting): error} for
-    pairs whose splits cannot be made, so their cells are recorded as failed instead of aborting."""
-    from causcell_bench.datasets import load_splits, make_holdout_split, make_splits, save_splits
+    """Load datasets and make (or reuse) the saved splits. Returns {(dataset name, setting): error} for
+    pairs whose splits cannot be made, so their cells are recorded as failed instead of aborting.
 
+    Nothing is written until every dataset has loaded and validated and matches what ``run_dir``
+    already holds (data settings, data fingerprint, saved splits' cells): a rejected run leaves no trace.
+    """
+    from causcell_bench.datasets import make_holdout_split, make_splits, save_splits
+
+    names = list(dict.fromkeys(dataset_names(config).values()))
+    for name in names:
+        DATA_CACHE.data(name, config)
+    for name in names:
+        _check_saved(run_dir, name, *DATA_CACHE.data(name, config), config)
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / "config.json", config.model_dump())
     problems: dict[tuple[str, str], str] = {}
-    for name in config.datasets:
-        did = _data_id(name, config)
-        if did not in _DATA:
-            _DATA[did] = load_dataset(name, config)
-        adata, spec = _DATA[did]
-        stamp = run_dir / "splits" / _safe(name) / "data_key.json"
-        key_now = json.loads(json.dumps(config.data_key(), default=str))
-        if stamp.is_file() and json.loads(stamp.read_text()) != key_now:
-            raise BenchError(
-                f"{run_dir} was made with other data settings for {name} (cells, genes, folds, concepts or DAG); "
-                "use a new --out directory for this run"
-            )
-        for setting in config.settings:
-            path = run_dir / "splits" / _safe(name) / f"{setting}.json"
-            try:
-                if path.is_file():
-                    splits = load_splits(path)
-                else:
-                    splits = (make_holdout_split(adata, spec, config.holdout or [], seed=config.split_seed)
-                              if setting == "HOLDOUT" else
-                              make_splits(adata, spec, setting, n_folds=config.n_folds, seed=config.split_seed))
-                    save_splits(splits, path)
-                    atomic_write_json(stamp, key_now)
-                _SPLITS[(*did, setting)] = splits
-            except BenchError as e:
-                problems[(name, setting)] = str(e)
-                log(f"[yellow]cannot make {setting} splits for {name}: {e}[/yellow]")
+    # several processes may share run_dir: one makes the splits, the others then load them
+    with file_lock(run_dir / "splits" / ".lock"):
+        for name in names:
+            _check_saved(run_dir, name, *DATA_CACHE.data(name, config), config)
+        atomic_write_json(run_dir / "config.json", config.model_dump())
+        for name in names:
+            adata, spec = DATA_CACHE.data(name, config)
+            folder = run_dir / "splits" / _safe(name)
+            if not (folder / "data_key.json").is_file():
+                atomic_write_json(folder / "data_key.json", _key_now(config))
+            if not (folder / "data_fingerprint.json").is_file():
+                atomic_write_json(folder / "data_fingerprint.json", {"sha256": data_fingerprint(adata, spec)})
+            for setting in config.settings:
+                path = folder / f"{setting}.json"
+                try:
+                    if path.is_file():
+                        splits = _load_checked_splits(path, adata, name, run_dir)
+                    else:
+                        splits = (make_holdout_split(adata, spec, config.holdout or [], seed=config.split_seed)
+                                  if setting == "HOLDOUT" else
+                                  make_splits(adata, spec, setting, n_folds=config.n_folds, seed=config.split_seed))
+                        save_splits(splits, path)
+                    DATA_CACHE.seed_splits(name, config, setting, splits)
+                except _StaleRunDir:
+                    raise
+                except BenchError as e:
+                    problems[(name, setting)] = str(e)
+                    log(f"[yellow]cannot make {setting} splits for {name}: {e}[/yellow]")
     return problems
+
+
+class _StaleRunDir(BenchError):
+    """The run directory's saved data settings or splits belong to other data."""
+
+
+def _key_now(config: RunConfig) -> Any:
+    return json.loads(json.dumps(config.data_key(), default=str))
+
+
+def data_fingerprint(adata: Any, spec: Any) -> str:
+    """A hash of the cells, genes, concept labels and per-cell and per-gene count totals: tells a
+    replaced dataset file from the one the saved splits and results were made on, even at equal shape."""
+    import hashlib
+
+    import numpy as np
+
+    from causcell_bench.datasets.validate import counts_matrix
+
+    h = hashlib.sha256()
+    for names in (adata.obs_names, adata.var_names, *(adata.obs[c].astype(str) for c in spec.concepts)):
+        h.update("\x1f".join(map(str, names)).encode())
+        h.update(b"\x1e")
+    x = counts_matrix(adata, spec)
+    for axis in (0, 1):
+        h.update(np.asarray(x.sum(axis=axis), dtype=np.float64).ravel().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _check_saved(run_dir: Path, name: str, adata: Any, spec: Any, config: RunConfig) -> None:
+    """Refuse a run directory whose saved data settings, data fingerprint or splits are for other data."""
+    folder = run_dir / "splits" / _safe(name)
+    stamp, fp = folder / "data_key.json", folder / "data_fingerprint.json"
+    if stamp.is_file() and _read_json(stamp) != _key_now(config):
+        raise _StaleRunDir(
+            f"{run_dir} was made with other data settings for {name} (cells, genes, folds, concepts or DAG); "
+            "use a new --out directory for this run"
+        )
+    if fp.is_file() and (_read_json(fp) or {}).get("sha256") != data_fingerprint(adata, spec):
+        raise _StaleRunDir(
+            f"the data of {name} changed since {run_dir} was made (other cells, labels or counts: was the "
+            "dataset file replaced?); use a new --out directory for this data"
+        )
+    for setting in config.settings:
+        if (folder / f"{setting}.json").is_file():
+            _load_checked_splits(folder / f"{setting}.json", adata, name, run_dir)
+
+
+def _load_checked_splits(path: Path, adata: Any, name: str, run_dir: Path) -> Any:
+    from causcell_bench.datasets import load_splits
+
+    try:
+        return load_splits(path, adata)  # checks the saved cell names against this data's
+    except BenchError as e:
+        raise _StaleRunDir(f"the saved splits {path} do not fit the data of {name} ({e}); "
+                           f"use a new --out directory instead of {run_dir}") from None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None  # unreadable: differs from anything expected, so the caller refuses
 
 
 def _safe(name: str) -> str:
@@ -149,32 +312,36 @@ def _safe(name: str) -> str:
 # --- one cell (child) --------------------------------------------------------
 def cell_inputs(config: RunConfig, key: CellKey, run_dir: Path) -> tuple[Any, Any, Any]:
     """(AnnData, spec, split) of a cell: inherited from the parent when forked, else loaded once per
-    worker process (as a Ray worker does) with the splits the parent saved in the run directory."""
-    from causcell_bench.datasets import load_splits
-
-    did = _data_id(key.dataset, config)
-    if did not in _DATA:
-        _DATA[did] = load_dataset(key.dataset, config)
-    if (*did, key.setting) not in _SPLITS:
-        _SPLITS[(*did, key.setting)] = load_splits(run_dir / "splits" / _safe(key.dataset) / f"{key.setting}.json")
-    adata, spec = _DATA[did]
-    return adata, spec, _SPLITS[(*did, key.setting)][key.fold]
+    worker process (as a Ray worker does), with the splits seeded into :data:`DATA_CACHE` or, failing
+    that, those the parent saved in the run directory."""
+    adata, spec = DATA_CACHE.data(key.dataset, config)
+    return adata, spec, DATA_CACHE.splits(key.dataset, config, key.setting, run_dir)[key.fold]
 
 
 def evaluate_cell(config: RunConfig, key: CellKey, run_dir: Path) -> dict[str, Any]:
     """Fit one method on one fold and score it; returns the metrics part of the record."""
-    from causcell_bench import metrics as M
     from causcell_bench.datasets import preprocess
     from causcell_bench.registry import get_method
 
     adata, spec, split = cell_inputs(config, key, run_dir)
-    t = {}
-    t0 = time.perf_counter()
-    train, test = preprocess(adata[split.train_idx], adata[split.test_idx], spec)
-    t["preprocess_s"] = time.perf_counter() - t0
+    # what third-party libraries print (Lightning bars, scanpy and JAX warnings) goes to the cell's
+    # log, not to the terminal; what the method reports goes to OUT/progress/ (the grid shows it)
+    with cell_output_to(log_path(run_dir, key)):
+        t = {}
+        t0 = time.perf_counter()
+        train, test = preprocess(adata[split.train_idx], adata[split.test_idx], spec)
+        t["preprocess_s"] = time.perf_counter() - t0
+        cls = get_method(key.method)
+        method = cls(preset=config.preset, device=config.device, **config.method_params.get(key.method, {}))
+        method.progress_callback = CellProgressWriter(run_dir, key)
+        return _fit_and_score(config, key, method, train, test, spec, split, t)
 
-    cls = get_method(key.method)
-    method = cls(preset=config.preset, device=config.device, **config.method_params.get(key.method, {}))
+
+def _fit_and_score(config: RunConfig, key: CellKey, method: Any, train: Any, test: Any, spec: Any, split: Any,
+                   t: dict[str, float]) -> dict[str, Any]:
+    from causcell_bench import metrics as M
+
+    cls = type(method)
     caps = cls.capabilities
     t0 = time.perf_counter()
     method.fit(train, spec, seed=key.seed)
@@ -251,6 +418,13 @@ def execute_cell(config: RunConfig, key: CellKey, run_dir: str | Path, threads: 
     try:
         result = evaluate_cell(config, key, Path(run_dir))
         record = {**base, "status": "ok", **result}
+    except (KeyboardInterrupt, SystemExit) as e:
+        # stopped, not failed (Lightning turns SIGTERM into a SystemExit): the record says so and the
+        # next run reruns the cell
+        record = {**base, "status": "interrupted", "error": f"{INTERRUPTED_NOTE} ({type(e).__name__})",
+                  "total_s": time.perf_counter() - t0}
+        store.write(key, record)
+        raise
     except Exception as e:  # noqa: BLE001 - a failing method is recorded and the grid goes on
         record = {
             **base, "status": "failed", "error": f"{type(e).__name__}: {e}",
@@ -262,10 +436,33 @@ def execute_cell(config: RunConfig, key: CellKey, run_dir: str | Path, threads: 
     return record
 
 
+INTERRUPTED_NOTE = "interrupted before the cell finished; the next run reruns it"
+
+
 def _child(config: RunConfig, key: CellKey, run_dir: str, threads: int) -> None:
-    """Cell process body: Ctrl-C is the parent's to handle."""
+    """Cell process body: Ctrl-C and SIGTERM are the parent's to handle (it records the cell as
+    interrupted), and the cell dies with the parent that claimed it."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    execute_cell(config, key, run_dir, threads)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with_parent()
+    try:
+        execute_cell(config, key, run_dir, threads)
+    except (KeyboardInterrupt, SystemExit):
+        raise SystemExit(130) from None  # the record says interrupted; no traceback on the terminal
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this process when its parent dies, so that an orphaned cell never races the
+    process that takes its claim over."""
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 # --- the grid (parent) -------------------------------------------------------
@@ -294,6 +491,7 @@ def _is_done(record: dict[str, Any] | None, config: RunConfig, key: CellKey, ret
         return False  # stale: settings changed since it ran
     if record.get("status") == "skipped_redundant":
         return key.method == IND and _ind_mirrors_causcell(config)  # else CausCell_IND must run after all
+    # "interrupted" (stopped by Ctrl-C or SIGTERM) is never done: the cell simply runs again
     return record.get("status") == "ok" or (record.get("status") == "failed" and not retry_failed)
 
 
@@ -313,7 +511,7 @@ def redundant_cells(config: RunConfig, keys: Iterable[CellKey]) -> list[CellKey]
     Needs the datasets loaded (:func:`prepare`)."""
     if not _ind_mirrors_causcell(config):
         return []
-    return [k for k in keys if k.method == IND and not _DATA[_data_id(k.dataset, config)][1].edges]
+    return [k for k in keys if k.method == IND and not DATA_CACHE.data(k.dataset, config)[1].edges]
 
 
 def redundant_record(config: RunConfig, key: CellKey) -> dict[str, Any]:
@@ -323,6 +521,16 @@ def redundant_record(config: RunConfig, key: CellKey) -> dict[str, Any]:
         "status": "skipped_redundant", "same_as": "CausCell", "note": REDUNDANT_NOTE,
         "config_hash": config.cell_hash(key.dataset, key.method, key.setting, key.fold, key.seed),
         "preset": config.preset, "device": config.device, "threads": config.effective_threads(),
+    }
+
+
+def _record_base(config: RunConfig, key: CellKey) -> dict[str, Any]:
+    """The fields every record the runner writes carries (the thread count makes its hash checkable)."""
+    threads = config.effective_threads()
+    return {
+        "dataset": key.dataset, "method": key.method, "setting": key.setting, "fold": key.fold, "seed": key.seed,
+        "config_hash": config.cell_hash(key.dataset, key.method, key.setting, key.fold, key.seed, threads=threads),
+        "threads": threads,
     }
 
 
@@ -336,13 +544,26 @@ def run_grid(
     executor: str = "local",
     ray_address: str | None = None,
     start_method: str = "fork",
+    claim_timeout_s: float = CLAIM_TIMEOUT_S,
+    poll_s: float = 1.0,
 ) -> list[CellOutcome]:
     """Run every cell not already done; return one outcome per cell (skipped ones included).
 
     ``start_method`` (local executor): how cell processes start; see the module docstring.
+    Several processes may run the same grid into one ``run_dir``: each claims a cell before running it
+    (see :mod:`causcell_bench.store`), skips cells others hold, and at the end waits for those
+    (polling every ``poll_s`` seconds) so that it returns only when the whole grid is stored. A claim
+    whose process died on this host, or older than ``claim_timeout_s``, is taken over.
     """
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from causcell_bench.registry import get_method
 
@@ -356,26 +577,26 @@ def run_grid(
     for m in config.methods:
         get_method(m)  # unknown names and missing packages fail before any work
     store = ResultStore(run_dir)
+    claims = ClaimStore(run_dir, claim_timeout_s)
     keys = expand_grid(config)
+    initial = {k: store.read(k) for k in keys}
     # a finished grid resumes without importing models or loading data
-    if any(not _is_done(store.read(k), config, k, retry_failed) for k in keys):
+    if any(not _is_done(initial[k], config, k, retry_failed) for k in keys):
         preload(config.methods)
         problems = prepare(config, run_dir, log=log)
         redundant = set(redundant_cells(config, keys))
     else:
         problems, redundant = {}, set()
+        atomic_write_json(run_dir / "config.json", config.model_dump())  # `report` judges cells by this
     outcomes: list[CellOutcome] = []
     todo: list[CellKey] = []
     for key in keys:
-        rec = store.read(key)
+        rec = initial[key]
         if _is_done(rec, config, key, retry_failed):
             outcomes.append(CellOutcome(key, "skipped", 0.0, rec.get("error") if rec else None))
         elif (key.dataset, key.setting) in problems:
-            store.write(key, {
-                "dataset": key.dataset, "method": key.method, "setting": key.setting, "fold": key.fold,
-                "seed": key.seed, "status": "failed", "error": problems[(key.dataset, key.setting)],
-                "config_hash": config.cell_hash(key.dataset, key.method, key.setting, key.fold, key.seed),
-            })
+            store.write(key, {**_record_base(config, key), "status": "failed",
+                              "error": problems[(key.dataset, key.setting)]})
             outcomes.append(CellOutcome(key, "failed", 0.0, problems[(key.dataset, key.setting)]))
         elif key in redundant:
             store.write(key, redundant_record(config, key))
@@ -385,32 +606,128 @@ def run_grid(
     if outcomes and todo:
         log(f"resuming: {len(outcomes)} of {len(keys)} cells already done")
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=False, disable=not progress) as bar:
+    held: dict[CellKey, Claim] = {}
+    deferred: list[CellKey] = []
+
+    def done_elsewhere(key: CellKey) -> dict[str, Any] | None:
+        """The record another process stored for ``key`` since this run started, if it finished the cell."""
+        rec = store.read(key)
+        if rec is not None and rec != initial[key] and _is_done(rec, config, key, retry_failed=False):
+            return rec
+        return None
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn())
+    # under a terminal one bar per running cell below the grid bar; in a pipe or CI log a line per
+    # running cell every 30 s (the grid bar itself is not drawn there)
+    interactive = progress and console.is_terminal
+    with Progress(*columns, console=console, transient=False, disable=not progress) as bar, \
+            ProgressMonitor(run_dir, bar, log, interactive=interactive) as monitor:
         task = bar.add_task("grid", total=len(todo))
+
+        def elsewhere(key: CellKey, rec: dict[str, Any]) -> None:
+            outcomes.append(CellOutcome(key, "elsewhere", 0.0, rec.get("error")))
+            bar.advance(task)
+            log(f"{key}  run by another process: {rec.get('status')}")
+
+        def claim(key: CellKey) -> bool:
+            """Claim ``key`` for this process; False if another process holds it or has finished it."""
+            c = claims.acquire(key)
+            if c is None:
+                deferred.append(key)
+                return False
+            rec = done_elsewhere(key)
+            if rec is not None:
+                claims.release(c)
+                elsewhere(key, rec)
+                return False
+            # a stale, retried or interrupted result must not outlive a rerun that gets killed
+            store.remove(key)
+            held[key] = c
+            return True
 
         def started(key: CellKey) -> None:
             bar.update(task, description=f"running {key}")
+            if progress:
+                monitor.started(key)
 
         def finished(outcome: CellOutcome) -> None:
+            c = held.pop(outcome.key, None)
+            if c is not None:
+                claims.release(c)  # after the record is written: a claim-free cell is done or free
+            monitor.finished(outcome.key)
             outcomes.append(outcome)
             bar.advance(task)
-            mark = "[green]ok[/green]" if outcome.status == "ok" else f"[red]failed[/red]: {outcome.error}"
+            mark = ("[green]ok[/green]" if outcome.status == "ok" else
+                    f"[yellow]{outcome.status}[/yellow]: {outcome.error}" if outcome.status == "interrupted" else
+                    f"[red]{outcome.status}[/red]: {outcome.error}")
             log(f"{outcome.key}  {outcome.seconds:.1f}s  {mark}")
+            cell_log = log_path(run_dir, outcome.key)
+            if outcome.status == "failed" and cell_log.is_file():
+                log(f"  its log: {cell_log}")
 
+        def wait_for_others() -> list[CellKey]:
+            """Poll the cells other processes hold until some are done (recorded) or free to run."""
+            waiting_logged = False
+            while deferred:
+                ready = []
+                for key in list(deferred):
+                    if claims.holder(key) is not None:
+                        continue
+                    deferred.remove(key)
+                    rec = done_elsewhere(key)
+                    if rec is not None:
+                        elsewhere(key, rec)
+                    else:
+                        ready.append(key)  # released unfinished, or its process died: run it here
+                if ready:
+                    return ready
+                if deferred and not waiting_logged:
+                    log(f"waiting for {len(deferred)} cell(s) other processes are running "
+                        f"(claims in {claims.root}; a dead process's claim is taken over)")
+                    waiting_logged = True
+                if deferred:
+                    time.sleep(poll_s)
+            return []
+
+        old_term = _terminate_as_interrupt()
         try:
-            if executor == "ray":
-                from causcell_bench.ray_executor import run_cells_ray
+            pending = todo
+            while pending:
+                if executor == "ray":
+                    from causcell_bench.ray_executor import run_cells_ray
 
-                run_cells_ray(config, run_dir, todo, address=ray_address, started=started, finished=finished)
-            else:
-                run_cells_local(config, run_dir, todo, started=started, finished=finished, start_method=start_method)
+                    batch = [k for k in pending if claim(k)]
+                    if batch:
+                        run_cells_ray(config, run_dir, batch, address=ray_address, started=started,
+                                      finished=finished)
+                else:
+                    run_cells_local(config, run_dir, pending, started=started, finished=finished,
+                                    start_method=start_method, claim=claim)
+                pending = wait_for_others()
         except KeyboardInterrupt:
-            done = sum(o.status in ("ok", "failed", "skipped") for o in outcomes)
+            done = sum(o.status in ("ok", "failed", "skipped", "elsewhere") for o in outcomes)
             log(f"[yellow]interrupted: {done} of {len(keys)} cells are stored in {run_dir}; "
                 "rerun the same command to resume.[/yellow]")
             raise
+        finally:
+            for c in held.values():
+                claims.release(c)
+            if old_term is not None:
+                signal.signal(signal.SIGTERM, old_term)
     return outcomes
+
+
+def _terminate_as_interrupt() -> Any:
+    """Make SIGTERM (a scheduler's or `kill`'s stop) unwind like Ctrl-C, so running cells are recorded
+    as interrupted and claims released; returns the previous handler (None off the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def cpu_count() -> int:
@@ -425,8 +742,12 @@ def run_cells_local(
     started: Callable[[CellKey], None],
     finished: Callable[[CellOutcome], None],
     start_method: str = "fork",
+    claim: Callable[[CellKey], bool] | None = None,
 ) -> None:
-    """The local executor: up to ``config.jobs`` child processes at a time, one per cell."""
+    """The local executor: up to ``config.jobs`` child processes at a time, one per cell.
+
+    ``claim(key)``, called just before a cell starts, may return False to skip it (another process has it).
+    """
     # not cores // jobs: the thread count changes the numbers, and --jobs must not
     threads = config.effective_threads()
     store = ResultStore(run_dir)
@@ -437,6 +758,8 @@ def run_cells_local(
         while queue or running:
             while queue and len(running) < config.jobs:
                 key = queue.pop(0)
+                if claim is not None and not claim(key):
+                    continue
                 proc = ctx.Process(target=_child, args=(config, key, str(run_dir), threads), daemon=False)
                 proc.start()
                 running[proc] = (key, time.perf_counter())
@@ -449,27 +772,35 @@ def run_cells_local(
     except KeyboardInterrupt:
         for proc in running:
             proc.terminate()
-        for proc in running:
+        for proc, (key, t0) in running.items():
             proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+            # what the cell wrote, else "interrupted": rerun next time, never a permanent failure
+            finished(collect(store, key, proc.exitcode, time.perf_counter() - t0, config))
         raise
 
 
 def collect(store: ResultStore, key: CellKey, exitcode: int | None, seconds: float, config: RunConfig) -> CellOutcome:
-    """The outcome of a finished cell; a cell whose worker died without writing is recorded as failed."""
+    """The outcome of a finished cell. A cell whose worker died without writing a current record (an
+    older one with other settings does not count) is recorded as interrupted (SIGINT/SIGTERM, exit
+    130: rerun next time) or failed (killed otherwise, out of memory, crashed)."""
+    base = _record_base(config, key)
     rec = store.read(key)
-    if rec is None:
-        # the child died before writing (killed, out of memory, segfault): record why
-        why = f"signal {-exitcode}" if exitcode is not None and exitcode < 0 else f"exit code {exitcode}"
-        if exitcode == -signal.SIGKILL:
-            why += " (killed; out of memory?)"
-        err = f"worker process died ({why}) before writing a result"
-        store.write(key, {
-            "dataset": key.dataset, "method": key.method, "setting": key.setting, "fold": key.fold,
-            "seed": key.seed, "status": "failed", "error": err, "total_s": seconds,
-            "config_hash": config.cell_hash(key.dataset, key.method, key.setting, key.fold, key.seed),
-        })
-        return CellOutcome(key, "failed", seconds, err)
-    return CellOutcome(key, rec.get("status", "failed"), seconds, rec.get("error"))
+    if rec is not None and rec.get("config_hash") == base["config_hash"]:
+        return CellOutcome(key, rec.get("status", "failed"), seconds, rec.get("error"))
+    if exitcode is not None and (exitcode in (-signal.SIGINT, -signal.SIGTERM) or exitcode == 130):
+        how = f"signal {signal.Signals(-exitcode).name}" if exitcode < 0 else "exit code 130"
+        err = f"worker process stopped ({how}): {INTERRUPTED_NOTE}"
+        store.write(key, {**base, "status": "interrupted", "error": err, "total_s": seconds})
+        return CellOutcome(key, "interrupted", seconds, err)
+    why = f"signal {-exitcode}" if exitcode is not None and exitcode < 0 else f"exit code {exitcode}"
+    if exitcode == -signal.SIGKILL:
+        why += " (killed; out of memory?)"
+    err = f"worker process died ({why}) before writing a result"
+    store.write(key, {**base, "status": "failed", "error": err, "total_s": seconds})
+    return CellOutcome(key, "failed", seconds, err)
 
 
 def summarize_outcomes(outcomes: Iterable[CellOutcome]) -> dict[str, int]:

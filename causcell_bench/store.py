@@ -1,20 +1,36 @@
-"""Result store: one JSON file per grid cell, written atomically.
+"""Result store: one JSON file per grid cell, written atomically, plus the claims that let several
+processes share one run directory.
 
 A cell's file appears complete or not at all (write to a temporary file in the
 same directory, fsync, rename), so a run killed at any moment loses at most
 the cells in flight, and a rerun can trust every file it finds.
+
+Before a process runs a cell it claims it: ``OUT/claims/<dataset>/<method>/<setting>/foldF_seedS.json``
+is created with ``O_CREAT | O_EXCL`` (one winner, on a local or NFS filesystem) and holds the host,
+pid and start time of the claimant; it is removed once the cell's record is written. Another process
+skips a claimed cell, and takes the claim over only when its owner is dead (same host, no such pid)
+or the claim is older than a timeout.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import socket
 import tempfile
+import time
+import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+RECORD_FIELDS = ("dataset", "method", "setting", "fold", "seed", "status")
+CLAIM_TIMEOUT_S = 24 * 3600.0
+# a claim file is created empty and filled a moment later: an empty one older than this lost its writer
+_EMPTY_CLAIM_GRACE_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -34,6 +50,11 @@ class CellKey:
 
     def __str__(self) -> str:
         return f"{self.dataset}/{self.method}/{self.setting}/fold{self.fold}/seed{self.seed}"
+
+
+def key_of(record: dict[str, Any]) -> CellKey:
+    return CellKey(str(record["dataset"]), str(record["method"]), str(record["setting"]), int(record["fold"]),
+                   int(record["seed"]))
 
 
 def _jsonable(obj: Any) -> Any:
@@ -63,6 +84,32 @@ def atomic_write_json(path: Path, data: Any) -> None:
         raise
 
 
+def parse_record(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(record, None) for a readable cell file, else (None, why it cannot be used)."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        return None, f"cannot be read ({type(e).__name__}: {e})"
+    if not text.strip():
+        return None, "is empty"
+    try:
+        rec = json.loads(text)
+    except json.JSONDecodeError as e:
+        return None, f"is not valid JSON (truncated?): {e}"
+    if not isinstance(rec, dict):
+        return None, f"holds a JSON {type(rec).__name__}, not a cell record (an object)"
+    missing = [f for f in RECORD_FIELDS if f not in rec]
+    if missing:
+        return None, f"is not a cell record (no {', '.join(missing)})"
+    try:
+        key = key_of(rec)
+    except (TypeError, ValueError):
+        return None, "has a fold or seed that is not a number"
+    if not path.as_posix().endswith(key.relpath):
+        return None, f"describes {key}, which belongs in {key.relpath}"
+    return rec, None
+
+
 class ResultStore:
     """The cell files of one run directory."""
 
@@ -75,18 +122,245 @@ class ResultStore:
     def write(self, key: CellKey, record: dict[str, Any]) -> None:
         atomic_write_json(self.path(key), record)
 
+    def remove(self, key: CellKey) -> None:
+        self.path(key).unlink(missing_ok=True)
+
     def read(self, key: CellKey) -> dict[str, Any] | None:
+        """The cell's record, or None when absent or unusable (a cell to run again)."""
         p = self.path(key)
         if not p.is_file():
             return None
-        try:
-            return json.loads(p.read_text())
-        except (json.JSONDecodeError, OSError):
-            return None  # unreadable: treat as not done
+        rec, _ = parse_record(p)
+        return rec
+
+    def files(self) -> list[Path]:
+        return sorted((self.root / "cells").glob("**/*.json"))
 
     def records(self) -> Iterator[dict[str, Any]]:
-        for p in sorted((self.root / "cells").glob("**/*.json")):
+        """Every usable record (stale ones included; :func:`read_run` separates those)."""
+        for p in self.files():
+            rec, _ = parse_record(p)
+            if rec is not None:
+                yield rec
+
+
+# --- reading a whole run (report, check) ------------------------------------------------
+@dataclass
+class RunContents:
+    """What a run directory holds, sorted into what a table may use and what it must not."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    """Readable records that match the run's configuration."""
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)
+    """(path, why) of cell files that cannot be used."""
+    stale: list[tuple[Path, dict[str, Any]]] = field(default_factory=list)
+    """(path, record) of cells computed with other settings than the run's config.json."""
+    claims: list[tuple[Path, dict[str, Any]]] = field(default_factory=list)
+    """(path, claim) of cells some process is running (or died running)."""
+    config_note: str | None = None
+    """Why staleness could not be checked (no or unreadable config.json), else None."""
+
+
+def run_config(run_dir: str | Path) -> Any:
+    """The RunConfig in ``run_dir/config.json`` (the last run's), or raise ValueError saying why not."""
+    from pydantic import ValidationError
+
+    from causcell_bench.config import RunConfig
+
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist")
+    try:
+        return RunConfig.model_validate(json.loads(path.read_text()))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValidationError) as e:
+        raise ValueError(f"{path} cannot be read ({type(e).__name__})") from None
+
+
+def record_hash(config: Any, record: dict[str, Any]) -> str:
+    """The hash a record must carry to be current under ``config`` (with the threads it ran with)."""
+    threads = record.get("threads")
+    return config.cell_hash(str(record["dataset"]), str(record["method"]), str(record["setting"]),
+                            int(record["fold"]), int(record["seed"]),
+                            threads=threads if isinstance(threads, int) and threads > 0 else None)
+
+
+def read_run(run_dir: str | Path) -> RunContents:
+    """Every cell file of a run, sorted into usable, unreadable and stale records, plus live claims."""
+    run_dir = Path(run_dir)
+    out = RunContents()
+    try:
+        config = run_config(run_dir)
+    except ValueError as e:
+        config, out.config_note = None, f"{e}: cells are not checked against the run's settings"
+    for p in ResultStore(run_dir).files():
+        rec, why = parse_record(p)
+        if rec is None:
+            out.unreadable.append((p, str(why)))
+        elif config is not None and rec.get("config_hash") != record_hash(config, rec):
+            out.stale.append((p, rec))
+        else:
+            out.records.append(rec)
+    done = {str(key_of(r)) for r in out.records}
+    # a dead process's claim on a cell whose record it did write is a harmless leftover
+    out.claims = [(p, c) for p, c in ClaimStore(run_dir).all() if not (c.get("stale") and c.get("cell") in done)]
+    return out
+
+
+# --- claims -------------------------------------------------------------------------------
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """(state, start time) of ``pid`` from /proc (Linux), or None: the start time tells a reused pid
+    from the original, the state a zombie (dead, not yet reaped) from a live process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()  # after the command name, which may hold spaces
+    return fields[0], fields[19]  # fields 3 and 22 of proc(5)
+
+
+def _proc_start(pid: int) -> str | None:
+    stat = _proc_stat(pid)
+    return stat[1] if stat else None
+
+
+def pid_alive(pid: int, start: str | None = None) -> bool:
+    """Whether process ``pid`` of this host runs (and, given its ``start`` time, is the same process)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process: it exists
+    except OSError:
+        return False
+    stat = _proc_stat(pid)
+    if stat is None:
+        return True  # no /proc: existence is all we know
+    state, started = stat
+    return state not in ("Z", "X") and (start is None or started == start)
+
+
+@dataclass(frozen=True)
+class Claim:
+    key: CellKey
+    path: Path
+    token: str
+
+
+class ClaimStore:
+    """Atomic claims on the cells of one run directory (see the module docstring)."""
+
+    def __init__(self, run_dir: str | Path, timeout_s: float = CLAIM_TIMEOUT_S) -> None:
+        self.root = Path(run_dir) / "claims"
+        self.timeout_s = float(timeout_s)
+        self.host = socket.gethostname()
+
+    def path(self, key: CellKey) -> Path:
+        return self.root / key.relpath.removeprefix("cells/")
+
+    @staticmethod
+    def read(path: Path) -> dict[str, Any] | None:
+        """The claim's contents; {} for a claim still being written or garbled; None when there is none."""
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return {}
+        try:
+            info = json.loads(text)
+        except json.JSONDecodeError:
+            return {}
+        return info if isinstance(info, dict) else {}
+
+    def why_stale(self, path: Path, info: dict[str, Any]) -> str | None:
+        """Why a claim no longer holds (its owner died or it timed out), or None while it holds."""
+        now = time.time()
+        if not info.get("pid"):
             try:
-                yield json.loads(p.read_text())
-            except (json.JSONDecodeError, OSError):
+                age = now - path.stat().st_mtime
+            except FileNotFoundError:
+                return "released"
+            return f"unreadable claim {age:.0f}s old" if age > _EMPTY_CLAIM_GRACE_S else None
+        age = now - float(info.get("started_epoch", now))
+        if age > self.timeout_s:
+            return f"claimed {age / 3600:.1f} h ago, over the {self.timeout_s / 3600:g} h timeout"
+        if info.get("host") == self.host and not pid_alive(int(info["pid"]), info.get("pid_start")):
+            return f"process {info['pid']} on {self.host} is gone"
+        return None
+
+    def acquire(self, key: CellKey) -> Claim | None:
+        """Claim ``key`` for this process, taking over a dead or timed-out claim; None if another holds it."""
+        path = self.path(key)
+        claim = self._create(key, path)
+        if claim is not None:
+            return claim
+        info = self.read(path)
+        if info is None or self.why_stale(path, info) is not None:
+            with self._lock():  # one taker-over at a time: two must not both remove and recreate
+                info = self.read(path)
+                if info is not None and self.why_stale(path, info) is None:
+                    return None
+                path.unlink(missing_ok=True)
+                return self._create(key, path)
+        return None
+
+    def _create(self, key: CellKey, path: Path) -> Claim | None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return None
+        token = uuid.uuid4().hex
+        info = {"host": self.host, "pid": os.getpid(), "pid_start": _proc_start(os.getpid()), "token": token,
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "started_epoch": time.time(), "cell": str(key)}
+        with os.fdopen(fd, "w") as fh:
+            json.dump(info, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return Claim(key, path, token)
+
+    def release(self, claim: Claim) -> None:
+        """Remove the claim if it is still ours (it may have been taken over after a timeout)."""
+        info = self.read(claim.path)
+        if info is not None and info.get("token") == claim.token:
+            claim.path.unlink(missing_ok=True)
+
+    def holder(self, key: CellKey) -> dict[str, Any] | None:
+        """The live claim on ``key`` (its contents), or None when it is free or its claim is stale."""
+        path = self.path(key)
+        info = self.read(path)
+        if info is None or self.why_stale(path, info) is not None:
+            return None
+        return info
+
+    def all(self) -> list[tuple[Path, dict[str, Any]]]:
+        """Every claim file with its contents (stale ones included, marked with ``"stale"``)."""
+        out = []
+        for p in sorted(self.root.glob("**/*.json")) if self.root.is_dir() else []:
+            info = self.read(p)
+            if info is None:
                 continue
+            why = self.why_stale(p, info)
+            out.append((p, {**info, **({"stale": why} if why else {})}))
+        return out
+
+    def _lock(self) -> contextlib.AbstractContextManager[None]:
+        return file_lock(self.root / ".lock")
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock between processes (flock on ``path``, created if missing)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): at worst two processes do the same work
+            yield
+            return
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

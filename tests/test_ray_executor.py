@@ -10,20 +10,21 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
 
 ray = pytest.importorskip("ray")
 
-from causcell_bench import registry
+from causcell_bench import ray_executor, registry
 from causcell_bench.config import RunConfig
 from causcell_bench.errors import BenchError
 from causcell_bench.leaderboard import summarize, tidy_table
 from causcell_bench.methods.controls import PositiveControl
-from causcell_bench.ray_executor import task_resources
-from causcell_bench.runner import run_grid
-from causcell_bench.store import ResultStore
+from causcell_bench.ray_executor import cell_task, task_resources
+from causcell_bench.runner import DATA_CACHE, cell_inputs, run_grid
+from causcell_bench.store import CellKey, ResultStore
 
 SMALL = {"n_cells": 360, "n_genes": 80}
 QUIET = {"progress": False, "log": lambda s: None}
@@ -117,6 +118,49 @@ def test_ray_matches_local(ray_local, local_summary: pd.DataFrame, tmp_path: Pat
     got = summary(tmp_path)
     assert len(got) == len(local_summary) > 0
     pd.testing.assert_frame_equal(got, local_summary)
+
+
+def blind_cell_task(config: RunConfig, key: CellKey, run_dir: str, threads: int,
+                    splits: list[Any] | None) -> tuple[dict[str, Any], bool]:
+    """A Ray task on a node that does not mount the run directory: the worker starts with nothing
+    cached (as a fresh worker on another machine would) and the run directory path leads nowhere, so
+    the cell can only get its split from what the driver ships."""
+    DATA_CACHE.clear()
+    unseen = str(Path(run_dir).with_name(Path(run_dir).name + "-not-mounted"))
+    return cell_task(config, key, unseen, threads, splits)
+
+
+def test_ray_workers_without_the_run_directory_match_local(ray_local, local_summary: pd.DataFrame,
+                                                           tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # run_cells_ray wraps the module's cell_task at call time: swap in the blind worker
+    monkeypatch.setattr(ray_executor, "cell_task", blind_cell_task)
+    outcomes = run_grid(demo_config(), tmp_path / "run", executor="ray", **QUIET)
+    assert [o.status for o in outcomes] == ["ok"] * 6, [o.error for o in outcomes]
+    assert not (tmp_path / "run-not-mounted").exists()
+    # the driver stored the records the workers returned from their scratch directories
+    assert len(list((tmp_path / "run" / "cells").glob("**/*.json"))) == 6
+    pd.testing.assert_frame_equal(summary(tmp_path / "run"), local_summary)
+
+
+def test_seeded_splits_serve_a_worker_without_split_files(tmp_path: Path) -> None:
+    """What a blind Ray worker relies on: seeded splits are found by the key cell_inputs reads, and
+    only for the data settings they were made under."""
+    from causcell_bench.datasets import make_splits
+
+    cfg = demo_config(dataset_kwargs={"n_cells": 120, "n_genes": 20})
+    other = demo_config(dataset_kwargs={"n_cells": 120, "n_genes": 20}, split_seed=cfg.split_seed + 1)
+    key = CellKey("synthetic", "positive_control", "OOD", 0, 0)
+    adata, spec = DATA_CACHE.data("synthetic", cfg)
+    splits = make_splits(adata, spec, "OOD", n_folds=cfg.n_folds, seed=cfg.split_seed)
+    try:
+        DATA_CACHE.seed_splits("synthetic", cfg, "OOD", splits)
+        got_adata, _, split = cell_inputs(cfg, key, tmp_path / "no-run-dir")
+        assert got_adata is adata and split is splits[0]
+        assert DATA_CACHE.cached_splits("synthetic", other, "OOD") is None
+        with pytest.raises(BenchError, match="does not exist"):
+            cell_inputs(other, key, tmp_path / "no-run-dir")
+    finally:
+        DATA_CACHE.clear()
 
 
 def test_ray_run_resumes_under_local(ray_local, local_summary: pd.DataFrame, tmp_path: Path) -> None:

@@ -121,6 +121,22 @@ def get_spec(name: str) -> DatasetSpec:
     raise BenchError(_unknown_message(name))
 
 
+def dataset_name(name_or_path: str | Path) -> str:
+    """The name a dataset's results are stored and reported under, without loading any data: a spec
+    file's ``name``, a bare .h5ad's file stem, a built-in or paper dataset's canonical name; any other
+    string (a plugin) as given."""
+    key = str(name_or_path)
+    canonical = _match(key, BUILTIN_DATASETS) or _match(key, PAPER_DATASETS)
+    if canonical is not None:
+        return canonical
+    path = Path(key).expanduser()
+    if path.suffix.lower() == ".toml":
+        return DatasetSpec.from_toml(path).name
+    if path.suffix.lower() == ".h5ad":
+        return path.stem  # as load() names a bare .h5ad's spec
+    return key
+
+
 def _unknown_message(name: str) -> str:
     return (
         f"unknown dataset {name!r}; available: {', '.join(available_datasets())}; "

@@ -1,0 +1,289 @@
+"""Bad input gets one clear line, never a traceback, and changes no input file (issue #18).
+
+Every case runs the CLI in-process (typer's CliRunner: each command's ``friendly`` error boundary is
+what answers) and checks the exit code (2: input the user can fix; 1: a run that failed), that stderr
+is one line naming the problem (a click usage error: a short message), that there is no traceback,
+that no file that existed before changed (sha256), and that a rejected ``run`` wrote nothing. A few
+cases go through the installed ``causcell-bench`` executable to prove the real entry point and
+``--debug`` / ``$CAUSCELL_BENCH_DEBUG``.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import anndata
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from causcell_bench.cli import app
+from causcell_bench.runner import DATA_CACHE
+
+CLI = str(Path(sys.executable).with_name("causcell-bench"))
+RUN = ["run", "--methods", "positive_control", "--folds", "0", "--settings", "ID", "--no-report"]
+TINY = ["--n-cells", "300", "--n-genes", "60"]
+
+
+def _adata(n: int = 60, seed: int = 0) -> anndata.AnnData:
+    rng = np.random.default_rng(seed)
+    a = anndata.AnnData(X=rng.poisson(2.0, size=(n, 20)).astype(np.float32))
+    a.obs_names = [f"c{i}" for i in range(n)]
+    a.var_names = [f"g{i}" for i in range(20)]
+    a.obs["age"] = pd.Categorical(np.tile(["young", "old"], n // 2))
+    a.obs["kind"] = pd.Categorical(np.repeat(["a", "b", "c"], n // 3))
+    return a
+
+
+def _spec(d: Path, name: str, body: str) -> None:
+    (d / f"{name}.toml").write_text(body)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every bad (and a few good) input files the cases point at."""
+    d = tmp_path_factory.mktemp("inputs")
+    good = _adata()
+    good.write_h5ad(d / "good.h5ad")
+    for name, change in {
+        "nan": lambda a: a.X.__setitem__((0, 0), np.nan),
+        "negative": lambda a: a.X.__setitem__((0, 0), -3),
+        "fractional": lambda a: a.X.__setitem__((0, 0), 0.5),
+        "onevalue": lambda a: a.obs.__setitem__("kind", pd.Categorical(["a"] * a.n_obs)),
+    }.items():
+        a = _adata()
+        change(a)
+        a.write_h5ad(d / f"{name}.h5ad")
+    a = _adata()
+    a.obs_names = ["same"] * a.n_obs
+    a.write_h5ad(d / "dupcells.h5ad")
+    a = _adata()
+    a.var_names = ["gene"] * a.n_vars
+    a.write_h5ad(d / "dupgenes.h5ad")
+    (d / "empty.h5ad").write_bytes(b"")
+    (d / "truncated.h5ad").write_bytes((d / "good.h5ad").read_bytes()[:700])
+    (d / "text.h5ad").write_text("cell,age\nc0,young\n")
+    concepts = 'concepts = ["age", "kind"]\n'
+    _spec(d, "cyclic", f'name = "cyclic"\nsource = "good.h5ad"\n{concepts}edges = [["age", "kind"], ["kind", "age"]]\n')
+    _spec(d, "badtoml", 'name = "x"\nsource = "good.h5ad\n')
+    _spec(d, "nosource", f'name = "nosource"\nsource = "missing.h5ad"\n{concepts}')
+    _spec(d, "extrakey", f'name = "extrakey"\nsource = "good.h5ad"\n{concepts}colour = "red"\n')
+    _spec(d, "unknowncol", 'name = "unknowncol"\nsource = "good.h5ad"\nconcepts = ["age", "tissue"]\n')
+    _spec(d, "same1", f'name = "same"\nsource = "good.h5ad"\n{concepts}')
+    _spec(d, "same2", f'name = "same"\nsource = "nan.h5ad"\n{concepts}')
+    (d / "afile").write_text("not a directory\n")
+    (d / "empty.csv").write_bytes(b"")
+    (d / "binary.csv").write_bytes(bytes(range(256)) * 4)
+    (d / "quote.csv").write_text('dataset,method,setting,metric,mean\n"synthetic,x,ID,pcc,0.5\n')
+    (d / "columns.csv").write_text("a,b\n1,2\n")
+    (d / "nomean.csv").write_text("dataset,method,setting,metric,sd\nsynthetic,x,ID,pcc,0.1\n")
+    (d / "textmean.csv").write_text("dataset,method,setting,metric,mean\nsynthetic,x,ID,pcc,high\n")
+    listcell = d / "listrun/cells/synthetic/positive_control/ID"
+    listcell.mkdir(parents=True)
+    (listcell / "fold0_seed0.json").write_text("[1, 2, 3]")
+    (d / "norun").mkdir()
+    (d / "folder.h5ad").mkdir()
+    (d / "usedmodel").mkdir()
+    (d / "usedmodel/notes.txt").write_text("keep me\n")
+    from causcell_bench.counterfactual import train_model
+
+    for name in ("model", "badpickle", "listmanifest"):
+        train_model("group_mean", "synthetic", d / name, device="cpu", load_kwargs={"n_cells": 300, "n_genes": 60})
+    pkl = d / "badpickle/method/method.pkl"
+    pkl.write_bytes(pkl.read_bytes()[:100])
+    (d / "listmanifest/manifest.json").write_text("[1, 2]")
+    (d / "nomanifest").mkdir()
+    return d
+
+
+def _can_write(path: str) -> bool:
+    try:
+        os.mkdir(path)
+    except OSError:
+        return False
+    os.rmdir(path)
+    return True
+
+
+# (id, arguments with {d} = inputs folder and {o} = a fresh output folder, exit code, text in the message)
+CASES: list[tuple[str, list[str], int, str]] = [
+    # data
+    ("nan-counts", [*RUN, "--dataset", "{d}/nan.h5ad", "--concepts", "age,kind", "--out", "{o}/r"], 2, "NaN"),
+    ("negative-counts", [*RUN, "--dataset", "{d}/negative.h5ad", "--concepts", "age,kind", "--out", "{o}/r"], 2, "negative"),
+    ("non-integer-counts", [*RUN, "--dataset", "{d}/fractional.h5ad", "--concepts", "age,kind", "--out", "{o}/r"], 2, "integer"),
+    ("duplicate-cells", [*RUN, "--dataset", "{d}/dupcells.h5ad", "--concepts", "age,kind", "--out", "{o}/r"], 2, "duplicated cell"),
+    ("duplicate-genes", [*RUN, "--dataset", "{d}/dupgenes.h5ad", "--concepts", "age,kind", "--out", "{o}/r"], 2, "duplicated gene"),
+    ("empty-h5ad", [*RUN, "--dataset", "{d}/empty.h5ad", "--concepts", "age,kind", "--out", "{o}/r"], 2, "cannot read"),
+    ("truncated-h5ad", [*RUN, "--dataset", "{d}/truncated.h5ad", "--concepts", "age,kind", "--out", "{o}/r"], 2, "cannot read"),
+    ("text-as-h5ad", [*RUN, "--dataset", "{d}/text.h5ad", "--concepts", "age,kind", "--out", "{o}/r"], 2, "cannot read"),
+    ("one-value-concept", [*RUN, "--dataset", "{d}/onevalue.h5ad", "--concepts", "age,kind", "--out", "{o}/r"], 2, "single value"),
+    ("cyclic-dag-option", [*RUN, "--dataset", "{d}/good.h5ad", "--concepts", "age,kind", "--dag", "age->kind,kind->age",
+                           "--out", "{o}/r"], 2, "cycle"),
+    ("cyclic-dag-spec", [*RUN, "--dataset", "{d}/cyclic.toml", "--out", "{o}/r"], 2, "cycle"),
+    ("spec-not-toml", [*RUN, "--dataset", "{d}/badtoml.toml", "--out", "{o}/r"], 2, "not valid TOML"),
+    ("spec-source-missing", [*RUN, "--dataset", "{d}/nosource.toml", "--out", "{o}/r"], 2, "does not exist"),
+    ("spec-unknown-key", [*RUN, "--dataset", "{d}/extrakey.toml", "--out", "{o}/r"], 2, "colour"),
+    ("spec-unknown-column", [*RUN, "--dataset", "{d}/unknowncol.toml", "--out", "{o}/r"], 2, "tissue"),
+    ("two-specs-one-name", [*RUN, "--dataset", "{d}/same1.toml,{d}/same2.toml", "--out", "{o}/r"], 2, "both named"),
+    ("bare-h5ad-no-concepts", [*RUN, "--dataset", "{d}/good.h5ad", "--out", "{o}/r"], 2, "--concepts"),
+    ("missing-h5ad", [*RUN, "--dataset", "{d}/nope.h5ad", "--concepts", "age,kind", "--out", "{o}/r"], 2, "does not exist"),
+    ("unknown-dataset", [*RUN, "--dataset", "nope_data", "--out", "{o}/r"], 2, "unknown dataset"),
+    ("malformed-dag", [*RUN, "--dataset", "{d}/good.h5ad", "--concepts", "age,kind", "--dag", "age-kind",
+                       "--out", "{o}/r"], 2, "Parent->Child"),
+    # run options, all checked before data is loaded
+    ("folds-out-of-range", [*RUN, "--folds", "7", *TINY, "--out", "{o}/r"], 2, "0..4"),
+    ("folds-not-a-number", [*RUN, "--folds", "a", *TINY, "--out", "{o}/r"], 2, "not a whole number"),
+    ("seeds-not-a-number", [*RUN, "--seeds", "x", *TINY, "--out", "{o}/r"], 2, "not a whole number"),
+    ("seeds-negative", [*RUN, "--seeds", "-1", *TINY, "--out", "{o}/r"], 2, "out of range"),
+    ("jobs-zero", [*RUN, "--jobs", "0", *TINY, "--out", "{o}/r"], 2, "--jobs 0"),
+    ("jobs-not-a-number", [*RUN, "--jobs", "abc", *TINY, "--out", "{o}/r"], 2, "Invalid value"),
+    ("n-folds-one", [*RUN, "--n-folds", "1", *TINY, "--out", "{o}/r"], 2, "--n-folds 1"),
+    ("n-cells-zero", [*RUN, "--n-cells", "0", "--out", "{o}/r"], 2, "--n-cells 0"),
+    ("threads-zero", [*RUN, "--threads", "0", *TINY, "--out", "{o}/r"], 2, "--threads 0"),
+    ("unknown-setting", [*RUN, "--settings", "XX", *TINY, "--out", "{o}/r"], 2, "choose ID, OOD"),
+    ("unknown-device", [*RUN, "--device", "gpu", *TINY, "--out", "{o}/r"], 2, "choose auto, cpu or cuda"),
+    ("unknown-preset", [*RUN, "--preset", "fast", *TINY, "--out", "{o}/r"], 2, "fast"),
+    ("unknown-probe", [*RUN, "--probe", "svm", *TINY, "--out", "{o}/r"], 2, "probe"),
+    ("unknown-method", ["run", "--methods", "CausCel", *TINY, "--out", "{o}/r"], 2, "Did you mean CausCell"),
+    ("unknown-executor", [*RUN, "--executor", "slurm", *TINY, "--out", "{o}/r"], 2, "unknown executor"),
+    ("missing-data-dir", [*RUN, "--data-dir", "{d}/nowhere", *TINY, "--out", "{o}/r"], 2, "--data-dir"),
+    ("malformed-holdout", [*RUN, "--holdout", "age", *TINY, "--out", "{o}/r"], 2, "--holdout"),
+    ("param-bad-type", ["run", "--methods", "scVI", "--param", "scVI.n_latent=abc", *TINY, "--out", "{o}/r"], 2,
+     "takes an integer"),
+    ("param-unknown-method", [*RUN, "--param", "scVl.n_latent=5", *TINY, "--out", "{o}/r"], 2, "Did you mean scVI"),
+    ("param-method-not-in-run", [*RUN, "--param", "CausCell.n_steps=5", *TINY, "--out", "{o}/r"], 2,
+     "not among this run's methods"),
+    ("param-unknown-name", ["run", "--methods", "scVI", "--param", "scVI.n_latnt=5", *TINY, "--out", "{o}/r"], 2,
+     "Did you mean n_latent"),
+    ("param-malformed", [*RUN, "--param", "n_latent", *TINY, "--out", "{o}/r"], 2, "Method.name=value"),
+    ("out-is-a-file", [*RUN, *TINY, "--out", "{d}/afile"], 2, "is a file"),
+    ("out-parent-is-a-file", [*RUN, *TINY, "--out", "{d}/afile/run"], 2, "is a file"),
+    # train
+    ("train-out-is-a-file", ["train", "--method", "group_mean", *TINY, "--out", "{d}/afile"], 2, "is a file"),
+    ("train-out-not-empty", ["train", "--method", "group_mean", *TINY, "--out", "{d}/usedmodel"], 2, "--overwrite"),
+    ("train-over-a-model", ["train", "--method", "group_mean", *TINY, "--out", "{d}/model"], 2, "--overwrite"),
+    ("train-unknown-method", ["train", "--method", "nope", *TINY, "--out", "{o}/m"], 2, "unknown method"),
+    ("train-param-bad-type", ["train", "--method", "CausCell", "--param", "n_steps=abc", *TINY, "--out", "{o}/m"], 2,
+     "takes an integer"),
+    ("train-param-unknown", ["train", "--method", "CausCell", "--param", "n_step=5", *TINY, "--out", "{o}/m"], 2,
+     "Did you mean n_steps"),
+    ("train-fold-out-of-range", ["train", "--method", "group_mean", "--fold", "9", *TINY, "--out", "{o}/m"], 2, "0..4"),
+    ("train-unknown-setting", ["train", "--method", "group_mean", "--setting", "XX", *TINY, "--out", "{o}/m"], 2,
+     "ID or OOD"),
+    # check
+    ("reference-empty", ["check", "{d}/listrun", "--reference", "{d}/empty.csv"], 2, "is empty"),
+    ("reference-binary", ["check", "{d}/listrun", "--reference", "{d}/binary.csv"], 2, "cannot read reference"),
+    ("reference-unterminated-quote", ["check", "{d}/listrun", "--reference", "{d}/quote.csv"], 2, "cannot read reference"),
+    ("reference-wrong-columns", ["check", "{d}/listrun", "--reference", "{d}/columns.csv"], 2, "lacks the column(s)"),
+    ("reference-no-mean", ["check", "{d}/listrun", "--reference", "{d}/nomean.csv"], 2, "lacks the column(s) mean"),
+    ("reference-text-mean", ["check", "{d}/listrun", "--reference", "{d}/textmean.csv"], 2, "not numbers"),
+    ("reference-missing", ["check", "{d}/listrun", "--reference", "{d}/nope.csv"], 2, "does not exist"),
+    # report
+    ("report-no-cells", ["report", "{d}/norun"], 2, "no cells/ folder"),
+    ("report-strict-list-cell", ["report", "{d}/listrun", "--strict", "--out", "{o}/rep"], 1, "unreadable or stale"),
+    ("report-out-is-a-file", ["report", "{d}/listrun", "--out", "{d}/afile"], 2, "is a file"),
+    # counterfactual
+    ("cf-truncated-pickle", ["counterfactual", "{d}/badpickle", "--do", "age=age_1", "--out", "{o}/cf.h5ad"], 2,
+     "truncated"),
+    ("cf-no-manifest", ["counterfactual", "{d}/nomanifest", "--do", "age=age_1", "--out", "{o}/cf.h5ad"], 2,
+     "not a trained model directory"),
+    ("cf-manifest-is-a-list", ["counterfactual", "{d}/listmanifest", "--do", "age=age_1", "--out", "{o}/cf.h5ad"], 2,
+     "not a causcell-bench model manifest"),
+    ("cf-malformed-do", ["counterfactual", "{d}/model", "--do", "age", "--out", "{o}/cf.h5ad"], 2, "concept=value"),
+    ("cf-unknown-concept", ["counterfactual", "{d}/model", "--do", "tissue=x", "--out", "{o}/cf.h5ad"], 2,
+     "cannot intervene on 'tissue'"),
+    ("cf-out-not-h5ad", ["counterfactual", "{d}/model", "--do", "age=age_1", "--out", "{o}/cf.csv"], 2, ".h5ad"),
+    ("cf-out-is-a-directory", ["counterfactual", "{d}/model", "--do", "age=age_1", "--out", "{d}/folder.h5ad"], 2,
+     "is a directory"),
+    # experiment
+    ("experiment-bad-option-type", ["experiment", "small_sample_trends", "--out", "{o}/x", "--set", "n_per_age=abc"], 2,
+     "n_per_age"),
+    ("experiment-unknown-option", ["experiment", "small_sample_trends", "--out", "{o}/x", "--set", "n_per_ag=3"], 2,
+     "Did you mean n_per_age"),
+    ("experiment-unknown", ["experiment", "small_trends", "--out", "{o}/x"], 2, "unknown experiment"),
+    ("experiment-param-not-in-run", ["experiment", "small_sample_trends", "--out", "{o}/x", "--param", "scVI.n_latent=3"],
+     2, "not among this run's methods"),
+    ("list-unknown", ["list", "things"], 2, "cannot list"),
+]
+if not torch.cuda.is_available():
+    CASES.append(("cuda-without-gpu", [*RUN, "--device", "cuda", *TINY, "--out", "{o}/r"], 2, "sees no CUDA GPU"))
+if not _can_write("/sys/causcell-bench-probe"):
+    CASES.append(("out-not-writable", [*RUN, *TINY, "--out", "/sys/causcell-bench-run"], 2, "cannot write"))
+
+
+def _hashes(root: Path) -> dict[str, str]:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_there_are_at_least_forty_cases() -> None:
+    assert len(CASES) >= 40 and len({c[0] for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize(("args", "code", "text"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_gets_one_clear_line(inputs: Path, tmp_path: Path, args: list[str], code: int, text: str) -> None:
+    (tmp_path / "out").mkdir()
+    argv = [a.replace("{d}", str(inputs)).replace("{o}", str(tmp_path / "out")) for a in args]
+    before = _hashes(inputs)
+    DATA_CACHE.clear()
+    r = CliRunner().invoke(app, argv)
+    after = _hashes(inputs)
+    assert r.exit_code == code, (r.exit_code, r.stderr, r.exception)
+    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+    assert "Traceback" not in r.output + r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    if "Invalid value" in text:  # click's own usage error: short, not ours to reformat
+        assert len(lines) <= 8
+    else:
+        errors = [line for line in lines if line.startswith("error: ")]
+        assert len(errors) == 1 and text in errors[0], r.stderr
+        assert all(not line.startswith(" ") for line in lines), r.stderr  # nothing wrapped onto more lines
+    assert {k: v for k, v in after.items() if k in before} == before  # no input file changed
+    if argv[0] == "run":
+        assert not list((tmp_path / "out").rglob("config.json"))  # a rejected run wrote nothing
+
+
+def test_full_disk_and_read_only_while_writing_the_report(inputs: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import causcell_bench.leaderboard as lb
+
+    for err, code, text in ((errno.ENOSPC, 1, "no space left on the device"), (errno.EROFS, 2, "cannot write")):
+        def full(*a, _err=err, **k):
+            raise OSError(_err, os.strerror(_err), str(tmp_path / "report/leaderboard.md"))
+
+        monkeypatch.setattr(lb, "build_report", full)
+        r = CliRunner().invoke(app, ["report", str(inputs / "listrun"), "--out", str(tmp_path / "report")])
+        assert r.exit_code == code and r.stderr.count("\n") == 1 and text in r.stderr, r.stderr
+        assert "leaderboard.md" in r.stderr
+
+
+def test_an_unexpected_error_is_one_line_pointing_at_debug(inputs: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import causcell_bench.leaderboard as lb
+
+    monkeypatch.setattr(lb, "build_report", lambda *a, **k: 1 / 0)
+    r = CliRunner().invoke(app, ["report", str(inputs / "listrun"), "--out", str(tmp_path / "report")])
+    assert r.exit_code == 1 and "ZeroDivisionError" in r.stderr and "--debug" in r.stderr
+    assert r.stderr.count("\n") == 1
+
+
+def test_the_installed_command_and_debug(inputs: Path, tmp_path: Path) -> None:
+    """The real entry point: one line and exit 2; a traceback only with --debug or $CAUSCELL_BENCH_DEBUG."""
+    env = {k: v for k, v in os.environ.items() if k != "CAUSCELL_BENCH_DEBUG"}
+    args = ["run", "--folds", "a", "--out", str(tmp_path / "r")]
+    plain = subprocess.run([CLI, *args], capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert plain.returncode == 2 and plain.stderr.count("\n") == 1 and "Traceback" not in plain.stderr
+    debug = subprocess.run([CLI, "--debug", *args], capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "BenchError" in debug.stderr
+    by_env = subprocess.run([CLI, *args], capture_output=True, text=True, env={**env, "CAUSCELL_BENCH_DEBUG": "1"},
+                            timeout=120, check=False)
+    assert by_env.returncode == 1 and "Traceback" in by_env.stderr
+    cf = subprocess.run([CLI, "counterfactual", str(inputs / "badpickle"), "--do", "age=age_1", "--out",
+                         str(tmp_path / "cf.h5ad")], capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert cf.returncode == 2 and cf.stderr.count("\n") == 1 and "truncated" in cf.stderr, cf.stderr
