@@ -55,24 +55,6 @@ class BenchmarkResult:
         return paths
 
 
-def _edges(dag: Iterable[Any] | str | None) -> list[tuple[str, str]]:
-    from causcell_bench.datasets.spec import parse_edges
-
-    if dag is None:
-        return []
-    if isinstance(dag, str):
-        return parse_edges(dag)
-    out = []
-    for e in dag:
-        if isinstance(e, str):
-            out += parse_edges(e)
-        elif isinstance(e, Sequence) and len(e) == 2:
-            out.append((str(e[0]), str(e[1])))
-        else:
-            raise BenchError(f"cannot read DAG edge {e!r}; give (parent, child) pairs or 'parent->child' strings")
-    return out
-
-
 def _fingerprint(adata: AnnData, layer: str | None) -> str:
     """Cheap identity of an AnnData's cells, genes and counts (to refuse a different one in the same run)."""
     x = adata.layers[layer] if layer else adata.X
@@ -117,6 +99,7 @@ def benchmark(
     code can hang. Everything else is as ``causcell-bench run`` (see its ``--help``).
     """
     from causcell_bench.config import RunConfig
+    from causcell_bench.datasets.loaders import as_edges
     from causcell_bench.leaderboard import build_report, scores, status_table, summarize, tidy_table
     from causcell_bench.registry import resolve_methods
     from causcell_bench.runner import run_grid
@@ -153,7 +136,7 @@ def benchmark(
         settings=settings, n_folds=n_folds, folds=list(folds) if folds is not None else None,  # type: ignore[arg-type]
         seeds=list(seeds), preset=preset, device=device, jobs=jobs, dataset_kwargs=kw,
         method_params={k: dict(v) for k, v in (params or {}).items()}, concepts=list(concepts),
-        edges=_edges(dag), n_hvg=n_hvg, holdout=[dict(h) for h in holdout] if holdout else None,
+        edges=as_edges(dag or []), n_hvg=n_hvg, holdout=[dict(h) for h in holdout] if holdout else None,
     )
     run_grid(config, run_dir, progress=progress, start_method=start_method)
     records = read_run(run_dir).records  # current cells only: stale and unreadable ones are left out

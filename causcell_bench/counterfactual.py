@@ -38,6 +38,7 @@ from anndata import AnnData
 
 from causcell_bench.datasets.spec import DatasetSpec
 from causcell_bench.errors import BenchError, DataError
+from causcell_bench.runner import package_versions
 
 MANIFEST = "manifest.json"
 METHOD_DIR = "method"
@@ -235,18 +236,6 @@ def select_cells(
 
 
 # --- train / save / load -----------------------------------------------------------------
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("causcell-bench", "torch", "anndata", "scanpy", "numpy"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            continue
-    return out
-
-
 def train_model(
     method: str,
     dataset: str,
@@ -319,7 +308,7 @@ def train_model(
         "n_train_cells": int(train.n_obs),
         "fit_s": round(fit_s, 3),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "versions": _versions(),
+        "versions": package_versions(),
     }
     tmp = out / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2, default=str))

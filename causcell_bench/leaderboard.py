@@ -725,7 +725,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, figure:
             paths["heatmap_error"] = out / "heatmap_error.txt"
     from causcell_bench.report_html import write_index_html  # here: report_html imports this module
 
-    paths["html"] = write_index_html(out, run_dir, tidy, summary, score_table, status, dict(paths))
+    paths["html"] = write_index_html(out, run_dir, tidy, summary, score_table, status, dict(paths), records=records)
     return paths
 
 

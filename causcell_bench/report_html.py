@@ -397,14 +397,15 @@ def _failed_section(status: pd.DataFrame) -> str:
             f'<tbody>{"".join(body)}</tbody></table></div>')
 
 
-def _versions(run_dir: Path) -> dict[str, dict[str, int]]:
-    from causcell_bench.store import ResultStore
+def _versions(run_dir: Path, records: Iterable[Mapping[str, Any]] | None) -> dict[str, dict[str, int]]:
+    from causcell_bench.store import read_run
 
     out: dict[str, dict[str, int]] = {}
-    try:
-        records = list(ResultStore(run_dir).records())
-    except Exception:
-        return out
+    if records is None:  # called on its own: read the run (build_report hands its records over)
+        try:
+            records = read_run(run_dir).records
+        except Exception:  # provenance is best effort; the tables must still be written
+            return out
     for r in records:
         for pkg, ver in (r.get("versions") or {}).items():
             out.setdefault(str(pkg), {}).setdefault(str(ver), 0)
@@ -412,9 +413,10 @@ def _versions(run_dir: Path) -> dict[str, dict[str, int]]:
     return out
 
 
-def _provenance_section(run_dir: Path, status: pd.DataFrame) -> str:
+def _provenance_section(run_dir: Path, status: pd.DataFrame,
+                        records: Iterable[Mapping[str, Any]] | None = None) -> str:
     parts = [f"<p>Run directory: <code>{_e(run_dir.resolve())}</code></p>"]
-    versions = _versions(run_dir)
+    versions = _versions(run_dir, records)
     if versions:
         rows = []
         for pkg in sorted(versions, key=str.lower):
@@ -552,7 +554,8 @@ LEGEND = (
 
 def write_index_html(out_dir: str | Path, run_dir: str | Path, tidy: pd.DataFrame, summary: pd.DataFrame,
                      score_table: pd.DataFrame, status: pd.DataFrame,
-                     figures: Mapping[str, Path] | None = None) -> Path:
+                     figures: Mapping[str, Path] | None = None,
+                     records: Iterable[Mapping[str, Any]] | None = None) -> Path:
     """Write ``out_dir/index.html``: heatmaps, per dataset and setting the scores, every metric and
     bar charts, the cross-dataset overview, violations, failed cells and provenance. Returns its path."""
     out_dir, run_dir = Path(out_dir), Path(run_dir)
@@ -616,7 +619,7 @@ def write_index_html(out_dir: str | Path, run_dir: str | Path, tidy: pd.DataFram
             content = _generic_table(df) if not df.empty else f'<p class="ok">{_e(empty)}</p>'
             section(title, f'<p class="note">{_e(blurb)} ({_e(name)})</p>{content}')
     section("Failed cells", _failed_section(status))
-    section("Provenance", _provenance_section(run_dir, status))
+    section("Provenance", _provenance_section(run_dir, status, records))
 
     n_ok = int((status["status"] == "ok").sum()) if status is not None and "status" in status else 0
     n_failed = int((status["status"] == "failed").sum()) if status is not None and "status" in status else 0

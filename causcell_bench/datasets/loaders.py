@@ -318,7 +318,7 @@ def load(
             adata = _read_h5ad(path)
             spec = spec_from_dict(
                 {"name": path.stem, "source": str(path.resolve()), "concepts": _as_concepts(overrides.pop("concepts")),
-                 "edges": _as_edges(overrides.pop("edges", [])),
+                 "edges": as_edges(overrides.pop("edges", [])),
                  # a bare file: counts are in layers['counts'] if it exists, else in X
                  "counts_layer": "counts" if "counts" in adata.layers else None},
                 where=str(path),
@@ -365,16 +365,18 @@ def _as_concepts(v: Any) -> list[str]:
     return [str(c) for c in v]
 
 
-def _as_edges(v: Any) -> list[tuple[str, str]]:
+def as_edges(v: Any) -> list[tuple[str, str]]:
+    """DAG edges from ``"a->b,c->b"``, a list of such strings, or ``(parent, child)`` pairs."""
     if isinstance(v, str):
         return parse_edges(v)
     out = []
     for e in v:
         if isinstance(e, str):
             out += parse_edges(e)
+        elif isinstance(e, (list, tuple)) and len(e) == 2:
+            out.append((str(e[0]), str(e[1])))
         else:
-            a, b = e
-            out.append((str(a), str(b)))
+            raise DataError(f"cannot read DAG edge {e!r}; give (parent, child) pairs or 'parent->child' strings")
     return out
 
 
@@ -382,7 +384,7 @@ def _apply_overrides(spec: DatasetSpec, overrides: dict[str, Any]) -> DatasetSpe
     if not overrides:
         return spec
     concepts = _as_concepts(overrides.pop("concepts")) if "concepts" in overrides else None
-    edges = _as_edges(overrides.pop("edges")) if "edges" in overrides else None
+    edges = as_edges(overrides.pop("edges")) if "edges" in overrides else None
     return spec.with_overrides(concepts=concepts, edges=edges, **overrides)
 
 

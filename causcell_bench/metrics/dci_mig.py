@@ -37,21 +37,24 @@ def _entropy_rows(p: np.ndarray, base: int) -> np.ndarray:
     return -terms.sum(axis=1) / np.log(base)
 
 
+def _disentanglement(r: np.ndarray) -> float:
+    """D: 1 - entropy (base = number of factors) of each dim's importance over the factors, dims
+    weighted by their share of the total importance. ``r`` non-negative, (dims, factors)."""
+    row = r.sum(axis=1)
+    used = row > 0
+    if r.shape[1] < 2 or not used.any():
+        return float("nan")  # nothing to disentangle from, or no importance at all
+    d_i = 1.0 - _entropy_rows(r[used] / row[used, None], r.shape[1])
+    return float(np.sum(row[used] / row[used].sum() * d_i))
+
+
 def dci_from_importance(r: np.ndarray) -> tuple[float, float]:
     """(disentanglement, completeness) from an importance matrix ``r`` of shape (dims, factors)."""
     r = np.abs(np.asarray(r, dtype=np.float64))
     n_dims, n_factors = r.shape
-    total = r.sum()
-    if total <= 0:
+    if r.sum() <= 0:
         return float("nan"), float("nan")
-    if n_factors < 2:
-        d = float("nan")  # nothing to disentangle from
-    else:
-        row = r.sum(axis=1)
-        used = row > 0
-        p = r[used] / row[used, None]
-        d_i = 1.0 - _entropy_rows(p, n_factors)
-        d = float(np.sum(row[used] / total * d_i))
+    d = _disentanglement(r)
     col = r.sum(axis=0)
     used = col > 0
     if n_dims < 2:
@@ -90,21 +93,12 @@ def dci_disentanglement_dag(
     if r.ndim != 2 or r.shape[0] != len(dim_owner) or r.shape[1] != len(factors):
         raise BenchError(f"importance matrix of shape {r.shape} does not match {len(dim_owner)} dims "
                          f"x {len(factors)} factors")
-    if len(factors) < 2 or r.sum() <= 0:
-        return float("nan")
     keep = np.ones_like(r, dtype=bool)
     for i, owner in enumerate(dim_owner):
         if owner is not None:
             anc = set(ancestors.get(owner, ()))
             keep[i] = [f not in anc for f in factors]
-    r = np.where(keep, r, 0.0)
-    row = r.sum(axis=1)
-    used = row > 0
-    if not used.any():
-        return float("nan")
-    p = r[used] / row[used, None]
-    d_i = 1.0 - _entropy_rows(p, len(factors))
-    return float(np.sum(row[used] / row[used].sum() * d_i))
+    return _disentanglement(np.where(keep, r, 0.0))
 
 
 def dci_importance(
