@@ -48,6 +48,15 @@ def _method_params(method: str, items: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def _thread_budget(threads: int | None) -> None:
+    """One budget for torch, numba, BLAS and OpenMP, as a grid cell has: torch's default of one thread
+    per core collapses (OpenMP spin-waits) when the cores are shared with other jobs."""
+    from causcell_bench.threads import apply_thread_budget, resolve_threads
+
+    check_at_least(threads, "--threads")
+    apply_thread_budget(resolve_threads(threads))
+
+
 @app.command()
 @friendly
 def train(
@@ -69,6 +78,8 @@ def train(
     data_dir: Annotated[Path | None, typer.Option(help="where the paper datasets' files are")] = None,
     param: Annotated[list[str] | None, typer.Option(help="hyperparameter override name=value (repeatable)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace the model already in --out")] = False,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default 1, as a grid cell; "
+                                                     "$CAUSCELL_BENCH_THREADS overrides)")] = None,
 ) -> None:
     """Train one method and save it for `counterfactual`."""
     from causcell_bench.config import check_device, check_params
@@ -91,6 +102,7 @@ def train(
     if data_dir is not None and not data_dir.is_dir():
         raise BenchError(f"--data-dir {data_dir} is not a directory; give the folder holding the datasets' files")
     check_device(device)
+    _thread_budget(threads)
 
     load_kwargs: dict[str, Any] = {"seed": data_seed}
     if n_cells is not None:
@@ -127,6 +139,9 @@ def counterfactual(
     input: Annotated[Path | None, typer.Option(help="take cells from this .h5ad (raw counts + concept columns)")] = None,
     part: Annotated[str, typer.Option(help="all, or train/test part of the model's fold")] = "all",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    plot: Annotated[bool, typer.Option(help="also write <out>_umap.png (original vs counterfactual cells) "
+                                             "and <out>_violin.png (the genes that change most)")] = False,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default 1; $CAUSCELL_BENCH_THREADS overrides)")] = None,
 ) -> None:
     """Generate counterfactual cells under do(concept = value) with a trained model."""
     from causcell_bench.config import check_device
@@ -136,6 +151,7 @@ def counterfactual(
     new_folder = check_out_file(out, suffix=".h5ad")
     check_at_least(n_cells_max, "--n-cells-max")
     check_device(device)
+    _thread_budget(threads)
     adata = generate_counterfactuals(
         model_dir, intervention, cells=cells, n_cells_max=n_cells_max, mode=mode, seed=seed,
         dataset=dataset, input=input, part=part, device=device,
@@ -143,6 +159,11 @@ def counterfactual(
     path = write_counterfactuals(adata, out)
     if new_folder:
         err_console.print(f"created directory {out.parent}", highlight=False, soft_wrap=True)
+    if plot:
+        from causcell_bench.counterfactual import plot_counterfactuals
+
+        for fig in plot_counterfactuals(adata, out.with_suffix(""), seed=seed):
+            console.print(f"figure: {fig}", highlight=False, soft_wrap=True)
     meta = adata.uns["counterfactual"]
     console.print(
         f"{meta['method']} do({meta['do']}), mode {meta['mode']}: {meta['n_original']} cells + "

@@ -529,6 +529,53 @@ def write_counterfactuals(adata: AnnData, path: str | Path) -> Path:
     return path
 
 
+def top_changed_genes(adata: AnnData, n: int = 6) -> list[str]:
+    """The ``n`` genes whose mean expression changes most (|counterfactual - original|)."""
+    is_cf = (adata.obs["type"] == COUNTERFACTUAL).to_numpy()
+    x = adata.X
+    mean = lambda rows: np.asarray(x[rows].mean(axis=0)).ravel()  # noqa: E731 - sparse or dense rows
+    delta = mean(is_cf) - mean(~is_cf)
+    order = np.argsort(-np.abs(delta), kind="stable")[: min(n, adata.n_vars)]
+    return [str(adata.var_names[i]) for i in order]
+
+
+def plot_counterfactuals(adata: AnnData, out_prefix: str | Path, *, n_genes: int = 6, seed: int = 0) -> list[Path]:
+    """Figures of an AnnData from :func:`counterfactual_anndata` (scanpy): a UMAP of the original and
+    counterfactual cells coloured by type and by each intervened concept (``<prefix>_umap.png``), and
+    violins of the genes that change most, original vs counterfactual (``<prefix>_violin.png``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import scanpy as sc
+
+    if "counterfactual" not in adata.uns or "type" not in adata.obs:
+        raise BenchError("plot_counterfactuals needs the AnnData written by `causcell-bench counterfactual`")
+    prefix = Path(out_prefix)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    view = adata.copy()
+    n_pcs = max(1, min(30, view.n_obs - 1, view.n_vars - 1))
+    sc.pp.pca(view, n_comps=n_pcs, random_state=seed)
+    sc.pp.neighbors(view, n_neighbors=min(15, max(2, view.n_obs - 1)), n_pcs=n_pcs, random_state=seed)
+    sc.tl.umap(view, random_state=seed)
+    colour = ["type", *[c for c in view.uns["counterfactual"]["intervention"] if c in view.obs]]
+    written = []
+    with plt.rc_context({"figure.figsize": (4.5, 4.0)}):
+        fig = sc.pl.umap(view, color=colour, show=False, return_fig=True, wspace=0.35)
+        fig.suptitle(f"do({view.uns['counterfactual']['do']}) — {view.uns['counterfactual']['method']}")
+        written.append(prefix.with_name(prefix.name + "_umap.png"))
+        fig.savefig(written[-1], dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        genes = top_changed_genes(view, n_genes)
+        axes = sc.pl.violin(view, keys=genes, groupby="type", show=False, rotation=0, stripplot=False)
+        fig = (axes[0] if isinstance(axes, list) else axes).get_figure()
+        fig.suptitle("genes that change most: original vs counterfactual")
+        written.append(prefix.with_name(prefix.name + "_violin.png"))
+        fig.savefig(written[-1], dpi=120, bbox_inches="tight")
+        plt.close(fig)
+    return written
+
+
 __all__ = [
     "check_intervention",
     "counterfactual_anndata",
@@ -538,6 +585,7 @@ __all__ = [
     "load_model",
     "method_class",
     "parse_do",
+    "plot_counterfactuals",
     "parse_filters",
     "read_manifest",
     "require_counterfactuals",

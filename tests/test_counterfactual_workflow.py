@@ -209,3 +209,25 @@ def test_train_on_a_bare_h5ad(tmp_path: Path) -> None:
     assert a.uns["counterfactual"]["dataset"] == str(path)
     assert list(a.uns["counterfactual"]["descendants_not_relabelled"]) == ["celltype"]
     assert (a.obs["celltype"] == "type_0").all() and a.n_obs == 2 * int((raw.obs["celltype"] == "type_0").sum())
+
+
+def test_counterfactual_figures(tmp_path) -> None:
+    from causcell_bench.counterfactual import counterfactual_anndata, plot_counterfactuals, top_changed_genes
+    from causcell_bench.datasets import load, preprocess
+    from causcell_bench.methods.references import AdditiveShift
+
+    adata, spec = load("synthetic", n_cells=300, n_genes=40)
+    train, cells = preprocess(adata[:240], adata[240:], spec)
+    m = AdditiveShift()
+    m.fit(train, spec, seed=0)
+    cf = counterfactual_anndata(m, cells, {"age": "age_2"})
+    paths = plot_counterfactuals(cf, tmp_path / "cf", n_genes=4)
+    assert [p.name for p in paths] == ["cf_umap.png", "cf_violin.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
+    # the genes shown are those whose mean moves most: a shifted gene beats one left alone
+    genes = top_changed_genes(cf, 4)
+    is_cf = (cf.obs["type"] == "counterfactual").to_numpy()
+    delta = np.abs(np.asarray(cf.X[is_cf].mean(0) - cf.X[~is_cf].mean(0))).ravel()
+    assert delta[list(cf.var_names).index(genes[0])] == pytest.approx(delta.max())
+    with pytest.raises(BenchError, match="needs the AnnData"):
+        plot_counterfactuals(cells, tmp_path / "x")
