@@ -539,6 +539,9 @@ def heatmap(summary: pd.DataFrame, score_table: pd.DataFrame, path: str | Path) 
     category_of = {g: c for c, gs in categories.items() for g in gs}
     has_sd = "overall_sd" in score_table.columns
     kinds = dict(zip(score_table["method"], score_table["kind"])) if "kind" in score_table.columns else {}
+    # methods missing a category (not ranked) come after the ranked ones, as in the tables
+    partial = set(score_table.loc[~score_table["complete"].astype(bool) & (score_table["kind"] == "method"), "method"]) \
+        if {"complete", "kind"} <= set(score_table.columns) else set()
     short = {"disentanglement": "disent.", "fidelity": "fid.", "realism": "real.", "counterfactual": "cf."}
 
     def fit_label(setting: str, category: str, n_columns: int) -> str:
@@ -562,9 +565,10 @@ def heatmap(summary: pd.DataFrame, score_table: pd.DataFrame, path: str | Path) 
     def draw(data: dict[str, dict[str, Any]], col_rows: list[dict[str, Any]], groups: list[dict[str, Any]],
              rank_cols: list[str], stem: str) -> None:
         df = pd.DataFrame.from_dict(data, orient="index")
-        # methods by overall, then references, then controls (as in the markdown leaderboard)
+        # ranked methods by overall, then unranked ones, references, controls (as in the tables)
         mean = df.reindex(columns=rank_cols).astype(float).mean(axis=1).fillna(-1.0)
-        tier = pd.Series([_TIER.get(kinds.get(m, "method"), 0) for m in df.index], index=df.index)
+        tier = pd.Series([_TIER.get(kinds.get(m, "method"), 0) + (0.5 if m in partial else 0.0) for m in df.index],
+                         index=df.index)
         order = pd.DataFrame({"tier": tier, "neg": -mean}).sort_values(["tier", "neg"], kind="stable").index
         df = df.loc[order].reset_index(names="id")
         df.insert(1, "method", [f"{m}{EMBEDDING_FLAG.get(_emb(score_table, m), '')}"
