@@ -207,6 +207,10 @@ def violations(summary: pd.DataFrame) -> pd.DataFrame:
                                        "control_value", "violation"])
 
 
+#: references whose reconstruction is the input cell (only their counterfactuals predict anything)
+_INPUT_AS_RECONSTRUCTION = ("no_change", "additive_shift")
+
+
 def uninformative(summary: pd.DataFrame, references: Iterable[str] = ("no_change", "group_mean")) -> pd.DataFrame:
     """Scored metrics on which a trivial reference (``no_change``, ``group_mean``) beats every method:
     on this dataset the metric cannot show that any model learned more than the reference."""
@@ -218,7 +222,10 @@ def uninformative(summary: pd.DataFrame, references: Iterable[str] = ("no_change
         if methods.empty:
             continue
         best = methods.loc[methods["mean"].idxmax() if hib else methods["mean"].idxmin()]
+        category = _metrics.metric_info(metric).category
         for ref in references:
+            if ref in _INPUT_AS_RECONSTRUCTION and category in ("fidelity", "realism"):
+                continue  # its "reconstruction" is the cell itself: no evidence about the metric
             r = block[block["method"] == ref]
             if r.empty or not np.isfinite(r["mean"].iloc[0]):
                 continue

@@ -213,3 +213,16 @@ def test_bootstrap_ranks_a_clear_winner_first_and_ties_twins() -> None:
     assert sc.at["far", "rank"] == 1 and sc.at["far", "rank_hi"] == 1  # first in every resample
     assert "twin2" in sc.at["twin1", "tied"] and "far" not in sc.at["twin1", "tied"]
     assert sc.at["far", "overall_sd"] > 0
+
+
+def test_uninformative_lists_metrics_a_trivial_reference_wins() -> None:
+    from causcell_bench.leaderboard import uninformative
+
+    _, summary = _summary({"positive_control": {"pcc": 1.0, "cf_pcc": 1.0},
+                           "negative_control": {"pcc": 0.5, "cf_pcc": 0.5},
+                           "A": {"pcc": 0.8, "cf_pcc": 0.7}, "no_change": {"pcc": 1.0, "cf_pcc": 0.6},
+                           "group_mean": {"pcc": 0.7, "cf_pcc": 0.75}})
+    summary.loc[summary["method"].isin(["no_change", "group_mean"]), "kind"] = "reference"
+    u = uninformative(summary)
+    # group_mean beats every method on cf_pcc; no_change's perfect pcc is the input itself, not evidence
+    assert list(zip(u["metric"], u["reference"])) == [("cf_pcc", "group_mean")]
