@@ -57,6 +57,10 @@ def apply_thread_budget(n: int) -> None:
     if n < 1:
         raise BenchError(f"a thread budget of {n} is not possible; use 1 or more threads")
     for var in THREAD_ENV_VARS:
+        if var == "NUMBA_NUM_THREADS" and _numba() is not None:
+            # numba reads it again at every compilation and refuses a value other than the one its
+            # pool started with; once loaded it is sized by numba.set_num_threads (below) instead
+            continue
         os.environ[var] = str(n)
     try:
         from threadpoolctl import threadpool_limits

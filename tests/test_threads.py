@@ -187,3 +187,31 @@ def test_causcell_ind_kept_with_dag_edges(tmp_path: Path) -> None:
     keys = expand_grid(no_edges)
     assert redundant_cells(no_edges, keys) == [k for k in keys if k.method == "CausCell_IND"]
     assert redundant_cells(_ind_config(edges=[], methods=["CausCell_IND"]), keys) == []
+
+
+NUMBA_ORDER_SCRIPT = """
+import numpy as np, scipy.sparse as sp, numba
+from causcell_bench.threads import apply_thread_budget
+from causcell_bench.datasets.preprocess import select_hvg
+x = sp.csr_matrix(np.random.default_rng(0).poisson(2, size=(200, 50)).astype(np.float32))
+apply_thread_budget(1); select_hvg(x, 10)   # numba's pool starts under a budget of 1
+apply_thread_budget(2)                      # a later cell (or CLI command) in the same process
+@numba.njit(parallel=True)
+def f(a):
+    s = 0.0
+    for i in numba.prange(a.shape[0]):
+        s += a[i]
+    return s
+f(np.ones(10))                              # any new compilation re-reads NUMBA_NUM_THREADS
+select_hvg(x, 12)
+print("ok")
+"""
+
+
+def test_a_new_budget_after_numba_started_does_not_break_numba() -> None:
+    # numba refuses NUMBA_NUM_THREADS changing once its pool runs ("Cannot set NUMBA_NUM_THREADS to a
+    # different value once the threads have been launched"): a second budget must leave it alone
+    env = {k: v for k, v in os.environ.items() if k not in (*T.THREAD_ENV_VARS, T.ENV_VAR)}
+    out = subprocess.run([sys.executable, "-c", NUMBA_ORDER_SCRIPT], env=env, capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
