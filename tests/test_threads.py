@@ -77,8 +77,12 @@ def test_select_hvg_restores_thread_counts(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_apply_and_reassert_budget(clean_budget) -> None:
+    import numba  # loaded (scanpy loads it): sized by set_num_threads, its env var left as it was
+
+    before = os.environ.get("NUMBA_NUM_THREADS")
     T.apply_thread_budget(1)
-    assert all(os.environ[v] == "1" for v in T.THREAD_ENV_VARS)
+    assert all(os.environ[v] == "1" for v in T.THREAD_ENV_VARS if v != "NUMBA_NUM_THREADS")
+    assert os.environ.get("NUMBA_NUM_THREADS") == before and numba.get_num_threads() == 1
     torch.set_num_threads(2)
     assert T.reassert_thread_budget() == 1 and torch.get_num_threads() == 1
     with pytest.raises(BenchError, match="1 or more"):
