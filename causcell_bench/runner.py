@@ -208,7 +208,13 @@ def prepare(config: RunConfig, run_dir: Path, log: Callable[[str], None] = print
     for name in names:
         DATA_CACHE.data(name, config)
     for name in names:
-        _check_saved(run_dir, name, *DATA_CACHE.data(name, config), config)
+        adata, spec = DATA_CACHE.data(name, config)
+        _check_saved(run_dir, name, adata, spec, config)
+        # the user's own choices are refused outright (not recorded as failed cells): exit 2, no trace
+        if config.cf_concept is not None and config.cf_concept not in spec.concepts:
+            raise BenchError(f"--cf-concept {config.cf_concept!r} is not a concept of {name}; concepts are {spec.concepts}")
+        if config.holdout:
+            make_holdout_split(adata, spec, config.holdout, seed=config.split_seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     problems: dict[tuple[str, str], str] = {}
     # several processes may share run_dir: one makes the splits, the others then load them
