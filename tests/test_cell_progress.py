@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from causcell_bench.methods.base import Progress as Report
-from causcell_bench.progress import CellProgressWriter, ProgressMonitor, cell_output_to, describe, progress_path
+from causcell_bench.progress import CellProgressWriter, ProgressMonitor, describe, progress_path
 from causcell_bench.store import CellKey
 
 KEY = CellKey("synthetic", "CausCell", "ID", 0, 0)
