@@ -355,3 +355,28 @@ def test_sigkill_at_random_points_then_resume_gives_the_same_table(tmp_path: Pat
     pd.testing.assert_frame_equal(table(run), table(tmp_path / "ref"))
     digest = [hashlib.sha256(table(d).to_csv(index=False).encode()).hexdigest() for d in (run, tmp_path / "ref")]
     assert digest[0] == digest[1]
+
+
+def test_truncated_stale_and_interrupted_cells_together(tmp_path: Path) -> None:
+    # the scenario in one run directory: report names all three, mixes nothing, a rerun completes it
+    run_grid(tiny(methods=FAST), tmp_path, **QUIET)
+    cell = {m: tmp_path / f"cells/synthetic/{m}/ID/fold0_seed0.json" for m in FAST}
+    whole = table(tmp_path)
+    cell["positive_control"].write_text(cell["positive_control"].read_text()[:50])  # truncated
+    stale = json.loads(cell["negative_control"].read_text())
+    stale["config_hash"], stale["metrics"]["pcc"] = "0" * 16, 0.123  # computed with other settings
+    cell["negative_control"].write_text(json.dumps(stale))
+    interrupted = json.loads(cell["group_mean"].read_text())
+    cell["group_mean"].write_text(json.dumps({**interrupted, "status": "interrupted", "metrics": {}}))
+    r = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    board = (tmp_path / "report/leaderboard.md").read_text()
+    assert "unreadable: cells/synthetic/positive_control/ID/fold0_seed0.json" in board
+    assert "stale: cells/synthetic/negative_control/ID/fold0_seed0.json" in board
+    assert "interrupted: synthetic/group_mean/ID/fold0/seed0" in board
+    results = pd.read_csv(tmp_path / "report/results.csv")
+    assert set(results.method) == {"no_change"} and 0.123 not in set(results.value)
+    run_grid(tiny(methods=FAST), tmp_path, **QUIET)  # recomputes exactly those three
+    assert table(tmp_path).equals(whole)
+    contents = read_run(tmp_path)
+    assert not contents.unreadable and not contents.stale and len(contents.records) == 4
