@@ -26,12 +26,12 @@ import numpy as np
 import pandas as pd
 
 from causcell_bench import metrics as _metrics
+from causcell_bench.registry import CONTROLS, REFERENCES
 from causcell_bench.store import RunContents, read_run
 
 POS, NEG = "positive_control", "negative_control"
 KEYS = ["dataset", "method", "setting"]
-CONTROL_NAMES = (POS, NEG)
-REFERENCE_NAMES = ("group_mean", "additive_shift", "no_change")
+CONTROL_NAMES, REFERENCE_NAMES = CONTROLS, REFERENCES  # the registry's built-in names
 N_BOOTSTRAP = 200
 
 
@@ -54,11 +54,12 @@ def _info(metric: str) -> Any:
 
 def _kind(record: dict[str, Any]) -> str:
     """method | control | reference (records written before the field existed: by name)."""
-    kind = record.get("kind")
-    if kind:
-        return str(kind)
-    name = record.get("method")
-    return "control" if name in CONTROL_NAMES else "reference" if name in REFERENCE_NAMES else "method"
+    return str(record.get("kind") or kind_by_name(str(record.get("method"))))
+
+
+def kind_by_name(method: str) -> str:
+    """The kind of a built-in control or reference by its name; anything else is a method."""
+    return "control" if method in CONTROL_NAMES else "reference" if method in REFERENCE_NAMES else "method"
 
 
 def tidy_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:

@@ -24,12 +24,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from causcell_bench.leaderboard import EMBEDDING_FLAG, GROUP_ORDER, HEATMAP_METRICS, KEYS, NEG, POS
+from causcell_bench.leaderboard import EMBEDDING_FLAG, GROUP_ORDER, HEATMAP_METRICS, KEYS, kind_by_name
 from causcell_bench.metrics import CATEGORIES
 
-CONTROLS = (POS, NEG)
-# simple baselines that need no training; shown like controls so they are not read as contenders
-REFERENCES = ("group_mean", "additive_shift", "no_change")
 CATEGORY_OF = {g: cat for cat, groups in CATEGORIES.items() for g in groups}
 CATEGORY_COLOUR = {"disentanglement": "#3a7dbf", "fidelity": "#d0533c", "realism": "#e08a2c",
                    "counterfactual": "#3d9a50", "other": "#7f7f7f"}
@@ -92,7 +89,7 @@ def method_kinds(tables: Iterable[pd.DataFrame], methods: Iterable[str]) -> dict
     out = {}
     for m in methods:
         m = str(m)
-        out[m] = given.get(m) or ("control" if m in CONTROLS else "reference" if m in REFERENCES else "method")
+        out[m] = given.get(m) or kind_by_name(m)
     return out
 
 
