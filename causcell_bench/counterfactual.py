@@ -1,11 +1,13 @@
 """Train one model, save it, reload it and ask it for counterfactual cells.
 
-This is the user-facing side of controllable generation (DESIGN.md: "A user can
-also train one model and ask it for counterfactual cells under
-do(concept = value)"), following the do() procedure of CausCell (Gao, Dong et
-al., "Causal disentanglement for single-cell representations and controllable
-counterfactual generation", Nat Commun 2025): every selected cell is kept and
-a counterfactual twin is generated from it.
+This is the user-facing side of controllable generation: besides benchmarking, a
+user can train one model and ask it for counterfactual cells under
+do(concept = value) (README, "Counterfactuals"). It follows the do() procedure
+of CausCell (Gao, Dong et al., "Causal disentanglement for single-cell
+representations and controllable counterfactual generation", Nat Commun 2025):
+every selected cell is kept and a counterfactual twin is generated from it.
+The experiments (:mod:`causcell_bench.experiments`) use the same service:
+:func:`counterfactual_methods`, :func:`method_class` and :func:`generate`.
 
 A model directory holds ``method/`` (whatever ``Method.save`` writes) and
 ``manifest.json`` (method, dataset and how it was loaded, spec, preset,
@@ -36,6 +38,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from causcell_bench.assignments import assignment_dict
 from causcell_bench.datasets.spec import DatasetSpec
 from causcell_bench.errors import BenchError, DataError
 from causcell_bench.runner import package_versions
@@ -47,7 +50,7 @@ ORIGINAL, COUNTERFACTUAL = "original", "counterfactual"
 PARTS = ("all", "train", "test")
 
 # In-tree methods the registry may not list yet; used only when the registry lookup fails.
-_IN_TREE: dict[str, str] = {
+IN_TREE: dict[str, str] = {
     "CausCell": "causcell_bench.methods.causcell:CausCell",
     "CausCell_IND": "causcell_bench.methods.causcell:CausCellIND",
 }
@@ -70,7 +73,7 @@ def method_class(name: str, class_path: str | None = None) -> type:
     try:
         return get_method(name)
     except BenchError:
-        fallback = class_path or _IN_TREE.get(name)
+        fallback = class_path or IN_TREE.get(name)
         if fallback is None:
             raise
         try:
@@ -80,6 +83,20 @@ def method_class(name: str, class_path: str | None = None) -> type:
         if not (isinstance(cls, type) and issubclass(cls, Method)):
             raise BenchError(f"{fallback} is not a causcell_bench Method") from None
         return cls
+
+
+def counterfactual_methods() -> list[str]:
+    """Every registered method, plus the in-tree CausCell variants, that can generate counterfactuals."""
+    from causcell_bench.registry import method_names
+
+    out = []
+    for name in dict.fromkeys([*IN_TREE, *method_names()]):
+        try:
+            if method_class(name).capabilities.counterfactual:
+                out.append(name)
+        except BenchError:
+            continue
+    return out
 
 
 def require_counterfactuals(cls: type) -> None:
@@ -103,47 +120,23 @@ def require_counterfactuals(cls: type) -> None:
 
 # --- parsing user input --------------------------------------------------------------
 def parse_do(items: str | Sequence[str]) -> dict[str, str]:
-    """``["age=age_2", "domain=domain_1"]`` (or ``"age=age_2,domain=domain_1"``) -> one joint intervention."""
-    if isinstance(items, str):
-        items = [items]
-    out: dict[str, str] = {}
-    for item in items:
-        for part in (p.strip() for p in str(item).split(",")):
-            if not part:
-                continue
-            concept, eq, value = (s.strip() for s in part.partition("="))
-            if not eq or not concept or not value:
-                raise BenchError(f"cannot read intervention {part!r}; write it as concept=value, e.g. --do age=age_2")
-            if concept in out and out[concept] != value:
-                raise BenchError(
-                    f"concept {concept!r} is intervened on twice ({out[concept]!r} and {value!r}); give one value"
-                )
-            out[concept] = value
+    """``["age=age_2", "domain=domain_1"]`` (or ``"age=age_2,domain=domain_1"``) -> one joint intervention
+    (the rules of :mod:`causcell_bench.assignments`)."""
+    out = assignment_dict(items, flag="--do", form="concept=value", example="age=age_2", several=True)
     if not out:
         raise BenchError("no intervention given; pass at least one --do concept=value")
     return out
 
 
 def parse_filters(items: str | Sequence[str] | None) -> dict[str, list[str]]:
-    """``["celltype=type_1,type_2", "domain=domain_0"]`` -> {column: allowed values}; items are ANDed."""
-    if items is None:
-        return {}
-    if isinstance(items, str):
-        items = [items]
-    out: dict[str, list[str]] = {}
-    for item in items:
-        column, eq, values = (s.strip() for s in str(item).partition("="))
-        vals = [v.strip() for v in values.split(",") if v.strip()]
-        if not eq or not column or not vals:
-            raise BenchError(
-                f"cannot read cell filter {item!r}; write it as column=value[,value...], e.g. --cells celltype=type_1"
-            )
-        out.setdefault(column, [])
-        out[column] += [v for v in vals if v not in out[column]]
-    return out
+    """``["celltype=type_1,type_2", "domain=domain_0"]`` -> {column: allowed values}; columns are ANDed,
+    the values of one column (also from a repeated column) ORed."""
+    return assignment_dict(items, flag="--cells", form="column=value[,value...]", example="celltype=type_1",
+                           multi=True)
 
 
 def format_do(do: Mapping[str, str]) -> str:
+    """``{"age": "a", "domain": "b"}`` -> ``"age=a,domain=b"``."""
     return ",".join(f"{c}={v}" for c, v in do.items())
 
 
@@ -317,6 +310,7 @@ def train_model(
 
 
 def read_manifest(model_dir: str | Path) -> dict[str, Any]:
+    """The manifest of a model directory written by :func:`train_model`, or a BenchError saying why not."""
     f = Path(model_dir) / MANIFEST
     if not f.is_file():
         raise BenchError(
@@ -401,7 +395,14 @@ def load_cells(
 
 
 # --- generation ----------------------------------------------------------------------------
-def _generate(method: Any, cells: AnnData, do: Mapping[str, str] | None, seed: int, mode: str | None) -> np.ndarray:
+def generate(method: Any, cells: AnnData, do: Mapping[str, str] | None, seed: int, mode: str | None) -> np.ndarray:
+    """The expression (log1p CP10k, cells x genes, float32) a fitted method generates for ``cells``.
+
+    ``do``: the intervention (``None``: the method's reconstruction of the cells themselves, the
+    factual prediction a counterfactual is compared with). ``mode``: ``do`` or ``exogenous`` for a
+    method with modes (``None``: its own). Errors of the method (no modes, cells it cannot
+    generate, a wrongly shaped result) become a BenchError naming the method.
+    """
     kwargs: dict[str, Any] = {}
     if mode is not None:
         if "mode" not in inspect.signature(method.generate).parameters:
@@ -418,6 +419,7 @@ def _generate(method: Any, cells: AnnData, do: Mapping[str, str] | None, seed: i
 
 
 def effective_mode(method: Any, mode: str | None) -> str:
+    """``mode``, else the method's own mode parameter, else ``"n/a"`` (a method without modes)."""
     if mode is not None:
         return mode
     return str(getattr(method, "params", {}).get("mode", "n/a"))
@@ -438,7 +440,7 @@ def counterfactual_anndata(
     check_intervention(method, do)
     if cells.n_obs == 0:
         raise BenchError("no cells to intervene on")
-    x_cf = _generate(method, cells, do, seed, mode)
+    x_cf = generate(method, cells, do, seed, mode)
 
     spec = getattr(method, "spec_", None)
     concepts = list(spec.concepts) if spec is not None else list(do)
@@ -577,16 +579,21 @@ def plot_counterfactuals(adata: AnnData, out_prefix: str | Path, *, n_genes: int
 
 
 __all__ = [
+    "IN_TREE",
     "check_intervention",
     "counterfactual_anndata",
+    "counterfactual_methods",
+    "effective_mode",
+    "format_do",
+    "generate",
     "generate_counterfactuals",
     "load_cells",
     "load_data",
     "load_model",
     "method_class",
     "parse_do",
-    "plot_counterfactuals",
     "parse_filters",
+    "plot_counterfactuals",
     "read_manifest",
     "require_counterfactuals",
     "select_cells",

@@ -26,11 +26,7 @@ ROOT = Path(causcell_bench.__file__).parent
 
 # Import cycles that exist today, each an SCC of the import graph. A new cycle, or a known one
 # that grows, fails; a known one that disappears fails too, so this list only ever shrinks.
-KNOWN_CYCLES_MODULE_LEVEL: set[frozenset[str]] = {
-    # cli imports cli_counterfactual at its bottom to register the commands, which imports the
-    # typer app and helpers back from cli. Fix: move app/helpers to a module both import.
-    frozenset({"causcell_bench.cli", "causcell_bench.cli_counterfactual"}),
-}
+KNOWN_CYCLES_MODULE_LEVEL: set[frozenset[str]] = set()
 KNOWN_CYCLES_DEFERRED: set[frozenset[str]] = KNOWN_CYCLES_MODULE_LEVEL | {
     # run_grid picks the executor lazily and the Ray task calls back into the runner's cell code.
     # Fix: move execute_cell/evaluate_cell/cell_inputs/DataCache to a module below both executors.
@@ -41,15 +37,7 @@ KNOWN_CYCLES_DEFERRED: set[frozenset[str]] = KNOWN_CYCLES_MODULE_LEVEL | {
 }
 
 # ``from causcell_bench.x import _y`` across modules that exist today: (importer, source, name).
-KNOWN_PRIVATE_IMPORTS: set[tuple[str, str, str]] = {
-    # fix with the cli split above: the helpers become public in the shared module
-    ("causcell_bench.cli_counterfactual", "causcell_bench.cli", "_csv"),
-    ("causcell_bench.cli_counterfactual", "causcell_bench.cli", "_parse_params"),
-    # the experiments drive the counterfactual workflow's internals; fix: make these public API
-    ("causcell_bench.experiments.causal_consistency", "causcell_bench.counterfactual", "_generate"),
-    ("causcell_bench.experiments.small_sample_trends", "causcell_bench.counterfactual", "_generate"),
-    ("causcell_bench.experiments.common", "causcell_bench.counterfactual", "_IN_TREE"),
-}
+KNOWN_PRIVATE_IMPORTS: set[tuple[str, str, str]] = set()
 
 
 @dataclass(frozen=True)

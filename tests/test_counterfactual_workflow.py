@@ -11,7 +11,6 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-import causcell_bench.cli_counterfactual  # noqa: F401 - registers train / counterfactual / experiment
 from causcell_bench import counterfactual as cf
 from causcell_bench.cli import app
 from causcell_bench.datasets import load, make_splits

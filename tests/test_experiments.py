@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import causcell_bench.cli_counterfactual  # noqa: F401 - registers the `experiment` command
 from causcell_bench.cli import app
 from causcell_bench.errors import BenchError
 from causcell_bench.experiments import run_experiment

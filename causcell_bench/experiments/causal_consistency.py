@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -64,6 +64,9 @@ from causcell_bench.experiments.report import (
     write_report,
     write_results,
 )
+
+if TYPE_CHECKING:
+    from causcell_bench.datasets.spec import DatasetSpec
 
 NAME = "causal_consistency"
 DEFAULT_METHODS = ("all",)  # CausCell, CausCell_IND and every other counterfactual-capable method
@@ -134,6 +137,17 @@ def _target_type(factual: np.ndarray, cf: np.ndarray, types: list[str]) -> str:
     return types[int(np.argmax(gain))]
 
 
+@dataclasses.dataclass
+class Data:
+    """The cells of the experiment: an ID fold of the simulator, preprocessed, and what is intervened on."""
+
+    train: AnnData
+    test: AnnData
+    spec: DatasetSpec
+    values: list[str]  # the values of ``concept`` that are set, one intervention each
+    types: list[str]  # the values of ``descendant``
+
+
 def run(
     out: str | Path,
     *,
@@ -145,16 +159,6 @@ def run(
     options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the experiment; writes ``out/report.md``, ``out/results.json`` and figures. Returns the results."""
-    from causcell_bench.counterfactual import _generate
-    from causcell_bench.datasets import (
-        counterfactual_label_posterior,
-        load,
-        make_splits,
-        preprocess,
-        true_counterfactual,
-    )
-    from causcell_bench.metrics import predict_labels, score_counterfactual
-
     cfg = make_config(Config, PRESETS, preset, options)
     names = resolve_methods(methods, DEFAULT_METHODS)
     out = Path(out)
@@ -162,15 +166,41 @@ def run(
     timer = Timer()
 
     with timer("data_s"):
-        adata, spec = load("synthetic", n_cells=cfg.n_cells, n_genes=cfg.n_genes, seed=seed, dag=cfg.dag)
-        for c in (cfg.concept, cfg.descendant):
-            if c not in spec.concepts:
-                raise BenchError(f"{c!r} is not a concept of the synthetic data; concepts are {spec.concepts}")
-        split = make_splits(adata, spec, "ID", n_folds=cfg.n_folds, seed=seed)[cfg.fold]
-        train, test = preprocess(adata[split.train_idx], adata[split.test_idx], spec)
-        if cfg.max_test_cells and test.n_obs > cfg.max_test_cells:
-            keep = np.sort(np.random.default_rng(seed).choice(test.n_obs, cfg.max_test_cells, replace=False))
-            test = test[keep].copy()
+        data = load_data(cfg, seed)
+    with timer("truth_s"):
+        truth = {v: true_effects(cfg, data, v, seed) for v in data.values}
+    preds, fit_info = generate_all(cfg, data, truth, names, preset, device, params, seed, timer)
+    with timer("classify_s"):
+        pred_of = classify(cfg, data, truth, preds, seed)
+    table, summary, scores = score(cfg, data, truth, preds, pred_of)
+    figures = plot(cfg, data, out, truth, scores, table, list(preds))
+
+    config = {"experiment": NAME, "preset": preset, "seed": seed, "methods": names, "device": device,
+              "params": params or {}, "rows": list(preds), **dataclasses.asdict(cfg)}
+    blocks = report_blocks(cfg, data, summary, table, figures, list(preds), timer)
+    report = write_report(out, "Causal consistency of counterfactuals (paper Fig. 2b/c, synthetic SCM)", blocks, config)
+    results = {
+        "experiment": NAME, "config": config, "summary": summary, "per_intervention": table,
+        "targets": {v: truth[v]["target"] for v in data.values}, "fit": fit_info, "timings": timer.times,
+        "figures": list(figures), "report": str(report),
+    }
+    write_results(out, results)
+    return results
+
+
+def load_data(cfg: Config, seed: int) -> Data:
+    """Simulate, split (ID fold ``cfg.fold``), preprocess, and check the concept, values and mode asked for."""
+    from causcell_bench.datasets import load, make_splits, preprocess
+
+    adata, spec = load("synthetic", n_cells=cfg.n_cells, n_genes=cfg.n_genes, seed=seed, dag=cfg.dag)
+    for c in (cfg.concept, cfg.descendant):
+        if c not in spec.concepts:
+            raise BenchError(f"{c!r} is not a concept of the synthetic data; concepts are {spec.concepts}")
+    split = make_splits(adata, spec, "ID", n_folds=cfg.n_folds, seed=seed)[cfg.fold]
+    train, test = preprocess(adata[split.train_idx], adata[split.test_idx], spec)
+    if cfg.max_test_cells and test.n_obs > cfg.max_test_cells:
+        keep = np.sort(np.random.default_rng(seed).choice(test.n_obs, cfg.max_test_cells, replace=False))
+        test = test[keep].copy()
     values = [str(v) for v in (cfg.values or list(train.obs[cfg.concept].cat.categories))]
     known = [str(v) for v in train.obs[cfg.concept].cat.categories]
     bad = [v for v in values if v not in known]
@@ -179,35 +209,49 @@ def run(
     if cfg.mode not in (None, "do", "exogenous", "both"):
         raise BenchError(f"mode={cfg.mode!r}: choose do, exogenous, both or null")
     types = [str(t) for t in train.obs[cfg.descendant].cat.categories]
-    is_desc = cfg.descendant in spec.descendants(cfg.concept)
+    return Data(train, test, spec, values, types)
 
-    # --- the truth, per intervention --------------------------------------------------------
-    truth: dict[str, dict[str, Any]] = {}
-    with timer("truth_s"):
-        for v in values:
-            idx = np.flatnonzero(test.obs[cfg.concept].astype(str).to_numpy() != v)
-            sub = test[idx]
-            obs_cf, x_cf, x_f = true_counterfactual(sub, {cfg.concept: v})
-            fact = sub.obs[cfg.descendant].astype(str).to_numpy()
-            cf_t = obs_cf[cfg.descendant].astype(str).to_numpy()
-            target = _target_type(fact, cf_t, types)
-            post = counterfactual_label_posterior(sub, {cfg.concept: v}, concept=cfg.descendant, seed=seed)
-            truth[v] = {
-                "idx": idx, "x_cf": x_cf, "x_f": x_f, "factual_type": fact, "cf_type": cf_t,
-                "changed": fact != cf_t, "target": target, "posterior_type": post.idxmax(axis=1).to_numpy(str),
-                "posterior_hit": post.to_numpy()[np.arange(len(cf_t)), post.columns.get_indexer(cf_t)],
-                "markers": marker_genes(train.X, train.obs[cfg.descendant].to_numpy(), target, cfg.n_markers),
-                "observed": dense(sub.X), "sampled": sampled_truth(x_cf, sub, seed),
-            }
 
-    # --- each method (a DAG-aware method with modes is asked in both modes: no refit needed) ---
+def true_effects(cfg: Config, data: Data, v: str, seed: int) -> dict[str, Any]:
+    """The truth under do(concept = v) for the test cells not already at v: the simulator's exact
+    counterfactual (labels and noiseless expression), the SCM posterior of the descendant, the cell
+    type most cells move into and its marker genes, and the observed and sampled expression."""
+    from causcell_bench.datasets import counterfactual_label_posterior, true_counterfactual
+
+    idx = np.flatnonzero(data.test.obs[cfg.concept].astype(str).to_numpy() != v)
+    sub = data.test[idx]
+    obs_cf, x_cf, x_f = true_counterfactual(sub, {cfg.concept: v})
+    fact = sub.obs[cfg.descendant].astype(str).to_numpy()
+    cf_t = obs_cf[cfg.descendant].astype(str).to_numpy()
+    target = _target_type(fact, cf_t, data.types)
+    post = counterfactual_label_posterior(sub, {cfg.concept: v}, concept=cfg.descendant, seed=seed)
+    train = data.train
+    return {
+        "idx": idx, "x_cf": x_cf, "x_f": x_f, "factual_type": fact, "cf_type": cf_t,
+        "changed": fact != cf_t, "target": target, "posterior_type": post.idxmax(axis=1).to_numpy(str),
+        "posterior_hit": post.to_numpy()[np.arange(len(cf_t)), post.columns.get_indexer(cf_t)],
+        "markers": marker_genes(train.X, train.obs[cfg.descendant].to_numpy(), target, cfg.n_markers),
+        "observed": dense(sub.X), "sampled": sampled_truth(x_cf, sub, seed),
+    }
+
+
+def generate_all(
+    cfg: Config, data: Data, truth: dict[str, dict[str, Any]], names: list[str], preset: str, device: str,
+    params: dict[str, dict[str, Any]] | None, seed: int, timer: Timer,
+) -> tuple[dict[str, dict[str, dict[str, np.ndarray]]], dict[str, dict[str, Any]]]:
+    """Fit each method and generate every intervention's counterfactuals and factual predictions:
+    ({row label: {value: {"cf", "factual"}}}, {row label: mode and timings}). A DAG-aware method with
+    modes is asked in both modes under ``mode=both`` (one row each, no refit)."""
+    from causcell_bench.counterfactual import generate
+
     preds: dict[str, dict[str, dict[str, np.ndarray]]] = {}
     fit_info: dict[str, dict[str, Any]] = {}
+    test = data.test
     for name in names:
         m = build_method(name, preset, device, params)
         t = Timer()
         with t("fit_s"):
-            m.fit(train, spec, seed=seed)
+            m.fit(data.train, data.spec, seed=seed)
         own_modes = "mode" in getattr(m, "params", {})
         if own_modes and cfg.mode == "both" and m.capabilities.uses_dag:
             modes: list[str | None] = ["do", "exogenous"]
@@ -216,41 +260,58 @@ def run(
         with t("generate_s"):
             # the factual prediction of the same cells with the same seed: for a seeded sampler the
             # generation noise then cancels in the predicted effect (cf - factual)
-            factual = {v: _generate(m, test[truth[v]["idx"]], None, seed, None) for v in values}
+            factual = {v: generate(m, test[truth[v]["idx"]], None, seed, None) for v in data.values}
             for md in modes:
                 label = name if len(modes) == 1 else f"{name} ({md})"
                 preds[label] = {
-                    v: {"cf": _generate(m, test[truth[v]["idx"]], {cfg.concept: v}, seed, md), "factual": factual[v]}
-                    for v in values
+                    v: {"cf": generate(m, test[truth[v]["idx"]], {cfg.concept: v}, seed, md), "factual": factual[v]}
+                    for v in data.values
                 }
                 fit_info[label] = {"mode": md or str(getattr(m, "params", {}).get("mode", "n/a"))}
         for label in fit_info:
             if label == name or label.startswith(f"{name} ("):
                 fit_info[label].update(t.times)
         timer.times[f"{name}_s"] = round(sum(t.times.values()), 3)
-    labels_run = list(preds)
+    return preds, fit_info
 
-    # --- one classifier of real training cells labels every matrix at once -----------------
-    with timer("classify_s"):
-        blocks: list[np.ndarray] = []
-        keys: list[tuple[str, str]] = []
-        for v in values:
-            for key, x in [(OBSERVED, truth[v]["observed"]), (TRUTH, truth[v]["sampled"])] + [
-                (n, preds[n][v]["cf"]) for n in labels_run
-            ]:
-                blocks.append(x)
-                keys.append((key, v))
-        labels = predict_labels(train.X, train.obs[cfg.descendant].astype(str).to_numpy(), np.vstack(blocks), seed=seed)
-        pred_of: dict[tuple[str, str], np.ndarray] = {}
-        start = 0
-        for key, x in zip(keys, blocks):
-            pred_of[key] = labels[start:start + x.shape[0]]
-            start += x.shape[0]
 
-    # --- scores -----------------------------------------------------------------------------
+def classify(
+    cfg: Config, data: Data, truth: dict[str, dict[str, Any]], preds: dict[str, dict[str, dict[str, np.ndarray]]],
+    seed: int,
+) -> dict[tuple[str, str], np.ndarray]:
+    """The descendant label of every matrix (observed, sampled truth, each row's counterfactuals), per
+    (row, value), read by one classifier of the real training cells fitted once."""
+    from causcell_bench.metrics import predict_labels
+
+    blocks: list[np.ndarray] = []
+    keys: list[tuple[str, str]] = []
+    for v in data.values:
+        for key, x in [(OBSERVED, truth[v]["observed"]), (TRUTH, truth[v]["sampled"])] + [
+            (n, preds[n][v]["cf"]) for n in preds
+        ]:
+            blocks.append(x)
+            keys.append((key, v))
+    train = data.train
+    labels = predict_labels(train.X, train.obs[cfg.descendant].astype(str).to_numpy(), np.vstack(blocks), seed=seed)
+    pred_of: dict[tuple[str, str], np.ndarray] = {}
+    start = 0
+    for key, x in zip(keys, blocks):
+        pred_of[key] = labels[start:start + x.shape[0]]
+        start += x.shape[0]
+    return pred_of
+
+
+def score(
+    cfg: Config, data: Data, truth: dict[str, dict[str, Any]], preds: dict[str, dict[str, dict[str, np.ndarray]]],
+    pred_of: dict[tuple[str, str], np.ndarray],
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, dict[str, np.ndarray]]]:
+    """(per-intervention table, its mean per row, per-cell marker scores per value and row): the
+    references (no-op, SCM posterior, sampled posterior, truth) and every method."""
+    from causcell_bench.metrics import score_counterfactual
+
     rows = []
     scores: dict[str, dict[str, np.ndarray]] = {}
-    for v in values:
+    for v in data.values:
         tv = truth[v]
         mk = tv["markers"]
         true_score = tv["x_cf"][:, mk].mean(1)
@@ -270,7 +331,7 @@ def run(
         # noise may): its expected accuracy
         rows.append({**base, "method": POSTERIOR_SAMPLED,
                      **_accuracies(tv["cf_type"], tv["cf_type"], tv["changed"], hit=tv["posterior_hit"])})
-        for key in [TRUTH, *labels_run]:
+        for key in [TRUTH, *preds]:
             pl = pred_of[(key, v)]
             row = {**base, "method": key, **_accuracies(pl, tv["cf_type"], tv["changed"]),
                    "pred_flip_rate": float(np.mean(pl != obs_pred))}
@@ -292,8 +353,15 @@ def run(
     summary = (
         table.drop(columns=["intervention"]).groupby("method", sort=False).mean(numeric_only=True).reset_index()
     )
+    return table, summary, scores
 
-    # --- figures ----------------------------------------------------------------------------
+
+def plot(
+    cfg: Config, data: Data, out: Path, truth: dict[str, dict[str, Any]], scores: dict[str, dict[str, np.ndarray]],
+    table: pd.DataFrame, labels_run: list[str],
+) -> tuple[str, str]:
+    """The marker-score box plots and the accuracy bars; returns their file names."""
+    values = data.values
     plt = pyplot()
     groups = [OBSERVED, TRUTH, *labels_run]
     fig, axes = plt.subplots(1, len(values), figsize=(3.2 + 1.1 * len(groups) * len(values), 4.2), squeeze=False)
@@ -318,8 +386,18 @@ def run(
         ax.set_title(f"{cfg.descendant} accuracy: {what}", fontsize=9)
     axes[0][1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig_bar = save_figure(fig, out, "causal_accuracy.png")
+    return fig_box, fig_bar
 
-    # --- report -------------------------------------------------------------------------------
+
+def report_blocks(
+    cfg: Config, data: Data, summary: pd.DataFrame, table: pd.DataFrame, figures: tuple[str, str],
+    labels_run: list[str], timer: Timer,
+) -> list[str]:
+    """The report's text: the summary in words (each row, the references, CausCell vs CausCell_IND),
+    the tables, the figures and the timings."""
+    fig_box, fig_bar = figures
+    train, test = data.train, data.test
+    is_desc = cfg.descendant in data.spec.descendants(cfg.concept)
     by = summary.set_index("method")
     lines = []
     for n in labels_run:
@@ -383,13 +461,4 @@ def run(
                     "and balanced over changed and kept cells."),
         "## Timings (s; shared CPU, indicative only)\n\n" + ", ".join(f"{k} {v:.1f}" for k, v in timer.times.items()),
     ]
-    config = {"experiment": NAME, "preset": preset, "seed": seed, "methods": names, "device": device,
-              "params": params or {}, "rows": labels_run, **dataclasses.asdict(cfg)}
-    report = write_report(out, "Causal consistency of counterfactuals (paper Fig. 2b/c, synthetic SCM)", blocks, config)
-    results = {
-        "experiment": NAME, "config": config, "summary": summary, "per_intervention": table,
-        "targets": {v: truth[v]["target"] for v in values}, "fit": fit_info, "timings": timer.times,
-        "figures": [fig_box, fig_bar], "report": str(report),
-    }
-    write_results(out, results)
-    return results
+    return blocks

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -12,22 +11,15 @@ import numpy as np
 import scipy.sparse as sp
 from scipy import stats
 
+from causcell_bench.assignments import assignment_dict
 from causcell_bench.errors import BenchError
 
 
 # --- options ------------------------------------------------------------------------------
 def parse_options(items: Sequence[str] | None) -> dict[str, Any]:
-    """``["n_cells=1000", "methods=[\"CausCell\"]"]`` -> {"n_cells": 1000, ...} (values read as JSON when possible)."""
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, eq, raw = (s.strip() for s in item.partition("="))
-        if not eq or not key:
-            raise BenchError(f"cannot read --set {item!r}; write it as key=value, e.g. n_cells=1000")
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    return out
+    """``["n_cells=1000", "values=[\"age_1\"]"]`` -> {"n_cells": 1000, ...}: the ``--set`` options, values
+    read as JSON when they parse (the rules of :mod:`causcell_bench.assignments`)."""
+    return assignment_dict(items, flag="--set", form="key=value", example="n_cells=1000", typed=True)
 
 
 def make_config(
@@ -47,24 +39,9 @@ def make_config(
 
 
 # --- methods ---------------------------------------------------------------------------------
-def counterfactual_methods() -> list[str]:
-    """Every registered method (plus in-tree CausCell variants) that can generate counterfactuals."""
-    from causcell_bench.counterfactual import _IN_TREE, method_class
-    from causcell_bench.registry import method_names
-
-    out = []
-    for name in list(dict.fromkeys([*_IN_TREE, *method_names()])):
-        try:
-            if method_class(name).capabilities.counterfactual:
-                out.append(name)
-        except BenchError:
-            continue
-    return out
-
-
 def resolve_methods(methods: Sequence[str] | None, default: Sequence[str]) -> list[str]:
     """User's method list (``all`` = every counterfactual-capable method) validated, or ``default``."""
-    from causcell_bench.counterfactual import method_class, require_counterfactuals
+    from causcell_bench.counterfactual import counterfactual_methods, method_class, require_counterfactuals
 
     names = list(methods) if methods else list(default)
     out: list[str] = []
@@ -82,6 +59,7 @@ def resolve_methods(methods: Sequence[str] | None, default: Sequence[str]) -> li
 
 
 def build_method(name: str, preset: str, device: str, params: Mapping[str, Mapping[str, Any]] | None) -> Any:
+    """An unfitted instance of method ``name`` with its ``params`` (looked up by canonical or given name)."""
     from causcell_bench.counterfactual import method_class
 
     cls = method_class(name)

@@ -38,10 +38,11 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+from anndata import AnnData
 
 from causcell_bench.errors import BenchError
 from causcell_bench.experiments.common import (
@@ -62,6 +63,9 @@ from causcell_bench.experiments.report import (
     write_report,
     write_results,
 )
+
+if TYPE_CHECKING:
+    from causcell_bench.datasets.spec import DatasetSpec
 
 NAME = "small_sample_trends"
 DEFAULT_METHODS = ("CausCell",)
@@ -108,6 +112,51 @@ def _count(q: np.ndarray, diff: np.ndarray, alpha: float, trend_idx: np.ndarray,
     }
 
 
+@dataclasses.dataclass
+class Data:
+    """The simulated cells, the cell type and ages compared, and the small training set."""
+
+    full: AnnData
+    spec: DatasetSpec
+    target: str  # the cell type whose age trends are sought
+    young: str
+    old: str
+    train: AnnData  # n_per_age cells of ``target`` per age plus the other types' cells, preprocessed
+    n_others: int  # cells of the other types in ``train``
+    young_cells: AnnData  # the young ``target`` cells of ``train``: the ones intervened on
+    young_real: np.ndarray
+    old_real: np.ndarray
+    ref_young: np.ndarray  # the held-back ``target`` cells: what a large study sees
+    ref_old: np.ndarray
+
+
+@dataclasses.dataclass
+class Truth:
+    """The simulator's recorded age-trend genes of the target type and the exact change of the young cells."""
+
+    genes: list[str]
+    trend_idx: np.ndarray
+    trend_dir: np.ndarray  # +1 rises with age, -1 falls
+    do: dict[str, str]
+    effect: np.ndarray  # exact mean change per gene under ``do``, log1p(CP10k)
+
+
+class Tests:
+    """The rows of the counts table and the per-gene q values of the trend genes, one analysis at a time."""
+
+    def __init__(self, cfg: Config, truth: Truth) -> None:
+        self.cfg, self.truth = cfg, truth
+        self.rows: list[dict[str, Any]] = []
+        self.per_gene: dict[str, np.ndarray] = {}
+
+    def add(self, analysis: str, method: str, n_a: int, n_b: int, p: np.ndarray, diff: np.ndarray) -> None:
+        """Record one analysis: BH across genes, then the counts of :func:`_count`."""
+        t, q = self.truth, bh(p)
+        self.rows.append({"analysis": analysis, "method": method, "n_a": n_a, "n_b": n_b,
+                          **_count(q, diff, self.cfg.alpha, t.trend_idx, t.trend_dir, t.effect, self.cfg.min_effect)})
+        self.per_gene[f"q {analysis}" + ("" if method == "-" else f" [{method}]")] = q[t.trend_idx]
+
+
 def run(
     out: str | Path,
     *,
@@ -119,9 +168,6 @@ def run(
     options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the experiment; writes ``out/report.md``, ``out/results.json`` and figures. Returns the results."""
-    from causcell_bench.counterfactual import _generate
-    from causcell_bench.datasets import age_trend_genes, load, preprocess, true_counterfactual
-
     cfg = make_config(Config, PRESETS, preset, options)
     names = resolve_methods(methods, DEFAULT_METHODS)
     if cfg.n_per_age < 3:
@@ -131,6 +177,46 @@ def run(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     timer = Timer()
+
+    data = load_data(cfg, seed, timer)
+    truth = true_trends(cfg, data)
+    tests = Tests(cfg, truth)
+    with timer("tests_s"):
+        tests.add("full data: old vs young (real)", "-", data.ref_old.shape[0], data.ref_young.shape[0],
+                  *rank_sum_test(data.ref_old, data.ref_young))
+        tests.add("subsample: old vs young (real)", "-", data.old_real.shape[0], data.young_real.shape[0],
+                  *rank_sum_test(data.old_real, data.young_real))
+    cf_of, change_of, fit_info, diag = counterfactual_tests(cfg, data, truth, tests, names, preset, device, params,
+                                                            seed, timer)
+    table = pd.DataFrame(tests.rows)
+    diag_table = pd.DataFrame(diag)
+    figures = plot(cfg, data, truth, out, table, cf_of[names[0]], names[0])
+
+    gene_table = pd.DataFrame({"gene": [truth.genes[g] for g in truth.trend_idx], "direction": truth.trend_dir,
+                               "true_change": truth.effect[truth.trend_idx]})
+    for n in names:
+        gene_table[f"predicted_change [{n}]"] = change_of[n][truth.trend_idx]
+    for key, q in tests.per_gene.items():
+        gene_table[key] = q
+    blocks = report_blocks(cfg, data, truth, table, diag_table, gene_table, names, figures, timer)
+    config = {"experiment": NAME, "preset": preset, "seed": seed, "methods": names, "device": device,
+              "params": params or {}, "target_celltype_used": data.target, "intervention": truth.do,
+              **dataclasses.asdict(cfg)}
+    report = write_report(out, "Age trends from a small sample via counterfactuals (paper Fig. 2d/e, synthetic SCM)",
+                          blocks, config)
+    results = {
+        "experiment": NAME, "config": config, "counts": table, "change": diag_table, "trend_genes": gene_table,
+        "fit": fit_info,
+        "timings": timer.times, "figures": list(figures), "report": str(report),
+    }
+    write_results(out, results)
+    return results
+
+
+def load_data(cfg: Config, seed: int, timer: Timer) -> Data:
+    """Simulate (with age x celltype trends), choose the ages and the cell type, and keep ``n_per_age`` cells
+    of that type per age plus the other types' cells for training; the rest of the type is the reference."""
+    from causcell_bench.datasets import load, preprocess
 
     with timer("data_s"):
         full, spec = load("synthetic", n_cells=cfg.n_cells, n_genes=cfg.n_genes, seed=seed,
@@ -161,7 +247,7 @@ def run(
             raise BenchError(f"{target} has only {have} cells of {v}; need n_per_age + 3 = {cfg.n_per_age + 3} "
                              "(more n_cells, or a smaller n_per_age)")
 
-    # --- the small training set --------------------------------------------------------------
+    # the small training set
     rng = np.random.default_rng([seed, 11])
     small = []
     for v in ages:
@@ -178,67 +264,72 @@ def run(
     t_age = train.obs["age"].astype(str).to_numpy()
     t_type = train.obs["celltype"].astype(str).to_numpy()
     young_cells = train[(t_type == target) & (t_age == young)].copy()
-    old_real = dense(train[(t_type == target) & (t_age == old)].X)
-    young_real = dense(young_cells.X)
     r_age = ref.obs["age"].astype(str).to_numpy()
-    ref_old, ref_young = dense(ref[r_age == old].X), dense(ref[r_age == young].X)
+    return Data(
+        full=full, spec=spec, target=target, young=young, old=old, train=train, n_others=int(others.size),
+        young_cells=young_cells, young_real=dense(young_cells.X),
+        old_real=dense(train[(t_type == target) & (t_age == old)].X),
+        ref_young=dense(ref[r_age == young].X), ref_old=dense(ref[r_age == old].X),
+    )
 
-    # --- truth: recorded trend genes, and the exact mean change of these young cells -----------
-    genes = [str(g) for g in full.var_names]
-    trends = age_trend_genes(full)
-    trends = trends[trends["celltype"].astype(str) == target]
+
+def true_trends(cfg: Config, data: Data) -> Truth:
+    """The recorded trend genes of the target type, and the exact mean change of the young training cells
+    under do(age = old) (and celltype held with ``hold_celltype``)."""
+    from causcell_bench.datasets import age_trend_genes, true_counterfactual
+
+    genes = [str(g) for g in data.full.var_names]
+    trends = age_trend_genes(data.full)
+    trends = trends[trends["celltype"].astype(str) == data.target]
     pos = {g: i for i, g in enumerate(genes)}
     trend_idx = np.array([pos[g] for g in trends["gene"].astype(str)], dtype=np.int64)
     trend_dir = trends["direction"].to_numpy(np.int64)
-    do = {"age": old, **({"celltype": target} if cfg.hold_celltype else {})}
-    _, x_cf_true, x_f_true = true_counterfactual(young_cells, do)
+    do = {"age": data.old, **({"celltype": data.target} if cfg.hold_celltype else {})}
+    _, x_cf_true, x_f_true = true_counterfactual(data.young_cells, do)
     # in log1p(CP10k), renormalisation included: what a test on measured cells can see
     effect = (x_cf_true - x_f_true).mean(0)
+    return Truth(genes, trend_idx, trend_dir, do, effect)
 
-    rows: list[dict[str, Any]] = []
-    per_gene: dict[str, np.ndarray] = {}
-    diag: list[dict[str, Any]] = []
 
-    def add(analysis: str, method: str, n_a: int, n_b: int, p: np.ndarray, diff: np.ndarray) -> None:
-        q = bh(p)
-        rows.append({"analysis": analysis, "method": method, "n_a": n_a, "n_b": n_b,
-                     **_count(q, diff, cfg.alpha, trend_idx, trend_dir, effect, cfg.min_effect)})
-        per_gene[f"q {analysis}" + ("" if method == "-" else f" [{method}]")] = q[trend_idx]
-
-    with timer("tests_s"):
-        add("full data: old vs young (real)", "-", ref_old.shape[0], ref_young.shape[0],
-            *rank_sum_test(ref_old, ref_young))
-        add("subsample: old vs young (real)", "-", old_real.shape[0], young_real.shape[0],
-            *rank_sum_test(old_real, young_real))
+def counterfactual_tests(
+    cfg: Config, data: Data, truth: Truth, tests: Tests, names: list[str], preset: str, device: str,
+    params: dict[str, dict[str, Any]] | None, seed: int, timer: Timer,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """Fit each method, generate old counterfactuals of the young cells and test them (added to ``tests``):
+    (counterfactuals, predicted mean change, fit info, per-method change diagnostics)."""
+    from causcell_bench.counterfactual import generate
 
     cf_of: dict[str, np.ndarray] = {}
     change_of: dict[str, np.ndarray] = {}
     fit_info: dict[str, dict[str, Any]] = {}
+    diag: list[dict[str, Any]] = []
+    young_cells, young_real, effect = data.young_cells, data.young_real, truth.effect
+    trend_idx, trend_dir = truth.trend_idx, truth.trend_dir
     reps = [seed + k for k in range(cfg.n_cf_per_cell)]
     for name in names:
         m = build_method(name, preset, device, params)
         t = Timer()
         with t("fit_s"):
-            m.fit(train, spec, seed=seed)
+            m.fit(data.train, data.spec, seed=seed)
         mode = cfg.mode if "mode" in getattr(m, "params", {}) else None
         with t("generate_s"):
             # k counterfactuals per young cell (different donors and generation noise), each with
             # the factual prediction made with the same seed, so that generation noise cancels
-            cfs = [_generate(m, young_cells, do, s_, mode) for s_ in reps]
-            recons = [_generate(m, young_cells, None, s_, None) for s_ in reps]
+            cfs = [generate(m, young_cells, truth.do, s_, mode) for s_ in reps]
+            recons = [generate(m, young_cells, None, s_, None) for s_ in reps]
         cf, recon = np.vstack(cfs), np.vstack(recons)
         cf_of[name] = cf
         change = (cf - recon).mean(0)  # the model's predicted mean change of these cells
         change_of[name] = change
         fit_info[name] = {**t.times, "mode": str(getattr(m, "params", {}).get("mode", "n/a"))}
         timer.times[f"{name}_s"] = round(sum(t.times.values()), 3)
-        add("counterfactual old vs young (real)", name, cf.shape[0], young_real.shape[0],
-            *rank_sum_test(cf, young_real))
-        add("counterfactual old vs reconstructed young", name, cf.shape[0], recon.shape[0],
-            *rank_sum_test(cf, recon))
+        tests.add("counterfactual old vs young (real)", name, cf.shape[0], young_real.shape[0],
+                  *rank_sum_test(cf, young_real))
+        tests.add("counterfactual old vs reconstructed young", name, cf.shape[0], recon.shape[0],
+                  *rank_sum_test(cf, recon))
         cf_mean = np.mean(cfs, axis=0)  # one profile per source cell for the paired test
-        add("paired: counterfactual vs its young source", name, cf_mean.shape[0], young_real.shape[0],
-            *signed_rank_test(cf_mean, young_real))
+        tests.add("paired: counterfactual vs its young source", name, cf_mean.shape[0], young_real.shape[0],
+                  *signed_rank_test(cf_mean, young_real))
         varies = change.std() > 0
         diag.append({
             "method": name,
@@ -247,10 +338,14 @@ def run(
             "trend_change_ratio": float(np.mean(change[trend_idx] * trend_dir)
                                         / np.mean(effect[trend_idx] * trend_dir)),
         })
-    table = pd.DataFrame(rows)
-    diag_table = pd.DataFrame(diag)
+    return cf_of, change_of, fit_info, diag
 
-    # --- figures ------------------------------------------------------------------------------
+
+def plot(cfg: Config, data: Data, truth: Truth, out: Path, table: pd.DataFrame, cf: np.ndarray,
+         first: str) -> tuple[str, str]:
+    """The per-analysis counts and the trend genes' box plots (young, few old, old counterfactuals of
+    method ``first``); returns their file names."""
+    trend_idx, trend_dir, genes = truth.trend_idx, truth.trend_dir, truth.genes
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(table) + 1.2))
     labels = [f"{r.analysis}" + ("" if r.method == "-" else f" [{r.method}]") for r in table.itertuples()]
@@ -260,7 +355,7 @@ def run(
     ax.set_yticks(y, labels, fontsize=8)
     ax.invert_yaxis()
     ax.axvline(len(trend_idx), color="grey", lw=0.8, ls="--")
-    ax.set_xlabel(f"genes (q < {cfg.alpha}); dashed: {len(trend_idx)} true trend genes of {target}")
+    ax.set_xlabel(f"genes (q < {cfg.alpha}); dashed: {len(trend_idx)} true trend genes of {data.target}")
     ax.legend(fontsize=7, loc="lower right")
     fig_counts = save_figure(fig, out, "trend_gene_counts.png")
 
@@ -268,8 +363,7 @@ def run(
     ncol = min(5, max(1, show.size))
     nrow = int(np.ceil(show.size / ncol)) if show.size else 1
     fig, axes = plt.subplots(nrow, ncol, figsize=(2.3 * ncol, 2.9 * nrow), squeeze=False)
-    first = names[0]
-    groups = [("young", young_real), ("old\n(few)", old_real), ("old\n(cf)", cf_of[first])]
+    groups = [("young", data.young_real), ("old\n(few)", data.old_real), ("old\n(cf)", cf)]
     for k, ax in enumerate(axes.ravel()):
         if k >= show.size:
             ax.axis("off")
@@ -279,20 +373,30 @@ def run(
         ax.set_xticks(range(1, len(groups) + 1), [lab for lab, _ in groups], fontsize=7)
         arrow = "up" if trend_dir[k] > 0 else "down"
         ax.set_title(f"{genes[g]} ({arrow} with age)", fontsize=8)
-    fig.suptitle(f"Age-trend genes of {target}: young ({young}) cells, the few old ({old}) cells, and old "
-                 f"counterfactuals of the young cells ({first})", fontsize=9)
+    fig.suptitle(f"Age-trend genes of {data.target}: young ({data.young}) cells, the few old ({data.old}) cells, "
+                 f"and old counterfactuals of the young cells ({first})", fontsize=9)
     fig.tight_layout()
     fig_genes = save_figure(fig, out, "trend_gene_boxplots.png")
+    return fig_counts, fig_genes
 
-    # --- report -----------------------------------------------------------------------------------
+
+def report_blocks(
+    cfg: Config, data: Data, truth: Truth, table: pd.DataFrame, diag_table: pd.DataFrame, gene_table: pd.DataFrame,
+    names: list[str], figures: tuple[str, str], timer: Timer,
+) -> list[str]:
+    """The report's text: the setup, the counts in words, the tables, the figures and the timings."""
+    fig_counts, fig_genes = figures
+    target, full, do, trend_idx = data.target, data.full, truth.do, truth.trend_idx
+    first = names[0]
+
     def hits(analysis: str, method: str = "-") -> str:
         r = table[(table.analysis == analysis) & (table.method == method)].iloc[0]
         return f"{r.trend_right}/{r.n_trend} trend genes ({r.negligible_sig} negligible-change genes called)"
 
     lines = [
-        (f"- Full data ({ref_old.shape[0]} old vs {ref_young.shape[0]} young {target} cells): "
+        (f"- Full data ({data.ref_old.shape[0]} old vs {data.ref_young.shape[0]} young {target} cells): "
         f"{hits('full data: old vs young (real)')}."),
-        (f"- Subsample ({old_real.shape[0]} old vs {young_real.shape[0]} young): "
+        (f"- Subsample ({data.old_real.shape[0]} old vs {data.young_real.shape[0]} young): "
         f"{hits('subsample: old vs young (real)')}."),
     ]
     for n in names:
@@ -301,17 +405,12 @@ def run(
             f"vs its own reconstructions: {hits('counterfactual old vs reconstructed young', n)}; "
             f"paired: {hits('paired: counterfactual vs its young source', n)}."
         )
-    gene_table = pd.DataFrame({"gene": [genes[g] for g in trend_idx], "direction": trend_dir,
-                               "true_change": effect[trend_idx]})
-    for n in names:
-        gene_table[f"predicted_change [{n}]"] = change_of[n][trend_idx]
-    for key, q in per_gene.items():
-        gene_table[key] = q
     blocks = [
         (f"Synthetic SCM with an age x celltype interaction ({full.n_obs} cells x {full.n_vars} genes, "
         f"{len(trend_idx)} recorded age-trend genes in {target}). Training set: {cfg.n_per_age} {target} cells per age "
-        f"plus {others.size} cells of other types. Counterfactuals: do({', '.join(f'{k}={v}' for k, v in do.items())}) "
-        f"of the {young_cells.n_obs} young {target} training cells, {cfg.n_cf_per_cell} per cell "
+        f"plus {data.n_others} cells of other types. "
+        f"Counterfactuals: do({', '.join(f'{k}={v}' for k, v in do.items())}) "
+        f"of the {data.young_cells.n_obs} young {target} training cells, {cfg.n_cf_per_cell} per cell "
         "(more than one per cell is augmentation: the extra cells are not independent evidence). "
         f"Tests: two-sided Mann-Whitney U per gene (paired: Wilcoxon signed-rank on the per-cell mean "
         f"counterfactual), Benjamini-Hochberg over all {full.n_vars} genes, q < {cfg.alpha}. A trend gene counts "
@@ -334,14 +433,4 @@ def run(
                     f"counterfactuals ({first})."),
         "## Timings (s; shared CPU, indicative only)\n\n" + ", ".join(f"{k} {v:.1f}" for k, v in timer.times.items()),
     ]
-    config = {"experiment": NAME, "preset": preset, "seed": seed, "methods": names, "device": device,
-              "params": params or {}, "target_celltype_used": target, "intervention": do, **dataclasses.asdict(cfg)}
-    report = write_report(out, "Age trends from a small sample via counterfactuals (paper Fig. 2d/e, synthetic SCM)",
-                          blocks, config)
-    results = {
-        "experiment": NAME, "config": config, "counts": table, "change": diag_table, "trend_genes": gene_table,
-        "fit": fit_info,
-        "timings": timer.times, "figures": [fig_counts, fig_genes], "report": str(report),
-    }
-    write_results(out, results)
-    return results
+    return blocks

@@ -9,7 +9,6 @@ counterfactual and distribution metrics are added. The high-level scorers return
 
 from causcell_bench.metrics.clustering import geometry_scores, granularity_scores, ward_labels
 from causcell_bench.metrics.counterfactual import (
-    causal_consistency,
     effect_pcc,
     predict_labels,
     score_counterfactual,
@@ -52,7 +51,6 @@ __all__ = [
     "METRICS",
     "MetricInfo",
     "base_name",
-    "causal_consistency",
     "change_scores",
     "classification_scores",
     "dci",

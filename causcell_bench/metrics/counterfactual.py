@@ -122,20 +122,6 @@ def predict_labels(
     return np.concatenate(preds).astype(str)
 
 
-def causal_consistency(
-    classifier_train_X: Any,
-    classifier_train_y: Any,
-    cf_X: Any,
-    true_cf_y: Any,
-    seed: int = 0,
-) -> float:
-    """Accuracy, on counterfactual cells, of a classifier trained on real cells (:func:`predict_labels`)
-    against the true counterfactual labels of a descendant concept."""
-    pred = predict_labels(classifier_train_X, classifier_train_y, cf_X, seed=seed)
-    true = as_labels(true_cf_y, "true_cf_y", len(pred))
-    return float(np.mean(pred == true))
-
-
 _DECLARE = {"computed_by": score_counterfactual, "needs": CF}
 declare("cf_pcc", "cf_truth", True, "mean per-cell Pearson r, predicted vs true counterfactual",
         headline=True, **_DECLARE)

@@ -1,204 +1,49 @@
-"""The `causcell-bench` command line (typer + rich)."""
+"""The grid commands: ``run`` a benchmark grid, ``report`` its leaderboard, ``check`` it against a
+reference table, ``check-validity`` of its metrics, ``list`` what is available, ``prepare`` a paper
+dataset's files."""
 
 from __future__ import annotations
 
-import errno
-import functools
-import json
-import os
-import sys
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any
 
-import click
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from causcell_bench.assignments import assignment_dict
+from causcell_bench.cli.core import (
+    Concepts,
+    Dag,
+    DataDir,
+    Device,
+    MethodParams,
+    NCells,
+    NGenes,
+    NHvg,
+    Preset,
+    Threads,
+    app,
+    check_at_least,
+    check_data_options,
+    check_out_dir,
+    comma_list,
+    console,
+    err_console,
+    fail,
+    friendly,
+    parse_ints,
+    parse_params,
+)
 from causcell_bench.errors import BenchError
 
-app = typer.Typer(
-    name="causcell-bench",
-    help="Benchmark disentangled representations and counterfactual generation on single-cell data.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-console = Console()
-err_console = Console(stderr=True)
-F = TypeVar("F", bound=Callable[..., Any])
+RunDir = Annotated[Path, typer.Argument(help="a run directory written by `run`")]
 
 
-DEBUG_ENV = "CAUSCELL_BENCH_DEBUG"
-_DEBUG = {"on": False}
-
-
-@app.callback()
-def _global_options(
-    debug: Annotated[bool, typer.Option("--debug", help=f"show the full traceback of an error (or set {DEBUG_ENV}=1)")] = False,
-) -> None:
-    """Benchmark disentangled representations and counterfactual generation on single-cell data."""
-    _DEBUG["on"] = debug
-
-
-def debugging() -> bool:
-    return _DEBUG["on"] or os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
-
-
-def explain(e: BaseException) -> tuple[int, str]:
-    """(exit code, one-line message) for an error: 2 for input the user can fix, 1 for a run that failed."""
-    import pickle
-
-    from pydantic import ValidationError
-
-    if isinstance(e, BenchError):
-        return 2, str(e)
-    if isinstance(e, ValidationError):
-        return 2, "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg'].removeprefix('Value error, ')}"
-                            for x in e.errors())
-    if isinstance(e, OSError):
-        where = f" {e.filename}" if e.filename else ""
-        reason = e.strerror or str(e)
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            return 1, f"no space left on the device (writing{where or ' a file'}); free some space and run the command again"
-        if isinstance(e, FileNotFoundError):
-            return 2, f"{e.filename or e} does not exist; check the path"
-        if isinstance(e, (FileExistsError, NotADirectoryError)):
-            return 2, f"cannot create{where}: a file is in the way ({reason}); give a path whose folders are directories"
-        if isinstance(e, IsADirectoryError):
-            return 2, f"{e.filename} is a directory; give a file path"
-        if isinstance(e, PermissionError) or e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-            return 2, f"cannot write{where} ({reason}); choose a location you can write to"
-        return 1, f"{reason}{' (' + str(e.filename) + ')' if e.filename else ''}; check the file system and run again"
-    if isinstance(e, (pickle.UnpicklingError, EOFError)):
-        return 2, f"a saved file is truncated or corrupt ({type(e).__name__}: {e}); write it again"
-    if isinstance(e, UnicodeDecodeError):
-        return 2, f"a file that should be text is binary or not UTF-8 ({e}); check the file you passed"
-    if isinstance(e, json.JSONDecodeError):
-        return 2, f"a JSON file is malformed ({e}); check the file you passed"
-    if isinstance(e, MemoryError):
-        return 1, "out of memory; use fewer cells (--n-cells) or fewer parallel cells (--jobs)"
-    return 1, (f"unexpected {type(e).__name__}: {e}; rerun with --debug (causcell-bench --debug ...) "
-               "for the traceback, and report it if the input looks right")
-
-
-def fail(message: str, code: int = 2) -> NoReturn:
-    """Print ``error: message`` as one line on stderr and exit with ``code``."""
-    text = " ".join(str(message).split())  # one line: a multi-line message reads as a crash
-    err_console.print(Text.assemble(("error: ", "red"), text), soft_wrap=True, highlight=False)
-    raise typer.Exit(code)
-
-
-def friendly(fn: F) -> F:
-    """The CLI's one error boundary: every error becomes one line naming the problem and the fix (exit 2
-    for bad input, 1 for a failed run, 130 for Ctrl-C); the traceback only with --debug or $CAUSCELL_BENCH_DEBUG."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (typer.Exit, typer.Abort, click.exceptions.ClickException):
-            raise
-        except KeyboardInterrupt:
-            if debugging():
-                raise
-            err_console.print("interrupted", highlight=False)
-            raise typer.Exit(130) from None
-        except Exception as e:  # the boundary: every error ends here
-            if debugging():
-                raise
-            code, message = explain(e)
-            fail(message, code)
-
-    return wrapper  # type: ignore[return-value]
-
-
-# --- option checks: before any data is loaded --------------------------------------------------------
-def _ints(value: str, flag: str, *, low: int = 0, high: int | None = None, example: str = "0,1") -> list[int]:
-    """``'0,1'`` -> [0, 1], each an integer in [low, high], or a BenchError naming the flag."""
-    out = []
-    for part in _csv(value) or []:
-        try:
-            n = int(part)
-        except ValueError:
-            raise BenchError(f"{flag} {value}: {part!r} is not a whole number; write e.g. {flag} {example}") from None
-        if n < low or (high is not None and n > high):
-            span = f"{low}..{high}" if high is not None else f"{low} or more"
-            raise BenchError(f"{flag} {value}: {n} is out of range; give numbers in {span}")
-        out.append(n)
-    if not out:
-        raise BenchError(f"{flag} is empty; write e.g. {flag} {example}")
-    return out
-
-
-def check_at_least(value: int | None, flag: str, least: int = 1) -> None:
-    if value is not None and value < least:
-        raise BenchError(f"{flag} {value}: give {least} or more")
-
-
-def check_out_dir(path: Path, flag: str = "--out") -> bool:
-    """Refuse an output directory that cannot be made or written, checking without leaving anything
-    behind; returns whether it exists already."""
-    if path.exists() and not path.is_dir():
-        raise BenchError(f"{flag} {path} is a file; give a directory path")
-    _check_writable(path, flag)
-    return path.exists()
-
-
-def _check_writable(path: Path, flag: str) -> None:
-    ancestor = path
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise BenchError(f"{flag} {path}: {ancestor} is a file, so no directory can be made under it; give another path")
-    try:  # os.access says yes to root on a read-only mount: try it
-        tempfile.TemporaryDirectory(dir=ancestor, prefix=".causcell-bench-probe-").cleanup()
-    except OSError as e:
-        raise BenchError(f"{flag} {path}: cannot write in {ancestor} ({e.strerror or e}); choose a writable location") from None
-
-
-def check_out_file(path: Path, flag: str = "--out", suffix: str | None = None) -> bool:
-    """Refuse an output file path that cannot be written; returns whether its folder must be created."""
-    if suffix and path.suffix.lower() != suffix:
-        raise BenchError(f"{flag} {path}: the file must end in {suffix}")
-    if path.is_dir():
-        raise BenchError(f"{flag} {path} is a directory; give a file path ending in {suffix or 'a file name'}")
-    _check_writable(path.parent, flag)
-    return not path.parent.exists()
-
-
-def _csv(value: str | None) -> list[str] | None:
-    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
-
-
-def _parse_params(items: list[str] | None) -> dict[str, dict[str, Any]]:
-    """``--param CausCell.n_steps=500`` -> {"CausCell": {"n_steps": 500}} (values parsed as JSON when possible)."""
-    out: dict[str, dict[str, Any]] = {}
-    for item in items or []:
-        if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise BenchError(f"cannot read --param {item!r}; write it as Method.name=value, e.g. CausCell.n_steps=500")
-        lhs, raw = item.split("=", 1)
-        method, name = lhs.split(".", 1)
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        out.setdefault(method, {})[name] = value
-    return out
-
-
-def _parse_combo(text: str) -> dict[str, str]:
-    """``'a=x,b=y'`` -> ``{"a": "x", "b": "y"}`` (a held-out label combination)."""
-    out: dict[str, str] = {}
-    for part in (p.strip() for p in text.split(",")):
-        if part.count("=") != 1 or not all(x.strip() for x in part.split("=")):
-            raise BenchError(f"cannot read --holdout {text!r}; write it as concept=value,concept=value")
-        k, v = (x.strip() for x in part.split("="))
-        out[k] = v
-    return out
+def parse_holdout(item: str) -> dict[str, str]:
+    """``'a=x,b=y'`` -> ``{"a": "x", "b": "y"}``: one held-out label combination (one --holdout)."""
+    return assignment_dict(item, flag="--holdout", form="concept=value,concept=value",
+                           example="condition=stimulated,cell_type=CD4T", several=True)
 
 
 @app.command()
@@ -210,21 +55,21 @@ def run(
     folds: Annotated[str | None, typer.Option(help="fold indices to run, e.g. '0,1' (default: all)")] = None,
     n_folds: Annotated[int, typer.Option(help="number of folds of each split")] = 5,
     seeds: Annotated[str, typer.Option(help="model seeds, comma-separated")] = "0",
-    preset: Annotated[str, typer.Option(help="training budgets: quick (CPU) or paper (authors' settings, GPU)")] = "quick",
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    preset: Preset = "quick",
+    device: Device = "auto",
     jobs: Annotated[int, typer.Option(help="grid cells run in parallel")] = 1,
-    threads: Annotated[int | None, typer.Option(help="CPU threads per cell (default 1; in the cell hash)")] = None,
+    threads: Threads = None,
     executor: Annotated[str, typer.Option(help="where grid cells run: local (forked processes) or ray (pip install 'causcell-bench[ray]')")] = "local",
     ray_address: Annotated[str | None, typer.Option(help="address of an existing Ray cluster (default: start a local one)")] = None,
     start_method: Annotated[str, typer.Option(help="how local cell processes start: fork (shares loaded data), spawn or forkserver (each cell loads its data)")] = "fork",
     out: Annotated[Path | None, typer.Option(help="run directory (default runs/<dataset>)")] = None,
-    n_cells: Annotated[int | None, typer.Option(help="cells to simulate (synthetic) or subsample")] = None,
-    n_genes: Annotated[int | None, typer.Option(help="genes to simulate (synthetic only)")] = None,
-    n_hvg: Annotated[int | None, typer.Option(help="highly variable genes kept (chosen on training cells)")] = None,
-    concepts: Annotated[str | None, typer.Option(help="override the spec's concept columns, comma-separated")] = None,
-    dag: Annotated[str | None, typer.Option(help="override the DAG, e.g. 'treatment->celltype,patient->celltype'; '' for none")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="where the paper datasets' files are")] = None,
-    param: Annotated[list[str] | None, typer.Option(help="hyperparameter override Method.name=value (repeatable)")] = None,
+    n_cells: NCells = None,
+    n_genes: NGenes = None,
+    n_hvg: NHvg = None,
+    concepts: Concepts = None,
+    dag: Dag = None,
+    data_dir: DataDir = None,
+    param: MethodParams = None,
     probe: Annotated[str, typer.Option(help="probe for predictive metrics: logreg or knn")] = "logreg",
     holdout: Annotated[list[str] | None, typer.Option(help="hold out a label combination as an extra HOLDOUT "
                        "fold, e.g. 'condition=stimulated,cell_type=CD4T' (repeatable)")] = None,
@@ -245,24 +90,20 @@ def run(
     # every option is checked before any data is loaded or anything written
     if ray_address and executor != "ray":
         raise BenchError("--ray-address needs --executor ray")
-    if threads is not None and threads < 1:
-        raise BenchError(f"--threads {threads} is not possible; give 1 or more threads per cell")
+    check_at_least(threads, "--threads")
     check_at_least(n_folds, "--n-folds", 2)
     check_at_least(jobs, "--jobs")
-    for value, flag in ((n_cells, "--n-cells"), (n_genes, "--n-genes"), (n_hvg, "--n-hvg")):
-        check_at_least(value, flag)
+    check_data_options(n_cells, n_genes, n_hvg, data_dir)
     if claim_timeout <= 0:
         raise BenchError(f"--claim-timeout {claim_timeout}: give a positive number of hours")
-    fold_list = _ints(folds, "--folds", high=n_folds - 1) if folds is not None else None
-    seed_list = _ints(seeds, "--seeds", high=2**32 - 1, example="0,1")
-    setting_list = _csv(settings) or []
+    fold_list = parse_ints(folds, "--folds", high=n_folds - 1) if folds is not None else None
+    seed_list = parse_ints(seeds, "--seeds", high=2**32 - 1, example="0,1")
+    setting_list = comma_list(settings) or []
     bad = [x for x in setting_list if x not in ("ID", "OOD", "HOLDOUT")]
     if bad or not setting_list:
         raise BenchError(f"--settings {settings}: choose ID, OOD or ID,OOD (HOLDOUT comes with --holdout)")
-    if data_dir is not None and not data_dir.is_dir():
-        raise BenchError(f"--data-dir {data_dir} is not a directory; give the folder holding the datasets' files")
     check_device(device, visible=executor == "local")  # a Ray cluster's GPUs are the Ray executor's to check
-    names = _csv(dataset) or []
+    names = comma_list(dataset) or []
     if not names:
         raise BenchError("--dataset is empty; give a dataset name, a spec .toml or an .h5ad")
     kw: dict[str, Any] = {}
@@ -273,10 +114,10 @@ def run(
     config = RunConfig(
         datasets=names, methods=resolve_methods(methods), settings=setting_list,  # type: ignore[arg-type]
         n_folds=n_folds, folds=fold_list, seeds=seed_list, preset=preset, device=device, jobs=jobs,
-        threads=threads, dataset_kwargs=kw, method_params=_parse_params(param), concepts=_csv(concepts),
+        threads=threads, dataset_kwargs=kw, method_params=parse_params(param), concepts=comma_list(concepts),
         edges=parse_edges(dag) if dag is not None else None, n_hvg=n_hvg,
         data_dir=str(data_dir) if data_dir else None, probe=probe,  # type: ignore[arg-type]
-        holdout=[_parse_combo(h) for h in holdout] if holdout else None, cf_concept=cf_concept,
+        holdout=[parse_holdout(h) for h in holdout] if holdout else None, cf_concept=cf_concept,
     )
     config = config.model_copy(update={
         "method_params": check_method_params(config.method_params, config.methods, config.preset)})
@@ -329,7 +170,7 @@ def _report(run_dir: Path, out: Path | None, strict: bool = False) -> None:
 @app.command()
 @friendly
 def report(
-    run_dir: Annotated[Path, typer.Argument(help="a run directory written by `run`")],
+    run_dir: RunDir,
     out: Annotated[Path | None, typer.Option(help="where to write (default RUN_DIR/report)")] = None,
     strict: Annotated[bool, typer.Option(help="exit 1 if any cell file is unreadable or stale (left out)")] = False,
 ) -> None:
@@ -383,7 +224,7 @@ def _current_records(run_dir: Path) -> list[dict[str, Any]]:
 @app.command()
 @friendly
 def check(
-    run_dir: Annotated[Path, typer.Argument(help="a run directory written by `run`")],
+    run_dir: RunDir,
     reference: Annotated[Path, typer.Option(help="committed reference summary CSV (results/<name>.csv)")],
     abs_tol: Annotated[float, typer.Option(help="absolute tolerance when the reference has no tolerance column")] = 0.05,
     rel_tol: Annotated[float, typer.Option(help="relative tolerance (of |reference|)")] = 0.25,
@@ -409,7 +250,7 @@ def check(
 @app.command("check-validity")
 @friendly
 def check_validity(
-    run_dir: Annotated[Path, typer.Argument(help="a run directory written by `run`")],
+    run_dir: RunDir,
 ) -> None:
     """List where the metrics cannot be trusted on this run: every value outside \\[negative control,
     positive control], and every metric on which no_change or group_mean beats every method."""
@@ -493,7 +334,7 @@ def prepare(
     counts: Annotated[Path, typer.Option(help="GEO counts file (GSE123813_bcc_scRNA_counts.txt.gz)")],
     metadata: Annotated[Path, typer.Option(help="GEO metadata file (GSE123813_bcc_all_metadata.txt.gz)")],
     out: Annotated[Path | None, typer.Option(help="output .h5ad or directory (default: the first data directory the loader searches)")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="data directory (default $CAUSCELL_BENCH_DATA or ~/.cache/causcell-bench)")] = None,
+    data_dir: DataDir = None,
 ) -> None:
     """Build a paper dataset's h5ad from the files a user downloads."""
     from causcell_bench.datasets import data_dirs, prepare_ici_response
@@ -503,15 +344,3 @@ def prepare(
     target = out or data_dirs(data_dir)[0]
     path = prepare_ici_response(counts, metadata, target)
     console.print(f"wrote {path}")
-
-
-# train / counterfactual / experiment live in their own module; importing it registers them
-from causcell_bench import cli_counterfactual  # noqa: F401
-
-
-def main() -> None:  # pragma: no cover
-    app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

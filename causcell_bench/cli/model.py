@@ -1,10 +1,6 @@
-"""CLI commands for one trained model and the paper's counterfactual experiments.
-
-Registered on the main typer app (``causcell_bench.cli``) by importing this module:
-``train`` (fit and save one method), ``counterfactual`` (cells + their
-counterfactuals under do(), one .h5ad) and ``experiment`` (the CausCell
-paper's Fig. 2 analyses on the synthetic SCM).
-"""
+"""The commands around one trained model: ``train`` (fit and save one method), ``counterfactual``
+(cells and their counterfactuals under do(), one .h5ad) and ``experiment`` (the CausCell paper's
+Fig. 2 analyses on the synthetic SCM)."""
 
 from __future__ import annotations
 
@@ -14,37 +10,41 @@ from typing import Annotated, Any
 
 import typer
 
-from causcell_bench.cli import (
-    _csv,
-    _parse_params,
+from causcell_bench.assignments import parse_assignments
+from causcell_bench.cli.core import (
+    Concepts,
+    Dag,
+    DataDir,
+    Device,
+    MethodParams,
+    NCells,
+    NGenes,
+    NHvg,
+    Preset,
+    Threads,
     app,
     check_at_least,
+    check_data_options,
     check_out_dir,
     check_out_file,
+    comma_list,
     console,
     err_console,
     friendly,
+    parse_params,
 )
 from causcell_bench.errors import BenchError
 
 
 def _method_params(method: str, items: list[str] | None) -> dict[str, Any]:
-    """``--param n_steps=500`` or ``--param CausCell.n_steps=500`` -> {"n_steps": 500} for ``method``."""
+    """``--param n_steps=500`` or ``--param CausCell.n_steps=500`` -> {"n_steps": 500} for ``method`` (values
+    read as JSON when they parse; the rules of :mod:`causcell_bench.assignments`)."""
     out: dict[str, Any] = {}
-    for item in items or []:
-        lhs, eq, raw = item.partition("=")
-        if not eq or not lhs.strip():
-            raise BenchError(f"cannot read --param {item!r}; write it as name=value, e.g. n_steps=500")
-        if "." in lhs:
-            owner, _, name = lhs.partition(".")
-            if owner.lower() != method.lower():
-                raise BenchError(f"--param {item!r} is for {owner}, but the method trained is {method}")
-        else:
-            name = lhs
-        try:
-            out[name.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[name.strip()] = raw
+    for a in parse_assignments(items, flag="--param", form="name=value or Method.name=value", example="n_steps=500",
+                               dotted="optional", typed=True):
+        if a.owner is not None and a.owner.lower() != method.lower():
+            raise BenchError(f"--param {a.item!r} is for {a.owner}, but the method trained is {method}")
+        out[a.key] = a.value
     return out
 
 
@@ -66,20 +66,20 @@ def train(
     fold: Annotated[int | None, typer.Option(help="train on the training part of this fold only (default: all cells)")] = None,
     setting: Annotated[str, typer.Option(help="split setting of --fold: ID or OOD")] = "ID",
     n_folds: Annotated[int, typer.Option(help="number of folds of the split")] = 5,
-    preset: Annotated[str, typer.Option(help="training budget: quick (CPU) or paper")] = "quick",
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    preset: Preset = "quick",
+    device: Device = "auto",
     seed: Annotated[int, typer.Option(help="model seed")] = 0,
     data_seed: Annotated[int, typer.Option(help="seed of the simulator / cell subsample")] = 0,
-    n_cells: Annotated[int | None, typer.Option(help="cells to simulate (synthetic) or subsample")] = None,
-    n_genes: Annotated[int | None, typer.Option(help="genes to simulate (synthetic only)")] = None,
-    n_hvg: Annotated[int | None, typer.Option(help="highly variable genes kept (chosen on the training cells)")] = None,
-    concepts: Annotated[str | None, typer.Option(help="concept columns, comma-separated (needed for a bare .h5ad)")] = None,
-    dag: Annotated[str | None, typer.Option(help="causal DAG, e.g. 'age->celltype,domain->celltype'; '' for none")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="where the paper datasets' files are")] = None,
-    param: Annotated[list[str] | None, typer.Option(help="hyperparameter override name=value (repeatable)")] = None,
+    n_cells: NCells = None,
+    n_genes: NGenes = None,
+    n_hvg: NHvg = None,
+    concepts: Concepts = None,
+    dag: Dag = None,
+    data_dir: DataDir = None,
+    param: Annotated[list[str] | None, typer.Option(
+        help="hyperparameter override name=value or Method.name=value (repeatable)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace the model already in --out")] = False,
-    threads: Annotated[int | None, typer.Option(help="CPU threads (default 1, as a grid cell; "
-                                                     "$CAUSCELL_BENCH_THREADS overrides)")] = None,
+    threads: Threads = None,
 ) -> None:
     """Train one method and save it for `counterfactual`."""
     from causcell_bench.config import check_device, check_params
@@ -97,10 +97,7 @@ def train(
         raise BenchError(f"--fold {fold}: folds are numbered 0..{n_folds - 1}")
     check_at_least(seed, "--seed", 0)
     check_at_least(data_seed, "--data-seed", 0)
-    for value, flag in ((n_cells, "--n-cells"), (n_genes, "--n-genes"), (n_hvg, "--n-hvg")):
-        check_at_least(value, flag)
-    if data_dir is not None and not data_dir.is_dir():
-        raise BenchError(f"--data-dir {data_dir} is not a directory; give the folder holding the datasets' files")
+    check_data_options(n_cells, n_genes, n_hvg, data_dir)
     check_device(device)
     _thread_budget(threads)
 
@@ -115,7 +112,7 @@ def train(
         raise BenchError(f"--setting {setting!r}: choose ID or OOD")
     manifest = train_model(
         method, dataset, out, fold=fold, setting=setting, n_folds=n_folds, preset=preset, device=device,
-        seed=seed, load_kwargs=load_kwargs, concepts=_csv(concepts), edges=parse_edges(dag) if dag is not None else None,
+        seed=seed, load_kwargs=load_kwargs, concepts=comma_list(concepts), edges=parse_edges(dag) if dag is not None else None,
         n_hvg=n_hvg, params=params,
     )
     part = f"fold {fold} ({setting}) training part, " if fold is not None else ""
@@ -138,10 +135,10 @@ def counterfactual(
     dataset: Annotated[str | None, typer.Option(help="take cells from this dataset (default: the training dataset)")] = None,
     input: Annotated[Path | None, typer.Option(help="take cells from this .h5ad (raw counts + concept columns)")] = None,
     part: Annotated[str, typer.Option(help="all, or train/test part of the model's fold")] = "all",
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    device: Device = "auto",
     plot: Annotated[bool, typer.Option(help="also write <out>_umap.png (original vs counterfactual cells) "
                                              "and <out>_violin.png (the genes that change most)")] = False,
-    threads: Annotated[int | None, typer.Option(help="CPU threads (default 1; $CAUSCELL_BENCH_THREADS overrides)")] = None,
+    threads: Threads = None,
 ) -> None:
     """Generate counterfactual cells under do(concept = value) with a trained model."""
     from causcell_bench.config import check_device
@@ -176,11 +173,11 @@ def counterfactual(
 def experiment(
     name: Annotated[str, typer.Argument(help="causal_consistency or small_sample_trends")],
     out: Annotated[Path, typer.Option(help="output directory (report.md, results.json, figures)")],
-    preset: Annotated[str, typer.Option(help="quick (CPU minutes) or paper")] = "quick",
+    preset: Preset = "quick",
     seed: Annotated[int, typer.Option(help="seed of the simulator, split and models")] = 0,
     methods: Annotated[str | None, typer.Option(help="comma-separated methods (default per experiment); 'all' = every counterfactual-capable method")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
-    param: Annotated[list[str] | None, typer.Option(help="method hyperparameter Method.name=value (repeatable)")] = None,
+    device: Device = "auto",
+    param: MethodParams = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="experiment option key=value (repeatable), e.g. n_cells=1000")] = None,
 ) -> None:
     """Run one of the paper's counterfactual experiments (Fig. 2) on the synthetic SCM."""
@@ -192,10 +189,10 @@ def experiment(
     check_at_least(seed, "--seed", 0)
     check_device(device)
     options = _check_options(name, preset, parse_options(set_))
-    names = _experiment_methods(name, _csv(methods))
-    params = check_method_params(_parse_params(param), names, preset)
+    names = _experiment_methods(name, comma_list(methods))
+    params = check_method_params(parse_params(param), names, preset)
     result = run_experiment(
-        name, out, preset=preset, seed=seed, methods=_csv(methods), device=device, params=params, options=options,
+        name, out, preset=preset, seed=seed, methods=comma_list(methods), device=device, params=params, options=options,
     )
     console.print(Path(result["report"]).read_text(), markup=False, highlight=False)
     err_console.print(f"written: {result['report']}")
