@@ -205,11 +205,11 @@ def _ablation_markdown(r: dict[str, Any]) -> str:
     cols = ["pcc", "probe_acc", "exclusivity_dag", "u_leak", "cf_pcc", "effect_pcc", "causal_acc",
             "causal_acc_changed", "frac_negative", "train_cpu_s"]
     base = r["variants"]["paper (authors' choices)"]
-    lines = [f"# CausCell ablation: our deviations from the authors' model, one at a time", "",
-             f"synthetic, {d['n_cells']} cells x {d['n_genes']} genes, {d['split']} ({d['n_train']} train, "
-             f"{d['n_eval']} test cells generated), {r['steps']} updates, seed {r['seed']}, "
-             f"{r['torch_threads']} torch thread(s). Each row: the `paper` preset with one of our choices on "
-             "(difference to the first row in brackets).", "",
+    lines = ["# CausCell ablation: our deviations from the authors' model, one at a time", "",
+             (f"synthetic, {d['n_cells']} cells x {d['n_genes']} genes, {d['split']} ({d['n_train']} train, "
+              f"{d['n_eval']} test cells generated), {r['steps']} updates, seed {r['seed']}, "
+              f"{r['torch_threads']} torch thread(s). Each row: the `paper` preset with one of our choices on "
+              "(difference to the first row in brackets)."), "",
              "| variant | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for name, v in r["variants"].items():
         cells = []
