@@ -8,7 +8,6 @@ valid on resume.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import inspect
 import json
 from typing import Any, Literal
@@ -110,20 +109,10 @@ class RunConfig(BaseModel):
 
     def cell_hash(self, dataset: str, method: str, setting: str, fold: int, seed: int,
                   threads: int | None = None) -> str:
-        """Hash of everything that determines one cell's result; a changed hash means recompute.
+        """Hash of everything that determines one cell's result (:func:`causcell_bench.grid.record.cell_hash`)."""
+        from causcell_bench.grid.record import CellKey, cell_hash
 
-        ``threads``: the count the cell ran with (default :meth:`effective_threads`); float results
-        depend on it, as they do on the device.
-        """
-        payload = {
-            "dataset": dataset, "method": method, "setting": setting, "fold": fold, "seed": seed,
-            "preset": self.preset, "params": self.method_params.get(method, {}), "probe": self.probe,
-            "counterfactual": self.counterfactual, "device": self.device,
-            "threads": threads or self.effective_threads(), **self.data_key(),
-            **({"cf_concept": self.cf_concept} if self.cf_concept else {}),
-        }
-        blob = json.dumps(payload, sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return cell_hash(self, CellKey(dataset, method, setting, fold, seed), threads=threads)
 
 
 # --- checks the CLI runs before any data is loaded ------------------------------------------

@@ -26,7 +26,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from causcell_bench.store import CellKey, atomic_write_json
+from causcell_bench.grid.record import CellKey
+from causcell_bench.store import atomic_write_json
 
 
 def progress_path(run_dir: str | Path, key: CellKey) -> Path:

@@ -1,159 +1,35 @@
 """The grid runner: expand (dataset x method x setting x fold x seed) cells, run
 them, store one JSON each, resume without redoing finished cells.
 
-Each cell runs in a forked child process: the parent loads every dataset and
-computes the splits once, children inherit them copy-on-write (data is read
-once, not once per cell), a crash or out-of-memory kill in one method is
-recorded as that cell's failure, and the per-cell peak memory is the child's
-own.
-
-Forking is unsafe in a parent that has already run OpenMP-parallel code (a
-notebook that trained a model with several threads: GNU OpenMP's pool does not
-survive a fork, and the child can hang). Such callers pass
-``start_method="spawn"`` (or ``"forkserver"``): each child then starts a fresh
-interpreter and loads its dataset itself, as a Ray worker does.
+This module orchestrates: it checks the methods, loads every dataset and makes (or reuses) the saved
+splits once (:func:`prepare`), skips the cells already stored, claims cells so that several processes
+can share one run directory, and hands the rest to an executor
+(:mod:`causcell_bench.grid.executors`: ``local``, one child process per cell, or ``ray``, one Ray
+task per cell). The code of a cell and the data it runs on are in :mod:`causcell_bench.grid`.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
-import multiprocessing as mp
-import os
-import resource
 import signal
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from causcell_bench.config import RunConfig
 from causcell_bench.errors import BenchError
-from causcell_bench.progress import CellProgressWriter, ProgressMonitor, cell_output_to, log_path
-from causcell_bench.store import (
-    CLAIM_TIMEOUT_S,
-    CellKey,
-    Claim,
-    ClaimStore,
-    ResultStore,
-    atomic_write_json,
-    file_lock,
-)
-
-VERSIONED = ("causcell-bench", "torch", "numpy", "scanpy", "anndata", "scikit-learn", "scvi-tools", "biolord", "pertpy")
-
-START_METHODS = ("fork", "spawn", "forkserver")
-
-
-class DataCache:
-    """The datasets and splits this process holds, so data is read once per process, not per cell.
-
-    Entries are keyed by the dataset name and everything in the run config that shapes its data
-    (:meth:`RunConfig.data_key` and the data directory), so two runs in one process (a notebook,
-    a reused Ray worker) never share a stale copy.
-    """
-
-    def __init__(self) -> None:
-        self._data: dict[tuple[str, str], tuple[Any, Any]] = {}
-        self._splits: dict[tuple[str, str, str], list[Any]] = {}
-
-    @staticmethod
-    def _id(name: str, config: RunConfig) -> tuple[str, str]:
-        return (name, json.dumps(config.data_key(), sort_keys=True, default=str) + str(config.data_dir))
-
-    def data(self, name: str, config: RunConfig) -> tuple[Any, Any]:
-        """(AnnData, spec) of dataset ``name`` under ``config``; loaded on first use."""
-        did = self._id(name, config)
-        if did not in self._data:
-            # ``name`` is the cell's dataset name (a spec's ``name``); load from what the user gave
-            self._data[did] = load_dataset(dataset_arg(config, name), config)
-        return self._data[did]
-
-    def splits(self, name: str, config: RunConfig, setting: str, run_dir: str | Path) -> list[Any]:
-        """The folds of ``setting``: seeded ones if any, else read from the run directory on first use."""
-        sid = (*self._id(name, config), setting)
-        if sid not in self._splits:
-            from causcell_bench.datasets import load_splits
-
-            adata, _ = self.data(name, config)  # also checks the saved splits refer to these cells
-            self._splits[sid] = load_splits(split_path(run_dir, name, setting), adata)
-        return self._splits[sid]
-
-    def cached_splits(self, name: str, config: RunConfig, setting: str) -> list[Any] | None:
-        """The folds of ``setting`` if this process holds them; never reads a file."""
-        return self._splits.get((*self._id(name, config), setting))
-
-    def seed_splits(self, name: str, config: RunConfig, setting: str, splits: list[Any]) -> None:
-        """Hold ``splits`` for ``setting``, replacing any held before: the driver made them (or a worker
-        that cannot see the run directory was handed them), so they are the ones the run uses."""
-        self._splits[(*self._id(name, config), setting)] = splits
-
-    def clear(self) -> None:
-        self._data.clear()
-        self._splits.clear()
-
-
-# Module level so that forked cell processes inherit what the parent loaded (copy-on-write);
-# a spawned child or a Ray worker starts with an empty one and fills it on first use.
-DATA_CACHE = DataCache()
-
-
-def split_path(run_dir: str | Path, name: str, setting: str) -> Path:
-    """Where a run saves the splits of one (dataset, setting)."""
-    return Path(run_dir) / "splits" / _safe(name) / f"{setting}.json"
-
-
-@dataclass
-class CellOutcome:
-    key: CellKey
-    # "ok" | "failed" | "interrupted" (rerun next time) | "skipped" (done before) | "elsewhere" (another
-    # process sharing the run directory ran it) | "skipped_redundant" (see redundant_cells)
-    status: str
-    seconds: float
-    error: str | None = None
-
-
-def package_versions() -> dict[str, str]:
-    out = {}
-    for name in VERSIONED:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            continue
-    return out
-
-
-def dataset_names(config: RunConfig) -> dict[str, str]:
-    """{dataset argument: name its cells are stored and reported under} (a spec file's ``name``, see
-    :func:`causcell_bench.datasets.loaders.dataset_name`); two different datasets with one name are refused."""
-    from causcell_bench.datasets.loaders import dataset_name
-
-    out: dict[str, str] = {}
-    for arg in config.datasets:
-        name = dataset_name(arg)
-        other = next((a for a, n in out.items() if n == name), None)
-        if other is not None and _identity(other) != _identity(arg):
-            raise BenchError(f"datasets {other} and {arg} are both named {name!r}; give each spec its own name "
-                             "(or run them into separate --out directories)")
-        out[arg] = name
-    return out
-
-
-def _identity(arg: str) -> str:
-    """What a dataset argument refers to: a resolved path for files, the name otherwise."""
-    return str(Path(arg).expanduser().resolve()) if arg.lower().endswith((".toml", ".h5ad")) else arg.lower()
-
-
-def dataset_arg(config: RunConfig, name: str) -> str:
-    """The dataset argument (as the user gave it) behind a cell's dataset name."""
-    for arg, n in dataset_names(config).items():
-        if n == name:
-            return arg
-    raise BenchError(f"dataset {name!r} is not in this run's datasets {config.datasets}")
+from causcell_bench.grid.cell import CellOutcome
+from causcell_bench.grid.data import DATA_CACHE, data_fingerprint, dataset_names, splits_dir
+from causcell_bench.grid.executors.base import Executor
+from causcell_bench.grid.executors.local import START_METHODS, LocalExecutor
+from causcell_bench.grid.executors.ray import RayExecutor
+from causcell_bench.grid.record import CellKey, CellRecord, cell_hash
+from causcell_bench.progress import ProgressMonitor, log_path
+from causcell_bench.provenance import package_versions  # noqa: F401 - counterfactual.py imports it from here
+from causcell_bench.store import CLAIM_TIMEOUT_S, Claim, ClaimStore, ResultStore, atomic_write_json, file_lock
 
 
 def expand_grid(config: RunConfig) -> list[CellKey]:
@@ -170,31 +46,6 @@ def expand_grid(config: RunConfig) -> list[CellKey]:
 
 
 # --- data preparation (parent) ---------------------------------------------
-def load_dataset(name: str, config: RunConfig) -> tuple[Any, Any]:
-    """Load one dataset with the run's overrides applied (concepts, DAG, HVGs)."""
-    from causcell_bench.datasets import validate_adata
-    from causcell_bench.registry import dataset_loader
-
-    kw = dict(config.dataset_kwargs)
-    if config.data_dir:
-        kw.setdefault("data_dir", config.data_dir)
-    if name.endswith((".h5ad", ".toml")) and not Path(name).expanduser().is_file():
-        raise BenchError(f"dataset file {name} does not exist; check the path")
-    if name.endswith(".h5ad"):
-        # a bare h5ad has no spec: the concepts and DAG come from --concepts / --dag
-        if config.concepts is None:
-            raise BenchError(f"{name} is a bare .h5ad: name its concept columns with --concepts a,b,c "
-                             "(and the DAG with --dag 'a->c,b->c'), or write a TOML spec")
-        kw.update(concepts=config.concepts, edges=config.edges or [])
-    adata, spec = dataset_loader(name)(**kw)
-    if config.concepts is not None or config.edges is not None:
-        spec = spec.with_overrides(concepts=config.concepts, edges=config.edges)
-    if config.n_hvg is not None:
-        spec = spec.model_copy(update={"n_hvg": config.n_hvg})
-    validate_adata(adata, spec, n_folds=config.n_folds)
-    return adata, spec
-
-
 def prepare(config: RunConfig, run_dir: Path, log: Callable[[str], None] = print) -> dict[tuple[str, str], str]:
     """Load datasets and make (or reuse) the saved splits. Returns {(dataset name, setting): error} for
     pairs whose splits cannot be made, so their cells are recorded as failed instead of aborting.
@@ -224,7 +75,7 @@ def prepare(config: RunConfig, run_dir: Path, log: Callable[[str], None] = print
         atomic_write_json(run_dir / "config.json", config.model_dump())
         for name in names:
             adata, spec = DATA_CACHE.data(name, config)
-            folder = run_dir / "splits" / _safe(name)
+            folder = splits_dir(run_dir, name)
             if not (folder / "data_key.json").is_file():
                 atomic_write_json(folder / "data_key.json", _key_now(config))
             if not (folder / "data_fingerprint.json").is_file():
@@ -256,28 +107,9 @@ def _key_now(config: RunConfig) -> Any:
     return json.loads(json.dumps(config.data_key(), default=str))
 
 
-def data_fingerprint(adata: Any, spec: Any) -> str:
-    """A hash of the cells, genes, concept labels and per-cell and per-gene count totals: tells a
-    replaced dataset file from the one the saved splits and results were made on, even at equal shape."""
-    import hashlib
-
-    import numpy as np
-
-    from causcell_bench.datasets.validate import counts_matrix
-
-    h = hashlib.sha256()
-    for names in (adata.obs_names, adata.var_names, *(adata.obs[c].astype(str) for c in spec.concepts)):
-        h.update("\x1f".join(map(str, names)).encode())
-        h.update(b"\x1e")
-    x = counts_matrix(adata, spec)
-    for axis in (0, 1):
-        h.update(np.asarray(x.sum(axis=axis), dtype=np.float64).ravel().tobytes())
-    return h.hexdigest()[:16]
-
-
 def _check_saved(run_dir: Path, name: str, adata: Any, spec: Any, config: RunConfig) -> None:
     """Refuse a run directory whose saved data settings, data fingerprint or splits are for other data."""
-    folder = run_dir / "splits" / _safe(name)
+    folder = splits_dir(run_dir, name)
     stamp, fp = folder / "data_key.json", folder / "data_fingerprint.json"
     if stamp.is_file() and _read_json(stamp) != _key_now(config):
         raise _StaleRunDir(
@@ -311,166 +143,6 @@ def _read_json(path: Path) -> Any:
         return None  # unreadable: differs from anything expected, so the caller refuses
 
 
-def _safe(name: str) -> str:
-    return name.replace("/", "_").replace("\\", "_")
-
-
-# --- one cell (child) --------------------------------------------------------
-def cell_inputs(config: RunConfig, key: CellKey, run_dir: Path) -> tuple[Any, Any, Any]:
-    """(AnnData, spec, split) of a cell: inherited from the parent when forked, else loaded once per
-    worker process (as a Ray worker does), with the splits seeded into :data:`DATA_CACHE` or, failing
-    that, those the parent saved in the run directory."""
-    adata, spec = DATA_CACHE.data(key.dataset, config)
-    return adata, spec, DATA_CACHE.splits(key.dataset, config, key.setting, run_dir)[key.fold]
-
-
-def evaluate_cell(config: RunConfig, key: CellKey, run_dir: Path) -> dict[str, Any]:
-    """Fit one method on one fold and score it; returns the metrics part of the record."""
-    from causcell_bench.datasets import preprocess
-    from causcell_bench.registry import get_method
-
-    adata, spec, split = cell_inputs(config, key, run_dir)
-    # what third-party libraries print (Lightning bars, scanpy and JAX warnings) goes to the cell's
-    # log, not to the terminal; what the method reports goes to OUT/progress/ (the grid shows it)
-    with cell_output_to(log_path(run_dir, key)):
-        t = {}
-        t0 = time.perf_counter()
-        train, test = preprocess(adata[split.train_idx], adata[split.test_idx], spec)
-        t["preprocess_s"] = time.perf_counter() - t0
-        cls = get_method(key.method)
-        method = cls(preset=config.preset, device=config.device, **config.method_params.get(key.method, {}))
-        method.progress_callback = CellProgressWriter(run_dir, key)
-        return _fit_and_score(config, key, method, train, test, spec, split, t)
-
-
-def _fit_and_score(config: RunConfig, key: CellKey, method: Any, train: Any, test: Any, spec: Any, split: Any,
-                   t: dict[str, float]) -> dict[str, Any]:
-    from causcell_bench import metrics as M
-
-    cls = type(method)
-    caps = cls.capabilities
-    t0 = time.perf_counter()
-    method.fit(train, spec, seed=key.seed)
-    t["fit_s"] = time.perf_counter() - t0
-
-    values: dict[str, float] = {}
-    na: list[str] = []
-    if caps.embedding != "none":
-        t0 = time.perf_counter()
-        emb_train, emb_test = method.embed(train), method.embed(test)
-        t["embed_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        ancestors = {c: [a for a in spec.concepts if c in spec.descendants(a)] for c in spec.concepts}
-        values.update(M.score_disentanglement(
-            emb_train, train.obs, emb_test, test.obs, spec.concepts, spec.fine_labels,
-            probe=config.probe, seed=key.seed, ancestors=ancestors if spec.edges else None,
-        ))
-        t["score_disentanglement_s"] = time.perf_counter() - t0
-    else:
-        na.append("disentanglement")
-    if caps.reconstruct:
-        t0 = time.perf_counter()
-        gen = method.generate(test, seed=key.seed)
-        t["generate_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        values.update(M.score_reconstruction(test.X, gen, test.obs, spec.concepts, list(test.var_names), seed=key.seed))
-        t["score_reconstruction_s"] = time.perf_counter() - t0
-    else:
-        na.append("reconstruction")
-    if caps.counterfactual and config.counterfactual:
-        from causcell_bench import evaluation
-
-        t0 = time.perf_counter()
-        if evaluation.has_truth(test):
-            values.update(evaluation.score_against_truth(
-                method, train, test, spec, seed=key.seed, factual=gen if caps.reconstruct else None))
-        if key.setting in ("OOD", "HOLDOUT") and split.held_out:
-            values.update(evaluation.score_heldout_populations(
-                method, train, test, spec, split.held_out, seed=key.seed, cf_concept=config.cf_concept))
-        t["counterfactual_s"] = time.perf_counter() - t0
-    else:
-        na.append("counterfactual")
-    degenerate = M.degenerate_metrics(test.obs, spec.concepts, spec.fine_labels)
-    if values.get("n_populations") == 1.0 and "pop_rank" in values:
-        degenerate["pop_rank"] = "degenerate: one held-out population (a rank needs two)"
-    degenerate = {m: why for m, why in degenerate.items() if m in values}
-    values.update({m: float("nan") for m in degenerate})
-    return {
-        "metrics": values, "na": na, "timings": t, "degenerate": degenerate, "kind": getattr(cls, "kind", "method"),
-        "n_train": int(train.n_obs), "n_test": int(test.n_obs), "n_genes": int(train.n_vars),
-        "capabilities": caps.as_dict(),
-    }
-
-
-def execute_cell(config: RunConfig, key: CellKey, run_dir: str | Path, threads: int | None = None) -> dict[str, Any]:
-    """Run one cell and write its record, whatever happens; return the record.
-
-    Executor-agnostic: the local executor calls it in a forked child, a Ray task calls it in a worker.
-    ``threads`` (default ``config.effective_threads()``): the executor passes the driver's value, so the
-    hash written here matches the driver's even where a worker's environment differs.
-    """
-    from causcell_bench.threads import apply_thread_budget
-
-    threads = threads or config.effective_threads()
-    apply_thread_budget(threads)  # torch, numba, BLAS/OpenMP and env vars: one budget for the whole cell
-    store = ResultStore(run_dir)
-    t0 = time.perf_counter()
-    base = {
-        "dataset": key.dataset, "method": key.method, "setting": key.setting, "fold": key.fold, "seed": key.seed,
-        "config_hash": config.cell_hash(key.dataset, key.method, key.setting, key.fold, key.seed, threads=threads),
-        "preset": config.preset, "device": config.device, "threads": threads, "versions": package_versions(),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-    try:
-        result = evaluate_cell(config, key, Path(run_dir))
-        record = {**base, "status": "ok", **result}
-    except (KeyboardInterrupt, SystemExit) as e:
-        # stopped, not failed (Lightning turns SIGTERM into a SystemExit): the record says so and the
-        # next run reruns the cell
-        record = {**base, "status": "interrupted", "error": f"{INTERRUPTED_NOTE} ({type(e).__name__})",
-                  "total_s": time.perf_counter() - t0}
-        store.write(key, record)
-        raise
-    except Exception as e:  # noqa: BLE001 - a failing method is recorded and the grid goes on
-        record = {
-            **base, "status": "failed", "error": f"{type(e).__name__}: {e}",
-            "traceback": traceback.format_exc(limit=20)[-4000:],
-        }
-    record["total_s"] = time.perf_counter() - t0
-    record["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    store.write(key, record)
-    return record
-
-
-INTERRUPTED_NOTE = "interrupted before the cell finished; the next run reruns it"
-
-
-def _child(config: RunConfig, key: CellKey, run_dir: str, threads: int) -> None:
-    """Cell process body: Ctrl-C and SIGTERM are the parent's to handle (it records the cell as
-    interrupted), and the cell dies with the parent that claimed it."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _die_with_parent()
-    try:
-        execute_cell(config, key, run_dir, threads)
-    except (KeyboardInterrupt, SystemExit):
-        raise SystemExit(130) from None  # the record says interrupted; no traceback on the terminal
-
-
-def _die_with_parent() -> None:
-    """Linux: SIGKILL this process when its parent dies, so that an orphaned cell never races the
-    process that takes its claim over."""
-    parent = os.getppid()
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
-
-
 # --- the grid (parent) -------------------------------------------------------
 def preload(methods: Iterable[str]) -> None:
     """Import what every cell needs once in the parent, so forked cells start warm."""
@@ -493,7 +165,7 @@ def preload(methods: Iterable[str]) -> None:
 def _is_done(record: dict[str, Any] | None, config: RunConfig, key: CellKey, retry_failed: bool) -> bool:
     if record is None:
         return False
-    if record.get("config_hash") != config.cell_hash(key.dataset, key.method, key.setting, key.fold, key.seed):
+    if record.get("config_hash") != cell_hash(config, key):
         return False  # stale: settings changed since it ran
     if record.get("status") == "skipped_redundant":
         return key.method == IND and _ind_mirrors_causcell(config)  # else CausCell_IND must run after all
@@ -502,7 +174,6 @@ def _is_done(record: dict[str, Any] | None, config: RunConfig, key: CellKey, ret
 
 
 IND = "CausCell_IND"
-REDUNDANT_NOTE = "identical to CausCell: the dataset has no DAG edges"
 
 
 def _ind_mirrors_causcell(config: RunConfig) -> bool:
@@ -520,24 +191,13 @@ def redundant_cells(config: RunConfig, keys: Iterable[CellKey]) -> list[CellKey]
     return [k for k in keys if k.method == IND and not DATA_CACHE.data(k.dataset, config)[1].edges]
 
 
-def redundant_record(config: RunConfig, key: CellKey) -> dict[str, Any]:
-    """The record stored for a cell skipped by :func:`redundant_cells`: no metrics, a note why."""
-    return {
-        "dataset": key.dataset, "method": key.method, "setting": key.setting, "fold": key.fold, "seed": key.seed,
-        "status": "skipped_redundant", "same_as": "CausCell", "note": REDUNDANT_NOTE,
-        "config_hash": config.cell_hash(key.dataset, key.method, key.setting, key.fold, key.seed),
-        "preset": config.preset, "device": config.device, "threads": config.effective_threads(),
-    }
-
-
-def _record_base(config: RunConfig, key: CellKey) -> dict[str, Any]:
-    """The fields every record the runner writes carries (the thread count makes its hash checkable)."""
-    threads = config.effective_threads()
-    return {
-        "dataset": key.dataset, "method": key.method, "setting": key.setting, "fold": key.fold, "seed": key.seed,
-        "config_hash": config.cell_hash(key.dataset, key.method, key.setting, key.fold, key.seed, threads=threads),
-        "threads": threads,
-    }
+def make_executor(name: str, *, ray_address: str | None = None, start_method: str = "fork") -> Executor:
+    """The executor called ``name`` (``local`` or ``ray``); a bad name or start method fails before any work."""
+    if name not in ("local", "ray"):
+        raise BenchError(f"unknown executor {name!r}; use local or ray")
+    if start_method not in START_METHODS:  # checked for either executor, as the CLI passes it to both
+        raise BenchError(f"unknown start method {start_method!r}; use one of {', '.join(START_METHODS)}")
+    return RayExecutor(ray_address) if name == "ray" else LocalExecutor(start_method)
 
 
 def run_grid(
@@ -555,7 +215,8 @@ def run_grid(
 ) -> list[CellOutcome]:
     """Run every cell not already done; return one outcome per cell (skipped ones included).
 
-    ``start_method`` (local executor): how cell processes start; see the module docstring.
+    ``executor``: ``local`` or ``ray`` (:func:`make_executor`). ``start_method`` (local executor): how cell
+    processes start; see :mod:`causcell_bench.grid.executors.local`.
     Several processes may run the same grid into one ``run_dir``: each claims a cell before running it
     (see :mod:`causcell_bench.store`), skips cells others hold, and at the end waits for those
     (polling every ``poll_s`` seconds) so that it returns only when the whole grid is stored. A claim
@@ -573,10 +234,7 @@ def run_grid(
 
     from causcell_bench.registry import get_method
 
-    if executor not in ("local", "ray"):
-        raise BenchError(f"unknown executor {executor!r}; use local or ray")
-    if start_method not in START_METHODS:
-        raise BenchError(f"unknown start method {start_method!r}; use one of {', '.join(START_METHODS)}")
+    backend = make_executor(executor, ray_address=ray_address, start_method=start_method)
     console = Console(stderr=True, quiet=not progress)
     log = log or console.print
     run_dir = Path(run_dir)
@@ -601,11 +259,11 @@ def run_grid(
         if _is_done(rec, config, key, retry_failed):
             outcomes.append(CellOutcome(key, "skipped", 0.0, rec.get("error") if rec else None))
         elif (key.dataset, key.setting) in problems:
-            store.write(key, {**_record_base(config, key), "status": "failed",
-                              "error": problems[(key.dataset, key.setting)]})
+            store.write_record(CellRecord.failed(config, key, problems[(key.dataset, key.setting)],
+                                                 threads=config.effective_threads()))
             outcomes.append(CellOutcome(key, "failed", 0.0, problems[(key.dataset, key.setting)]))
         elif key in redundant:
-            store.write(key, redundant_record(config, key))
+            store.write_record(CellRecord.redundant(config, key))
             outcomes.append(CellOutcome(key, "skipped_redundant", 0.0))
         else:
             todo.append(key)
@@ -700,16 +358,7 @@ def run_grid(
         try:
             pending = todo
             while pending:
-                if executor == "ray":
-                    from causcell_bench.ray_executor import run_cells_ray
-
-                    batch = [k for k in pending if claim(k)]
-                    if batch:
-                        run_cells_ray(config, run_dir, batch, address=ray_address, started=started,
-                                      finished=finished)
-                else:
-                    run_cells_local(config, run_dir, pending, started=started, finished=finished,
-                                    start_method=start_method, claim=claim)
+                backend.run_cells(pending, config, run_dir, started=started, finished=finished, claim=claim)
                 pending = wait_for_others()
         except KeyboardInterrupt:
             done = sum(o.status in ("ok", "failed", "skipped", "elsewhere") for o in outcomes)
@@ -734,79 +383,6 @@ def _terminate_as_interrupt() -> Any:
         raise KeyboardInterrupt
 
     return signal.signal(signal.SIGTERM, handler)
-
-
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def run_cells_local(
-    config: RunConfig,
-    run_dir: Path,
-    keys: list[CellKey],
-    *,
-    started: Callable[[CellKey], None],
-    finished: Callable[[CellOutcome], None],
-    start_method: str = "fork",
-    claim: Callable[[CellKey], bool] | None = None,
-) -> None:
-    """The local executor: up to ``config.jobs`` child processes at a time, one per cell.
-
-    ``claim(key)``, called just before a cell starts, may return False to skip it (another process has it).
-    """
-    # not cores // jobs: the thread count changes the numbers, and --jobs must not
-    threads = config.effective_threads()
-    store = ResultStore(run_dir)
-    ctx = mp.get_context(start_method)
-    running: dict[Any, tuple[CellKey, float]] = {}
-    queue = list(keys)
-    try:
-        while queue or running:
-            while queue and len(running) < config.jobs:
-                key = queue.pop(0)
-                if claim is not None and not claim(key):
-                    continue
-                proc = ctx.Process(target=_child, args=(config, key, str(run_dir), threads), daemon=False)
-                proc.start()
-                running[proc] = (key, time.perf_counter())
-                started(key)
-            time.sleep(0.05)
-            for proc in [p for p in running if not p.is_alive()]:
-                key, t0 = running.pop(proc)
-                proc.join()
-                finished(collect(store, key, proc.exitcode, time.perf_counter() - t0, config))
-    except KeyboardInterrupt:
-        for proc in running:
-            proc.terminate()
-        for proc, (key, t0) in running.items():
-            proc.join(5)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-            # what the cell wrote, else "interrupted": rerun next time, never a permanent failure
-            finished(collect(store, key, proc.exitcode, time.perf_counter() - t0, config))
-        raise
-
-
-def collect(store: ResultStore, key: CellKey, exitcode: int | None, seconds: float, config: RunConfig) -> CellOutcome:
-    """The outcome of a finished cell. A cell whose worker died without writing a current record (an
-    older one with other settings does not count) is recorded as interrupted (SIGINT/SIGTERM, exit
-    130: rerun next time) or failed (killed otherwise, out of memory, crashed)."""
-    base = _record_base(config, key)
-    rec = store.read(key)
-    if rec is not None and rec.get("config_hash") == base["config_hash"]:
-        return CellOutcome(key, rec.get("status", "failed"), seconds, rec.get("error"))
-    if exitcode is not None and (exitcode in (-signal.SIGINT, -signal.SIGTERM) or exitcode == 130):
-        how = f"signal {signal.Signals(-exitcode).name}" if exitcode < 0 else "exit code 130"
-        err = f"worker process stopped ({how}): {INTERRUPTED_NOTE}"
-        store.write(key, {**base, "status": "interrupted", "error": err, "total_s": seconds})
-        return CellOutcome(key, "interrupted", seconds, err)
-    why = f"signal {-exitcode}" if exitcode is not None and exitcode < 0 else f"exit code {exitcode}"
-    if exitcode == -signal.SIGKILL:
-        why += " (killed; out of memory?)"
-    err = f"worker process died ({why}) before writing a result"
-    store.write(key, {**base, "status": "failed", "error": err, "total_s": seconds})
-    return CellOutcome(key, "failed", seconds, err)
 
 
 def summarize_outcomes(outcomes: Iterable[CellOutcome]) -> dict[str, int]:

@@ -25,36 +25,18 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+# CellKey and key_of live with the record; importable from here too, where the store's callers look
+from causcell_bench.grid.record import CellKey, CellRecord, cell_hash, key_of
+
+if TYPE_CHECKING:
+    from causcell_bench.config import RunConfig
 
 RECORD_FIELDS = ("dataset", "method", "setting", "fold", "seed", "status")
 CLAIM_TIMEOUT_S = 24 * 3600.0
 # a claim file is created empty and filled a moment later: an empty one older than this lost its writer
 _EMPTY_CLAIM_GRACE_S = 60.0
-
-
-@dataclass(frozen=True)
-class CellKey:
-    """One grid cell: the unit of work, caching and parallelism."""
-
-    dataset: str
-    method: str
-    setting: str
-    fold: int
-    seed: int
-
-    @property
-    def relpath(self) -> str:
-        safe = self.dataset.replace("/", "_").replace("\\", "_")
-        return f"cells/{safe}/{self.method}/{self.setting}/fold{self.fold}_seed{self.seed}.json"
-
-    def __str__(self) -> str:
-        return f"{self.dataset}/{self.method}/{self.setting}/fold{self.fold}/seed{self.seed}"
-
-
-def key_of(record: dict[str, Any]) -> CellKey:
-    return CellKey(str(record["dataset"]), str(record["method"]), str(record["setting"]), int(record["fold"]),
-                   int(record["seed"]))
 
 
 def _jsonable(obj: Any) -> Any:
@@ -122,6 +104,9 @@ class ResultStore:
     def write(self, key: CellKey, record: dict[str, Any]) -> None:
         atomic_write_json(self.path(key), record)
 
+    def write_record(self, record: CellRecord) -> None:
+        self.write(record.key, record.to_dict())
+
     def remove(self, key: CellKey) -> None:
         self.path(key).unlink(missing_ok=True)
 
@@ -132,6 +117,11 @@ class ResultStore:
             return None
         rec, _ = parse_record(p)
         return rec
+
+    def read_record(self, key: CellKey) -> CellRecord | None:
+        """:meth:`read` as a :class:`CellRecord`."""
+        rec = self.read(key)
+        return None if rec is None else CellRecord.from_dict(rec)
 
     def files(self) -> list[Path]:
         return sorted((self.root / "cells").glob("**/*.json"))
@@ -176,12 +166,10 @@ def run_config(run_dir: str | Path) -> Any:
         raise ValueError(f"{path} cannot be read ({type(e).__name__})") from None
 
 
-def record_hash(config: Any, record: dict[str, Any]) -> str:
+def record_hash(config: RunConfig, record: dict[str, Any]) -> str:
     """The hash a record must carry to be current under ``config`` (with the threads it ran with)."""
     threads = record.get("threads")
-    return config.cell_hash(str(record["dataset"]), str(record["method"]), str(record["setting"]),
-                            int(record["fold"]), int(record["seed"]),
-                            threads=threads if isinstance(threads, int) and threads > 0 else None)
+    return cell_hash(config, key_of(record), threads=threads if isinstance(threads, int) and threads > 0 else None)
 
 
 def read_run(run_dir: str | Path) -> RunContents:

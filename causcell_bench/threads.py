@@ -24,6 +24,11 @@ _budget: int | None = None
 _limits: Any = None  # threadpoolctl handle: its BLAS/OpenMP limits hold while it is referenced
 
 
+def cpu_count() -> int:
+    """The cores this process may run on (its CPU affinity where the OS has one, else all of them)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def resolve_threads(configured: int | None = None) -> int:
     """Threads per cell: ``$CAUSCELL_BENCH_THREADS`` if set, else ``configured``, else 1.
 

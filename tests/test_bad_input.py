@@ -25,7 +25,7 @@ import torch
 from typer.testing import CliRunner
 
 from causcell_bench.cli import app
-from causcell_bench.runner import DATA_CACHE
+from causcell_bench.grid.data import DATA_CACHE
 
 CLI = str(Path(sys.executable).with_name("causcell-bench"))
 RUN = ["run", "--methods", "positive_control", "--folds", "0", "--settings", "ID", "--no-report"]

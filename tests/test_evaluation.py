@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from causcell_bench import evaluation
 from causcell_bench.datasets import load, make_splits, preprocess
+from causcell_bench.grid import evaluate as evaluation
 from causcell_bench.methods.controls import NegativeControl
 
 

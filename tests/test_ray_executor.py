@@ -17,14 +17,18 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from causcell_bench import ray_executor, registry
+from causcell_bench import registry
 from causcell_bench.config import RunConfig
 from causcell_bench.errors import BenchError
+from causcell_bench.grid.cell import cell_inputs
+from causcell_bench.grid.data import DATA_CACHE
+from causcell_bench.grid.executors import ray as ray_executor
+from causcell_bench.grid.executors.ray import cell_task, task_resources
+from causcell_bench.grid.record import CellKey, CellRecord
 from causcell_bench.leaderboard import summarize, tidy_table
 from causcell_bench.methods.controls import PositiveControl
-from causcell_bench.ray_executor import cell_task, task_resources
-from causcell_bench.runner import DATA_CACHE, cell_inputs, run_grid
-from causcell_bench.store import CellKey, ResultStore
+from causcell_bench.runner import run_grid
+from causcell_bench.store import ResultStore
 
 SMALL = {"n_cells": 360, "n_genes": 80}
 QUIET = {"progress": False, "log": lambda s: None}
@@ -121,7 +125,7 @@ def test_ray_matches_local(ray_local, local_summary: pd.DataFrame, tmp_path: Pat
 
 
 def blind_cell_task(config: RunConfig, key: CellKey, run_dir: str, threads: int,
-                    splits: list[Any] | None) -> tuple[dict[str, Any], bool]:
+                    splits: list[Any] | None) -> tuple[CellRecord, bool]:
     """A Ray task on a node that does not mount the run directory: the worker starts with nothing
     cached (as a fresh worker on another machine would) and the run directory path leads nowhere, so
     the cell can only get its split from what the driver ships."""
@@ -224,8 +228,6 @@ def test_task_resources() -> None:
 
 
 def test_missing_ray_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from causcell_bench import ray_executor
-
     monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` fail
     with pytest.raises(BenchError, match=r"pip install 'causcell-bench\[ray\]'"):
         ray_executor.run_cells_ray(demo_config(), tmp_path, [], started=print, finished=print)

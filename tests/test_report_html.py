@@ -17,8 +17,15 @@ import pytest
 
 from causcell_bench import leaderboard
 from causcell_bench.config import RunConfig
-from causcell_bench.leaderboard import build_report, heatmap, status_table, summarize, tidy_table
-from causcell_bench.report_html import overall_label, write_index_html
+from causcell_bench.leaderboard import (
+    build_report,
+    heatmap,
+    overall_label,
+    status_table,
+    summarize,
+    tidy_table,
+    write_index_html,
+)
 from causcell_bench.runner import run_grid
 from causcell_bench.store import ResultStore
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from causcell_bench.leaderboard import _scale, scores, summarize, violations
+from causcell_bench.leaderboard import scale, scores, summarize, violations
 from causcell_bench.metrics import (
     change_scores,
     degenerate_metrics,
@@ -180,11 +180,11 @@ def _summary(values: dict[str, dict[str, float]], *, folds: int = 1, noise: floa
 
 
 def test_a_winning_negative_control_is_clipped_not_hidden() -> None:
-    scaled, notes = _scale({"positive_control": np.nan, "negative_control": 3.0, "A": 5.0, "B": 8.0}, hib=False)
+    scaled, notes = scale({"positive_control": np.nan, "negative_control": 3.0, "A": 5.0, "B": 8.0}, hib=False)
     assert scaled["A"] == 0.0 and scaled["B"] == 0.0 and not any(np.isnan(v) for k, v in scaled.items()
                                                                    if k != "positive_control")
     assert any("every method scores 0" in n for n in notes)
-    ok, _ = _scale({"positive_control": 1.0, "negative_control": 0.0, "A": 0.5, "B": 1.5}, hib=True)
+    ok, _ = scale({"positive_control": 1.0, "negative_control": 0.0, "A": 0.5, "B": 1.5}, hib=True)
     assert ok["A"] == 0.5 and ok["B"] == 1.0
     _, summary = _summary({"positive_control": {"pcc": 1.0}, "negative_control": {"pcc": 0.6},
                            "A": {"pcc": 0.5}, "B": {"pcc": 0.8}})

@@ -26,9 +26,11 @@ from causcell_bench import registry
 from causcell_bench.cli import app
 from causcell_bench.config import RunConfig, check_method_params
 from causcell_bench.errors import BenchError
+from causcell_bench.grid.cell import collect, execute_cell
+from causcell_bench.grid.data import DATA_CACHE
 from causcell_bench.leaderboard import left_out_lines, tidy_table
 from causcell_bench.methods.controls import NegativeControl
-from causcell_bench.runner import DATA_CACHE, collect, execute_cell, expand_grid, run_grid
+from causcell_bench.runner import expand_grid, run_grid
 from causcell_bench.store import ClaimStore, ResultStore, _proc_start, read_run
 
 TINY = {"n_cells": 300, "n_genes": 60}

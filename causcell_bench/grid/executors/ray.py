@@ -1,7 +1,7 @@
 """Run grid cells as Ray tasks (``causcell-bench run --executor ray``).
 
 One grid cell is one Ray task. The task calls the same
-:func:`causcell_bench.runner.execute_cell` as the local executor, so it writes
+:func:`causcell_bench.grid.cell.execute_cell` as the local executor, so it writes
 the same JSON record through the same :class:`~causcell_bench.store.ResultStore`
 and a run started under one executor resumes under the other. Nothing in a
 method knows which executor runs it.
@@ -10,7 +10,7 @@ Resources per task: 1 GPU when the run's device is ``cuda`` (or ``auto`` and the
 cluster has GPUs), plus ``cores // jobs`` CPUs, where ``cores`` is this machine's
 core count for a local Ray instance and the smallest node's core count on a
 cluster (so ``jobs`` is "cells at a time per node" there). A worker process
-keeps the datasets it loaded (:data:`causcell_bench.runner.DATA_CACHE`), so each
+keeps the datasets it loaded (:data:`causcell_bench.grid.data.DATA_CACHE`), so each
 worker reads a dataset once however many cells it runs.
 
 A task whose worker dies (killed, out of memory, node lost) is retried once
@@ -18,7 +18,7 @@ A task whose worker dies (killed, out of memory, node lost) is retried once
 recorded as failed. On a multi-node cluster the run directory should be on a
 shared filesystem; where a worker cannot see it, the task runs in a scratch
 directory with the splits shipped from the driver (seeded into the worker's
-cache with :meth:`~causcell_bench.runner.DataCache.seed_splits`), and the driver
+cache with :meth:`~causcell_bench.grid.data.DataCache.seed_splits`), and the driver
 writes the record it returns.
 """
 
@@ -28,13 +28,18 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from causcell_bench.config import RunConfig
 from causcell_bench.errors import BenchError
-from causcell_bench.store import CellKey, ResultStore
+from causcell_bench.grid.cell import CellOutcome, collect, execute_cell
+from causcell_bench.grid.data import DATA_CACHE
+from causcell_bench.grid.executors.base import Finished, Started, TryClaim
+from causcell_bench.grid.record import CellKey, CellRecord
+from causcell_bench.store import ResultStore
+from causcell_bench.threads import cpu_count
 
 INSTALL_HINT = "Ray is not installed; install the extra with: pip install 'causcell-bench[ray]'"
 
@@ -87,14 +92,12 @@ def _capacity(ray: Any, res: dict[str, float]) -> int:
 
 
 def cell_task(config: RunConfig, key: CellKey, run_dir: str, threads: int,
-              splits: list[Any] | None) -> tuple[dict[str, Any], bool]:
-    """Body of one Ray task: run the cell through the shared runner code.
+              splits: list[Any] | None) -> tuple[CellRecord, bool]:
+    """Body of one Ray task: run the cell through the shared cell code.
 
     ``splits``: the driver's folds for the cell's (dataset, setting), used only where this worker
     cannot see ``run_dir``. Returns (record, whether it was written to the run directory).
     """
-    from causcell_bench.runner import DATA_CACHE, execute_cell
-
     if (Path(run_dir) / "config.json").is_file():
         return execute_cell(config, key, run_dir, threads), True
     # this node does not see the driver's run directory (no shared filesystem): work in a
@@ -116,8 +119,6 @@ def _ray_init(ray: Any, address: str | None) -> bool:
         if address:
             ray.init(address=address, **quiet)
         else:
-            from causcell_bench.runner import cpu_count
-
             ray.init(num_cpus=cpu_count(), **quiet)
     except ConnectionError as e:
         if "AuthToken" in str(e.__cause__ or ""):
@@ -129,23 +130,36 @@ def _ray_init(ray: Any, address: str | None) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class RayExecutor:
+    """:class:`~causcell_bench.grid.executors.base.Executor` running cells as Ray tasks on the cluster at
+    ``address`` (None: a local Ray instance this executor starts and stops)."""
+
+    address: str | None = None
+
+    def run_cells(self, keys: list[CellKey], config: RunConfig, run_dir: Path, *, started: Started,
+                  finished: Finished, claim: TryClaim | None = None) -> None:
+        # every cell is claimed before any is submitted: the cluster queues them all at once
+        batch = [k for k in keys if claim(k)] if claim is not None else list(keys)
+        if batch:
+            run_cells_ray(config, run_dir, batch, address=self.address, started=started, finished=finished)
+
+
 def run_cells_ray(
     config: RunConfig,
     run_dir: str | Path,
     keys: list[CellKey],
     *,
     address: str | None = None,
-    started: Callable[[CellKey], None],
-    finished: Callable[[Any], None],
+    started: Started,
+    finished: Finished,
 ) -> None:
     """Run ``keys`` as Ray tasks on the cluster at ``address`` (None: a local Ray instance).
 
     ``started(key)`` is called as a cell is handed to a free slot, ``finished(outcome)`` as it ends
-    (a :class:`causcell_bench.runner.CellOutcome`). Ctrl-C cancels the outstanding tasks and re-raises.
+    (a :class:`causcell_bench.grid.cell.CellOutcome`). Ctrl-C cancels the outstanding tasks and re-raises.
     """
     ray = _import_ray()
-    from causcell_bench.runner import DATA_CACHE, collect
-
     if not keys:
         return
     run_dir = Path(run_dir).resolve()  # workers may run in another working directory
@@ -182,7 +196,7 @@ def run_cells_ray(
                 done, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
                 for ref in done:
                     key, t0 = running.pop(ref)
-                    finished(_outcome(ray, ref, key, store, config, time.perf_counter() - t0, collect))
+                    finished(_outcome(ray, ref, key, store, config, time.perf_counter() - t0))
         except KeyboardInterrupt:
             for ref in running:
                 ray.cancel(ref, force=True)
@@ -192,23 +206,20 @@ def run_cells_ray(
             ray.shutdown()
 
 
-def _outcome(ray: Any, ref: Any, key: CellKey, store: ResultStore, config: RunConfig, seconds: float,
-             collect: Callable[..., Any]) -> Any:
+def _outcome(ray: Any, ref: Any, key: CellKey, store: ResultStore, config: RunConfig, seconds: float) -> CellOutcome:
     """Turn a finished task into a CellOutcome, storing what the worker could not."""
     try:
         record, stored = ray.get(ref)
     except Exception as e:  # noqa: BLE001 - the worker died twice (or the task was lost): fail this cell only
-        old = store.read(key) or {}
-        h = config.cell_hash(key.dataset, key.method, key.setting, key.fold, key.seed)
-        if not (old.get("status") == "ok" and old.get("config_hash") == h):  # else it was written just before dying
-            store.write(key, {
-                "dataset": key.dataset, "method": key.method, "setting": key.setting, "fold": key.fold,
-                "seed": key.seed, "status": "failed", "total_s": seconds, "executor": "ray",
-                "error": f"Ray worker died before writing a result, after 1 retry ({type(e).__name__}: "
+        old = store.read_record(key)
+        failed = CellRecord.failed(
+            config, key, f"Ray worker died before writing a result, after 1 retry ({type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''})",
-                "config_hash": h,
-            })
+            threads=None, total_s=seconds, executor="ray")
+        # an ok record with the current hash was written just before the worker died: keep it
+        if not (old is not None and old.status == "ok" and old.config_hash == failed.config_hash):
+            store.write_record(failed)
         return collect(store, key, None, seconds, config)
     if not stored:  # the worker wrote to its own scratch directory
-        store.write(key, record)
+        store.write_record(record)
     return collect(store, key, 0, seconds, config)

@@ -1,30 +1,103 @@
-"""The counterfactual task of the benchmark grid (glue between a fitted method and the metrics).
+"""What a grid cell scores, by the method's capabilities: the one place that decides which scorer
+runs for which capability (the rest is recorded as n/a, never filled in), and the glue between a
+fitted method and the counterfactual metrics.
 
-Two parts, both only for methods whose capabilities include counterfactuals:
+Capabilities -> scorers (:func:`fit_and_score`):
 
-- **Truth** (datasets that carry their simulator, i.e. ``synthetic``): the test
-  cells are intervened on (do(parent = v) for every value v of the chosen
-  concept, on the cells whose value differs) and scored per cell against the
-  simulator's exact counterfactuals, plus causal consistency of the descendants.
-- **Held-out populations** (OOD setting, any dataset): each concept-label
-  combination held out of training is predicted from the training cells that
-  share all its other labels, by do(perturbation = held-out value), and compared
-  with the real held-out cells at the distribution level.
+- ``embedding`` other than ``none``: disentanglement of the train/test embeddings
+  (:func:`causcell_bench.metrics.score_disentanglement`).
+- ``reconstruct``: fidelity and realism of the generated test cells
+  (:func:`causcell_bench.metrics.score_reconstruction`).
+- ``counterfactual`` (and the run's ``counterfactual`` switch), in two parts:
+
+  - **Truth** (datasets that carry their simulator, i.e. ``synthetic``): the test
+    cells are intervened on (do(parent = v) for every value v of the chosen
+    concept, on the cells whose value differs) and scored per cell against the
+    simulator's exact counterfactuals, plus causal consistency of the descendants.
+  - **Held-out populations** (OOD and HOLDOUT settings, any dataset): each concept-label
+    combination held out of training is predicted from the training cells that
+    share all its other labels, by do(perturbation = held-out value), and compared
+    with the real held-out cells at the distribution level.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from anndata import AnnData
 
 from causcell_bench.datasets.spec import DatasetSpec
 
+if TYPE_CHECKING:
+    from causcell_bench.config import RunConfig
+    from causcell_bench.datasets.splits import Split
+    from causcell_bench.grid.record import CellKey
+    from causcell_bench.methods.base import Method
+
 MAX_CF_CELLS = 2000  # cells intervened on per fold (seeded subsample): bounds generation time
 MAX_POPULATION = 500  # cells per held-out / source population
 MIN_POPULATION = 5
 
+
+def fit_and_score(config: RunConfig, key: CellKey, method: Method, train: AnnData, test: AnnData, spec: DatasetSpec,
+                  split: Split, t: dict[str, float]) -> dict[str, Any]:
+    """Fit ``method`` on ``train`` and run the scorers its capabilities call for on ``test``; returns the
+    result part of the cell's record (metrics, what is n/a, timings into ``t``, degenerate metrics...)."""
+    from causcell_bench import metrics as M
+
+    cls = type(method)
+    caps = cls.capabilities
+    t0 = time.perf_counter()
+    method.fit(train, spec, seed=key.seed)
+    t["fit_s"] = time.perf_counter() - t0
+
+    values: dict[str, float] = {}
+    na: list[str] = []
+    if caps.embedding != "none":
+        t0 = time.perf_counter()
+        emb_train, emb_test = method.embed(train), method.embed(test)
+        t["embed_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ancestors = {c: [a for a in spec.concepts if c in spec.descendants(a)] for c in spec.concepts}
+        values.update(M.score_disentanglement(
+            emb_train, train.obs, emb_test, test.obs, spec.concepts, spec.fine_labels,
+            probe=config.probe, seed=key.seed, ancestors=ancestors if spec.edges else None,
+        ))
+        t["score_disentanglement_s"] = time.perf_counter() - t0
+    else:
+        na.append("disentanglement")
+    if caps.reconstruct:
+        t0 = time.perf_counter()
+        gen = method.generate(test, seed=key.seed)
+        t["generate_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        values.update(M.score_reconstruction(test.X, gen, test.obs, spec.concepts, list(test.var_names), seed=key.seed))
+        t["score_reconstruction_s"] = time.perf_counter() - t0
+    else:
+        na.append("reconstruction")
+    if caps.counterfactual and config.counterfactual:
+        t0 = time.perf_counter()
+        if has_truth(test):
+            values.update(score_against_truth(
+                method, train, test, spec, seed=key.seed, factual=gen if caps.reconstruct else None))
+        if key.setting in ("OOD", "HOLDOUT") and split.held_out:
+            values.update(score_heldout_populations(
+                method, train, test, spec, split.held_out, seed=key.seed, cf_concept=config.cf_concept))
+        t["counterfactual_s"] = time.perf_counter() - t0
+    else:
+        na.append("counterfactual")
+    degenerate = M.degenerate_metrics(test.obs, spec.concepts, spec.fine_labels)
+    if values.get("n_populations") == 1.0 and "pop_rank" in values:
+        degenerate["pop_rank"] = "degenerate: one held-out population (a rank needs two)"
+    degenerate = {m: why for m, why in degenerate.items() if m in values}
+    values.update({m: float("nan") for m in degenerate})
+    return {
+        "metrics": values, "na": na, "timings": t, "degenerate": degenerate, "kind": getattr(cls, "kind", "method"),
+        "n_train": int(train.n_obs), "n_test": int(test.n_obs), "n_genes": int(train.n_vars),
+        "capabilities": caps.as_dict(),
+    }
 
 def has_truth(adata: AnnData) -> bool:
     return "synthetic" in adata.uns
@@ -38,7 +111,7 @@ def intervention_concept(spec: DatasetSpec) -> str:
     return spec.concepts[0]
 
 
-def score_against_truth(method: Any, train: AnnData, test: AnnData, spec: DatasetSpec, *, seed: int,
+def score_against_truth(method: Method, train: AnnData, test: AnnData, spec: DatasetSpec, *, seed: int,
                         factual: np.ndarray | None = None) -> dict[str, float]:
     """Per-cell counterfactual metrics against the simulator's truth (``cf_pcc``, ``cf_mse``,
     ``effect_pcc``, ``causal_acc:<descendant>``), pooled over all target values."""
@@ -99,7 +172,7 @@ def cf_concepts(spec: DatasetSpec, override: str | None = None) -> list[str]:
     return list(spec.concepts)
 
 
-def score_heldout_populations(method: Any, train: AnnData, test: AnnData, spec: DatasetSpec,
+def score_heldout_populations(method: Method, train: AnnData, test: AnnData, spec: DatasetSpec,
                               held_out: list[dict[str, str]], *, seed: int,
                               cf_concept: str | None = None) -> dict[str, float]:
     """Population-level scores of predicted vs real held-out populations (:func:`metrics.score_populations`).

@@ -2,7 +2,7 @@
 
 One file a reader can open offline or mail around: figures are embedded as
 base64 PNG data URIs, CSS and the table-sorting script are inline, nothing is
-fetched from the network. Built from the tables ``leaderboard.build_report``
+fetched from the network. Built from the tables :func:`~causcell_bench.leaderboard.build_report`
 already computed (tidy, summary, scores, status) plus the run directory
 (``config.json`` and the cell files' package versions). Every string that comes
 from a run (method, dataset and metric names, errors, config values) is
@@ -24,7 +24,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from causcell_bench.leaderboard import EMBEDDING_FLAG, GROUP_ORDER, HEATMAP_METRICS, KEYS, kind_by_name
+from causcell_bench.leaderboard.common import (
+    EMBEDDING_FLAG,
+    GROUP_ORDER,
+    HEATMAP_METRICS,
+    KEYS,
+    finite,
+    kind_by_name,
+)
+from causcell_bench.leaderboard.scoring import cross_dataset_overall
 from causcell_bench.metrics import CATEGORIES
 
 CATEGORY_OF = {g: cat for cat, groups in CATEGORIES.items() for g in groups}
@@ -40,19 +48,12 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _finite(v: Any) -> bool:
-    try:
-        return v is not None and math.isfinite(float(v))
-    except (TypeError, ValueError):
-        return False
-
-
 def _num(v: Any, digits: int = 3, sd: Any = None) -> str:
     """A table cell for a number: the sort key in data-v, n/a for missing values."""
-    if not _finite(v):
+    if not finite(v):
         return '<td class="na" data-v="">n/a</td>'
     text = f"{float(v):.{digits}f}"
-    if _finite(sd):
+    if finite(sd):
         text += f' <span class="sd">± {float(sd):.{digits}f}</span>'
     return f'<td class="num" data-v="{float(v)!r}">{text}</td>'
 
@@ -68,13 +69,6 @@ def _cell(v: Any) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
         return '<td class="na" data-v=""></td>'
     return f"<td>{_e(v)}</td>"
-
-
-def overall_label(value: Any, sd: Any = None) -> str:
-    """The overall score as text, with its fold sd when known: ``0.63 ± 0.04``."""
-    if not _finite(value):
-        return "n/a"
-    return f"{float(value):.2f} ± {float(sd):.2f}" if _finite(sd) else f"{float(value):.2f}"
 
 
 def method_kinds(tables: Iterable[pd.DataFrame], methods: Iterable[str]) -> dict[str, str]:
@@ -93,21 +87,6 @@ def method_kinds(tables: Iterable[pd.DataFrame], methods: Iterable[str]) -> dict
     return out
 
 
-def cross_dataset_overall(score_table: pd.DataFrame) -> pd.DataFrame:
-    """Methods x (dataset, setting) overall scores, plus ``overall``: the mean over datasets of each
-    dataset's mean over settings (every dataset weighs the same, however many settings it ran),
-    and ``n_datasets``, how many datasets that mean covers. Sorted best first."""
-    if score_table.empty or "overall" not in score_table.columns:
-        return pd.DataFrame(columns=["overall", "n_datasets"])
-    wide = score_table.pivot_table(index="method", columns=["dataset", "setting"], values="overall",
-                                   aggfunc="first", dropna=False, sort=False)
-    per_dataset = score_table.groupby(["method", "dataset"], sort=False)["overall"].mean().unstack("dataset")
-    wide.columns = [f"{d}|{s}" for d, s in wide.columns]
-    wide["overall"] = per_dataset.mean(axis=1, skipna=True)
-    wide["n_datasets"] = per_dataset.notna().sum(axis=1)
-    return wide.sort_values("overall", ascending=False, na_position="last")
-
-
 def _order(score_table: pd.DataFrame, methods: Iterable[str], kinds: Mapping[str, str]) -> list[str]:
     """The leaderboard's order: ranked methods by rank, then other methods, references and controls,
     each by overall score; methods without a score last."""
@@ -116,7 +95,7 @@ def _order(score_table: pd.DataFrame, methods: Iterable[str], kinds: Mapping[str
 
     def num(m: str, col: str) -> float:
         v = sc.at[m, col] if m in sc.index and col in sc.columns else np.nan
-        return float(v) if _finite(v) else math.nan
+        return float(v) if finite(v) else math.nan
 
     def key(m: str) -> tuple[int, float, float, str]:
         tier = {"method": 1, "reference": 2, "control": 3}.get(kinds.get(m, "method"), 1)
@@ -225,11 +204,11 @@ def _overview_section(score_table: pd.DataFrame, kinds: Mapping[str, str]) -> st
 
 def _rank_cell(r: pd.Series) -> str:
     rank = r.get("rank")
-    if not _finite(rank):
+    if not finite(rank):
         return '<td class="na" data-v="">–</td>'
     text = f"{float(rank):.0f}"
     lo, hi = r.get("rank_lo"), r.get("rank_hi")
-    if _finite(lo) and _finite(hi):
+    if finite(lo) and finite(hi):
         text += f' <span class="sd">[{float(lo):.0f}–{float(hi):.0f}]</span>'
     tied = r.get("tied")
     title = f' title="tied with {_e(tied)}"' if isinstance(tied, str) and tied else ""
@@ -443,7 +422,7 @@ def _provenance_section(run_dir: Path, status: pd.DataFrame,
         total = pd.to_numeric(st.get("total_s", pd.Series(dtype=float)), errors="coerce").sum()
         peak = pd.to_numeric(st.get("peak_rss_mb", pd.Series(dtype=float)), errors="coerce").max()
         sums = f"{len(st)} cells, {total:.1f} s of cell time in all"
-        sums += f", largest peak memory {peak:.0f} MB" if _finite(peak) else ""
+        sums += f", largest peak memory {peak:.0f} MB" if finite(peak) else ""
         parts.append('<h3 id="timings">Timings and peak memory per cell</h3>'
                      f"<p class=\"note\">{_e(sums)}. fit_s: training; total_s: the whole cell (data, training, "
                      "scoring); peak_rss_mb: the cell process's peak resident memory.</p>" + _generic_table(st))

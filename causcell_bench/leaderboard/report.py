@@ -1,0 +1,123 @@
+"""A run's report and its regression check: :func:`build_report` rebuilds every table and figure
+from the cell files, :func:`left_out_lines` names the cells a table leaves out, :func:`check`
+compares fold means with a committed reference."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from causcell_bench.leaderboard.common import KEYS
+from causcell_bench.leaderboard.html import write_index_html
+from causcell_bench.leaderboard.rendering import heatmap, markdown
+from causcell_bench.leaderboard.scoring import scores, uninformative, violations
+from causcell_bench.leaderboard.tables import degenerate_table, status_table, summarize, tidy_table
+from causcell_bench.store import RunContents, read_run
+
+
+def build_report(run_dir: str | Path, out_dir: str | Path | None = None, figure: bool = True,
+                 contents: RunContents | None = None) -> dict[str, Path]:
+    """Rebuild every table and figure of a run from its cell JSONs; return the written paths.
+
+    ``contents``: the run as :func:`causcell_bench.store.read_run` sorted it (read here if None);
+    unreadable and stale cells are left out of every table and listed first in the leaderboard."""
+    run_dir = Path(run_dir)
+    out = Path(out_dir) if out_dir else run_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    contents = contents if contents is not None else read_run(run_dir)
+    records = contents.records  # readable and current: unreadable and stale cells are left out, and listed
+    tidy, status = tidy_table(records), status_table(records, contents.claims)
+    summary = summarize(tidy)
+    score_table = scores(summary, tidy=tidy)
+    viol, degenerate, uninf = violations(summary), degenerate_table(records), uninformative(summary)
+    paths = {
+        "results": out / "results.csv", "summary": out / "summary.csv", "scores": out / "scores.csv",
+        "status": out / "status.csv", "markdown": out / "leaderboard.md", "violations": out / "violations.csv",
+        "degenerate": out / "degenerate.csv", "uninformative": out / "uninformative.csv",
+    }
+    uninf.to_csv(paths["uninformative"], index=False)
+    viol.to_csv(paths["violations"], index=False)
+    degenerate.to_csv(paths["degenerate"], index=False)
+    tidy.to_csv(paths["results"], index=False)
+    try:
+        tidy.to_parquet(out / "results.parquet", index=False)
+        paths["parquet"] = out / "results.parquet"
+    except ImportError:  # pyarrow is a dependency, but a stripped install should still get CSVs
+        pass
+    summary.to_csv(paths["summary"], index=False)
+    score_table.to_csv(paths["scores"], index=False)
+    status.to_csv(paths["status"], index=False)
+    paths["markdown"].write_text(markdown(summary, score_table, status, viol, degenerate, uninf,
+                                          left_out=left_out_lines(contents, run_dir)))
+    if figure and not summary.empty:
+        try:
+            for p in heatmap(summary, score_table, out / "heatmap"):
+                paths[p.name] = p
+        except Exception as e:  # the figure must never cost the user the tables
+            (out / "heatmap_error.txt").write_text(f"{type(e).__name__}: {e}\n")
+            paths["heatmap_error"] = out / "heatmap_error.txt"
+    paths["html"] = write_index_html(out, run_dir, tidy, summary, score_table, status, dict(paths), records=records)
+    return paths
+
+
+def left_out_lines(contents: RunContents, run_dir: str | Path) -> list[str]:
+    """One line per cell file a table leaves out (unreadable, stale) or cannot include yet (claimed)."""
+    def rel(p: Path) -> str:
+        try:
+            return str(p.relative_to(run_dir))
+        except ValueError:
+            return str(p)
+
+    lines = [f"unreadable: {rel(p)} {why}" for p, why in contents.unreadable]
+    lines += [f"stale: {rel(p)} was computed with other settings than {rel(Path(run_dir) / 'config.json')} "
+              "(the last run's)" for p, _ in contents.stale]
+    lines += [f"interrupted: {r['dataset']}/{r['method']}/{r['setting']}/fold{r['fold']}/seed{r['seed']} stopped "
+              "before it finished (the next run reruns it)" for r in contents.records if r.get("status") == "interrupted"]
+    for p, c in contents.claims:
+        lines.append(f"abandoned: {c.get('cell')} (claim {rel(p)}: {c['stale']})" if c.get("stale") else
+                     f"running: {c.get('cell')} (claimed by {c.get('host')} pid {c.get('pid')} since {c.get('started')})")
+    return lines
+
+
+DEFAULT_TOLERANCE = {"abs": 0.05, "rel": 0.25}
+
+
+def check(summary: pd.DataFrame, reference: pd.DataFrame, tolerance: dict[str, float] | None = None,
+          strict: bool = False) -> list[str]:
+    """Compare fold means with a reference summary; return one line per regression.
+
+    A metric regresses when it is worse than the reference by more than
+    ``max(abs, rel * |ref|)`` in its own direction (or, with ``strict``, differs
+    either way), or when a reference row is missing from the run.
+    """
+    tol = {**DEFAULT_TOLERANCE, **(tolerance or {})}
+    if "tolerance" in reference.columns:
+        per_row_tol = reference.set_index([*KEYS, "metric"])["tolerance"].to_dict()
+    else:
+        per_row_tol = {}
+    cur = summary.set_index([*KEYS, "metric"])
+    problems = []
+    for _, ref in reference.iterrows():
+        key = (ref.dataset, ref.method, ref.setting, ref.metric)
+        if key not in cur.index:
+            problems.append(f"missing: {'/'.join(map(str, key))} (reference {ref['mean']:.4f})")
+            continue
+        new = float(cur.loc[key, "mean"])
+        old = float(ref["mean"])
+        if not math.isfinite(old) and not math.isfinite(new):
+            continue
+        if math.isfinite(old) != math.isfinite(new):
+            problems.append(f"changed: {'/'.join(map(str, key))}: {old} -> {new}")
+            continue
+        allowed = per_row_tol.get(key)
+        if allowed is None or not math.isfinite(allowed):
+            allowed = max(tol["abs"], tol["rel"] * abs(old))
+        hib = bool(cur.loc[key, "higher_is_better"])
+        worse = (old - new) if hib else (new - old)
+        if worse > allowed or (strict and abs(new - old) > allowed):
+            problems.append(f"{'regressed' if worse > allowed else 'changed'}: {'/'.join(map(str, key))}: "
+                            f"{old:.4f} -> {new:.4f} (tolerance {allowed:.4f})")
+    return problems
+

@@ -1,0 +1,116 @@
+"""The leaderboard's tables from cell records: one row per metric value (:func:`tidy_table`), per
+cell (:func:`status_table`) and per unmeasurable metric (:func:`degenerate_table`); fold means
+(:func:`summarize`) and headline metrics (:func:`headline`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from causcell_bench.leaderboard.common import KEYS, kind_by_name
+
+
+def _info(metric: str) -> Any:
+    from causcell_bench.metrics import metric_info
+
+    try:
+        return metric_info(metric)
+    except Exception:  # a metric from a newer version: keep it, unscored
+        return None
+
+
+def _kind(record: dict[str, Any]) -> str:
+    """method | control | reference (records written before the field existed: by name)."""
+    return str(record.get("kind") or kind_by_name(str(record.get("method"))))
+
+
+
+def tidy_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """One row per (dataset, method, setting, fold, seed, metric) of the successful cells."""
+    rows = []
+    for r in records:
+        if r.get("status") != "ok":
+            continue
+        emb = (r.get("capabilities") or {}).get("embedding", "none")
+        kind = _kind(r)
+        for metric, value in (r.get("metrics") or {}).items():
+            info = _info(metric)
+            rows.append({
+                "dataset": r["dataset"], "method": r["method"], "setting": r["setting"], "fold": r["fold"],
+                "seed": r["seed"], "metric": metric, "value": np.nan if value is None else float(value),
+                "group": info.group if info else "other",
+                "higher_is_better": info.higher_is_better if info else True,
+                "aggregate": info.aggregate if info else False,
+                "embedding": emb, "kind": kind,
+            })
+    cols = ["dataset", "method", "setting", "fold", "seed", "metric", "value", "group", "higher_is_better",
+            "aggregate", "embedding", "kind"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def degenerate_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """One row per metric a cell could not measure (NaN with a reason: one population, one label...)."""
+    rows = [{"dataset": r.get("dataset"), "method": r.get("method"), "setting": r.get("setting"),
+             "fold": r.get("fold"), "seed": r.get("seed"), "metric": m, "reason": why}
+            for r in records if r.get("status") == "ok" for m, why in (r.get("degenerate") or {}).items()]
+    return pd.DataFrame(rows, columns=["dataset", "method", "setting", "fold", "seed", "metric", "reason"])
+
+
+def status_table(records: Iterable[dict[str, Any]], claims: Iterable[tuple[Any, dict[str, Any]]] = ()) -> pd.DataFrame:
+    """One row per cell: status, error, timings and memory (failures included); plus one row per claimed
+    cell (``claims`` from :func:`causcell_bench.store.read_run`), status ``claimed`` (a process is running
+    it) or ``abandoned`` (its claim is stale: the next run takes it over)."""
+    rows = []
+    for _, c in claims:
+        parts = str(c.get("cell", "")).split("/")
+        if len(parts) != 5:
+            continue
+        dataset, method, setting, fold, seed = parts
+        rows.append({
+            "dataset": dataset, "method": method, "setting": setting, "fold": int(fold.removeprefix("fold")),
+            "seed": int(seed.removeprefix("seed")), "status": "abandoned" if c.get("stale") else "claimed",
+            "error": c.get("stale"), "note": f"claimed by {c.get('host')} pid {c.get('pid')} since {c.get('started')}",
+        })
+    for r in records:
+        t = r.get("timings") or {}
+        rows.append({
+            "dataset": r.get("dataset"), "method": r.get("method"), "setting": r.get("setting"),
+            "fold": r.get("fold"), "seed": r.get("seed"), "status": r.get("status"), "error": r.get("error"),
+            "fit_s": t.get("fit_s"), "total_s": r.get("total_s"), "peak_rss_mb": r.get("peak_rss_mb"),
+            "threads": r.get("threads"), "note": r.get("note"),
+        })
+    return pd.DataFrame(rows, columns=["dataset", "method", "setting", "fold", "seed", "status", "error",
+                                       "fit_s", "total_s", "peak_rss_mb", "threads", "note"])
+
+
+SUMMARY_META = ["group", "higher_is_better", "aggregate", "embedding", "kind"]
+
+
+def summarize(tidy: pd.DataFrame) -> pd.DataFrame:
+    """Mean, sd and count over folds (and seeds) per (dataset, method, setting, metric)."""
+    meta = [m for m in SUMMARY_META if m in tidy.columns]
+    if tidy.empty:
+        return pd.DataFrame(columns=[*KEYS, "metric", *meta, "mean", "sd", "n"])
+    g = tidy.groupby([*KEYS, "metric"], sort=False)
+    out = g["value"].agg(mean="mean", sd="std", n="count").reset_index()
+    first = g[meta].first().reset_index()
+    return first.merge(out, on=[*KEYS, "metric"])[[*KEYS, "metric", *meta, "mean", "sd", "n"]]
+
+
+def headline(summary: pd.DataFrame, *, scored_only: bool = True) -> pd.DataFrame:
+    """Per-concept metrics (``acc:age``...) averaged into one value per base metric; with
+    ``scored_only`` only the metrics that enter the overall score (not diagnostics or CT controls)."""
+    s = summary[summary["aggregate"].astype(bool)].copy() if scored_only else summary.copy()
+    s["base"] = s["metric"].str.split(":").str[0]
+    if "kind" not in s.columns:
+        s["kind"] = "method"
+    g = s.groupby([*KEYS, "base"], sort=False)
+    out = g.agg(mean=("mean", "mean"), sd=("sd", "mean"), group=("group", "first"),
+                higher_is_better=("higher_is_better", "first"), embedding=("embedding", "first"),
+                kind=("kind", "first")).reset_index()
+    return out.rename(columns={"base": "metric"})
+
