@@ -18,7 +18,8 @@ from causcell_bench.errors import BenchError
 from causcell_bench.threads import resolve_threads
 
 Setting = Literal["ID", "OOD", "HOLDOUT"]
-PRESETS = ("quick", "paper")
+# test: the quick preset shrunk to seconds (Method.test_params), for smoke runs of the whole pipeline
+PRESETS = ("quick", "paper", "test")
 
 
 class RunConfig(BaseModel):

@@ -7,19 +7,21 @@ structure age -> celltype <- domain so that concept signal is learnable.
 ``tiny_split()`` is the train/test split of that data the kit uses;
 ``check_counterfactual_direction()`` checks that do() moves cells towards the
 target label. ``check_method(cls)`` is the conformance kit: it fits the method on tiny data
-and checks shapes, determinism under a seed, the save/load round trip, that
+on the CPU and checks shapes, determinism under a seed, the save/load round trip, that
 reconstructions are on the scale of X (``check_scale()``), that progress reports,
-if the method gives any, are sane (``check_progress()``) and that the declared
-capabilities are honoured. A plugin's test suite can call it::
+if the method gives any, are sane (``check_progress()``), that ``device="cpu"`` leaves no
+torch weights elsewhere and that the declared capabilities are honoured. A plugin's test
+suite can call it, best with the ``test`` preset (``quick`` plus the class's ``test_params``)::
 
     from causcell_bench.testing import check_method
     def test_my_method_conforms():
-        check_method(MyMethod, params={"epochs": 20})  # enough to train: reconstructions must match X's scale
+        check_method(MyMethod, preset="test")  # enough to train: reconstructions must match X's scale
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import tempfile
 from collections.abc import Sequence
 from typing import Any
@@ -162,12 +164,14 @@ def check_method(
     method_cls: type[Method],
     params: dict[str, Any] | None = None,
     *,
+    preset: str = "quick",
     n_cells: int = 240,
     n_genes: int = 60,
     check_determinism: bool = True,
     check_output_scale: bool = True,
 ) -> Method:
-    """Run the conformance kit on ``method_cls``; raise AssertionError on the first violation.
+    """Run the conformance kit on ``method_cls`` under ``preset`` with ``params`` on top, on the CPU;
+    raise AssertionError on the first violation.
 
     With ``check_output_scale`` (default), reconstructions must also be on X's scale
     (:func:`check_scale`), which needs a budget that actually trains the model on the tiny data;
@@ -179,7 +183,11 @@ def check_method(
     caps = method_cls.capabilities
 
     assert isinstance(getattr(method_cls, "name", None), str) and method_cls.name, "method needs a name"
-    m = method_cls(preset="quick", device="cpu", **params)
+    presets = method_cls.presets
+    invented = sorted(set(presets.get("test", {})) - set(presets.get("quick", {})))
+    assert not invented, f"the test preset sets {invented}, which quick lacks: test_params may only shrink quick"
+    m = method_cls(preset=preset, device="cpu", **params)
+    assert m.preset == preset and m.device == "cpu", "__init__ must keep preset and device (Method.__init__ sets them)"
 
     # outputs before fit must fail clearly, not with a deep traceback
     if caps.embedding != "none":
@@ -191,12 +199,14 @@ def check_method(
     m.fit(train, spec, seed=0)
     if reports:  # reporting is optional (a plugin may not), but what is reported must be sane
         check_progress(reports)
+    _check_on_cpu(m, "after fit(device='cpu')")
 
     emb = None
     if caps.embedding != "none":
         emb = m.embed(test)
         for c in spec.concepts:
             assert c in emb, f"embed() lacks concept {c!r}"
+            assert isinstance(emb[c], np.ndarray), f"embedding {c!r} is a {type(emb[c]).__name__}, not a numpy array"
             assert emb[c].ndim == 2 and emb[c].shape[0] == test.n_obs, f"embedding {c!r} has shape {emb[c].shape}"
             assert np.isfinite(emb[c]).all(), f"embedding {c!r} has non-finite values"
         assert (UNEXPLAINED in emb) == caps.unexplained, "capabilities.unexplained disagrees with embed()"
@@ -212,6 +222,7 @@ def check_method(
     gen = None
     if caps.reconstruct:
         gen = m.generate(test, seed=0)
+        assert isinstance(gen, np.ndarray), f"generate() returned a {type(gen).__name__}, not a numpy array"
         assert gen.shape == (test.n_obs, test.n_vars), f"generate() shape {gen.shape} != {(test.n_obs, test.n_vars)}"
         assert np.isfinite(gen).all(), "generate() returned non-finite values"
         if check_output_scale:
@@ -220,6 +231,7 @@ def check_method(
             again = m.generate(test, seed=0)
             np.testing.assert_allclose(gen, again, rtol=1e-4, atol=1e-4, err_msg="generate() not deterministic under a seed")
 
+    cf = None
     if caps.counterfactual:
         target = spec.concepts[0]
         value = str(train.obs[target].cat.categories[-1])
@@ -242,17 +254,51 @@ def check_method(
         call = (lambda: m.generate(bad, seed=0)) if caps.reconstruct else (lambda: m.embed(bad))
         _expect_bench_error(call, "data with other genes")
 
-    # save / load round trip gives the same outputs
+    # save / load round trip gives the same fitted method: same parameters, outputs and device
     with tempfile.TemporaryDirectory() as d:
         m.save(d)
         m2 = method_cls.load(d)
+        assert isinstance(m2, method_cls), f"load() returned a {type(m2).__name__}, not a {method_cls.__name__}"
+        assert m2.is_fitted, "the loaded method is not fitted"
+        assert m2.preset == m.preset and m2.params == m.params, "preset or params changed after load"
+        _check_on_cpu(m2, "after load()")
         if emb is not None:
             emb2 = m2.embed(test)
             for c in emb:
                 np.testing.assert_allclose(emb[c], emb2[c], rtol=1e-4, atol=1e-4, err_msg=f"embedding {c} changed after load")
         if gen is not None and check_determinism:
             np.testing.assert_allclose(gen, m2.generate(test, seed=0), rtol=1e-4, atol=1e-4, err_msg="generate() changed after load")
+        if cf is not None and check_determinism:
+            np.testing.assert_allclose(cf, m2.generate(test, do={target: value}, seed=0), rtol=1e-4, atol=1e-4,
+                                       err_msg="generate(do=...) changed after load")
     return m
+
+
+def _check_on_cpu(method: Method, when: str) -> None:
+    """Every torch module or tensor the method holds (directly or one object deeper, e.g. ``model_.module``)
+    lives on the CPU: a method told device="cpu" must not use a GPU that happens to be there."""
+    torch = sys.modules.get("torch")
+    if torch is None:  # never imported: the method holds no torch objects (and a plugin need not install torch)
+        return
+    for where, obj in _held_objects(method):
+        if isinstance(obj, torch.nn.Module):
+            devices = {p.device.type for p in obj.parameters()} | {b.device.type for b in obj.buffers()}
+        elif isinstance(obj, torch.Tensor):
+            devices = {obj.device.type}
+        else:
+            continue
+        assert devices <= {"cpu"}, f"{when}: {where} ({type(obj).__name__}) is on {sorted(devices)}, not the CPU"
+
+
+def _held_objects(obj: Any, prefix: str = "", depth: int = 2) -> list[tuple[str, Any]]:
+    """(attribute path, value) of ``obj``'s instance attributes, ``depth`` objects deep."""
+    out: list[tuple[str, Any]] = []
+    for key, value in vars(obj).items():
+        where = f"{prefix}.{key}" if prefix else key
+        out.append((where, value))
+        if depth > 1 and hasattr(value, "__dict__") and not isinstance(value, type):
+            out += _held_objects(value, where, depth - 1)
+    return out
 
 
 def _expect_bench_error(fn: Any, what: str) -> None:

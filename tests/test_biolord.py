@@ -1,4 +1,5 @@
-"""Biolord adapter: conformance kit, seeding, counterfactual direction, the checkpointing workaround."""
+"""Biolord adapter: seeding, counterfactual direction, the checkpointing workaround (the conformance kit runs in
+test_conformance.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,7 @@ pytest.importorskip("biolord")
 from causcell_bench.errors import BenchError
 from causcell_bench.methods.base import UNEXPLAINED
 from causcell_bench.methods.biolord import Biolord
-from causcell_bench.testing import check_counterfactual_direction, check_method, tiny_split
-
-# small network, enough epochs that labels shape the decoder output
-TINY = {"max_epochs": 60, "batch_size": 64, "n_latent": 8, "decoder_width": 64, "infer_steps": 50}
+from causcell_bench.testing import check_counterfactual_direction, tiny_split
 
 
 @pytest.fixture(scope="module")
@@ -22,22 +20,21 @@ def split():
 
 
 @pytest.fixture(scope="module")
-def fitted():
-    return check_method(Biolord, params=TINY)
-
-
-def test_conformance(fitted):
-    assert fitted.is_fitted
+def fitted(split):
+    train, _, spec = split
+    m = Biolord(preset="test", device="cpu")
+    m.fit(train, spec, seed=0)
+    return m
 
 
 def test_seed_is_honoured(fitted, split):
     train, test, spec = split
-    again = Biolord(preset="quick", device="cpu", **TINY)
+    again = Biolord(preset="test", device="cpu")
     again.fit(train, spec, seed=0)
     np.testing.assert_allclose(again.generate(test, seed=0), fitted.generate(test, seed=0), rtol=1e-4, atol=1e-4)
-    other = Biolord(preset="quick", device="cpu", **{**TINY, "max_epochs": 2})
+    other = Biolord(preset="test", device="cpu", max_epochs=2)
     other.fit(train, spec, seed=1)
-    first = Biolord(preset="quick", device="cpu", **{**TINY, "max_epochs": 2})
+    first = Biolord(preset="test", device="cpu", max_epochs=2)
     first.fit(train, spec, seed=0)
     assert not np.allclose(other.embed(test)["age"], first.embed(test)["age"]), "seed has no effect"
 
@@ -55,7 +52,7 @@ def test_label_lookup_and_inferred_unexplained(fitted, split):
     np.testing.assert_allclose(emb["celltype"], table[codes])
     # the unknown-attribute code is optimised per cell: it beats the zero code it starts from
     z = emb[UNEXPLAINED]
-    assert z.shape == (test.n_obs, TINY["n_latent"]) and np.abs(z).sum() > 0
+    assert z.shape == (test.n_obs, fitted.params["n_latent"]) and np.abs(z).sum() > 0
     x = test.X.toarray()
     err = ((fitted.generate(test, seed=0) - x) ** 2).mean()
     fitted._cache = (fitted._cache[0], np.zeros_like(z))  # decode with the starting point instead
@@ -88,7 +85,7 @@ def test_training_disables_checkpointing(split, monkeypatch):
 
     monkeypatch.setattr(biolord.Biolord, "train", spy)
     train, _, spec = split
-    Biolord(preset="quick", device="cpu", **{**TINY, "max_epochs": 1}).fit(train, spec, seed=0)
+    Biolord(preset="test", device="cpu", max_epochs=1).fit(train, spec, seed=0)
     assert seen.get("enable_checkpointing") is False
     assert seen.get("enable_progress_bar") is False and seen.get("logger") is False
 
@@ -102,7 +99,7 @@ def test_package_still_needs_the_checkpointing_workaround(split, tmp_path):
     import scvi
 
     train, _, spec = split
-    m = Biolord(preset="quick", device="cpu", **TINY)
+    m = Biolord(preset="test", device="cpu")
     m._remember(train, spec)
     data = m._lean(train, m._label_codes(train))
     biolord.Biolord.setup_anndata(data, categorical_attributes_keys=m._attr_keys())

@@ -1,4 +1,4 @@
-"""CPA (clean-room): conformance, determinism, label-embedding swaps, and the adversarial
+"""CPA (clean-room): determinism, label-embedding swaps, and the adversarial
 property: adversary accuracy on z_basal falls towards the majority rate while reconstruction
 improves — and only because of the adversarial term (a reg_adv = 0 control keeps it high)."""
 
@@ -11,13 +11,9 @@ from sklearn.linear_model import LogisticRegression
 from causcell_bench.datasets import load, preprocess, true_counterfactual
 from causcell_bench.errors import BenchError
 from causcell_bench.methods.cpa import CPA
-from causcell_bench.testing import check_method, tiny_dataset
+from causcell_bench.testing import tiny_dataset
 
-TINY = {"epochs": 2, "batch_size": 64}
-
-
-def test_conforms_to_method_kit() -> None:
-    check_method(CPA, params=TINY)
+TINY = CPA.test_params  # the conformance kit runs on this preset in test_conformance.py
 
 
 def test_same_seed_same_model_other_seed_other_model() -> None:

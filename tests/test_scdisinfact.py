@@ -1,4 +1,4 @@
-"""scDisInFact (clean-room): conformance, determinism, and what the model is for:
+"""scDisInFact (clean-room): determinism, and what the model is for:
 z_d carries its own condition, z_c none, and counterfactual shifts move cells the right way."""
 
 from __future__ import annotations
@@ -10,13 +10,9 @@ from sklearn.linear_model import LogisticRegression
 from causcell_bench.datasets import load, preprocess, true_counterfactual
 from causcell_bench.errors import BenchError
 from causcell_bench.methods.scdisinfact import ScDisInFact
-from causcell_bench.testing import check_method, tiny_dataset
+from causcell_bench.testing import tiny_dataset
 
-TINY = {"epochs": 2, "batch_per_group": 8}
-
-
-def test_conforms_to_method_kit() -> None:
-    check_method(ScDisInFact, params=TINY)
+TINY = ScDisInFact.test_params  # the conformance kit runs on this preset in test_conformance.py
 
 
 def test_same_seed_same_model_other_seed_other_model() -> None:

@@ -53,7 +53,9 @@ def _global_options(
 Device = Annotated[str, typer.Option(help="auto, cpu or cuda")]
 Threads = Annotated[int | None, typer.Option(
     help="CPU threads per grid cell, or for this command (default 1; $CAUSCELL_BENCH_THREADS overrides)")]
-Preset = Annotated[str, typer.Option(help="training budget: quick (CPU) or paper (authors' settings, GPU)")]
+Preset = Annotated[str, typer.Option(
+    help="training budget: quick (CPU), paper (authors' settings, GPU) or test (tiny models, seconds: smoke "
+         "runs, not results)")]
 MethodParams = Annotated[list[str] | None, typer.Option(
     "--param", help="hyperparameter override Method.name=value (repeatable)")]
 DataDir = Annotated[Path | None, typer.Option(

@@ -115,11 +115,18 @@ class Method(abc.ABC):
     Subclasses set ``name``, ``capabilities`` and ``presets`` (hyperparameters
     per preset: ``quick`` for CPU demos/CI, ``paper`` for the authors'
     settings). Keyword arguments to ``__init__`` override the preset.
+
+    A third preset, ``test``, is derived for every subclass as the ``quick`` preset
+    with ``test_params`` on top: a model tiny enough to fit in seconds, for the
+    conformance tests and smoke runs. A subclass that writes ``presets["test"]``
+    itself keeps its own.
     """
 
     name: ClassVar[str]
     capabilities: ClassVar[Capabilities]
-    presets: ClassVar[dict[str, dict[str, Any]]] = {"quick": {}, "paper": {}}
+    presets: ClassVar[dict[str, dict[str, Any]]] = {"quick": {}, "paper": {}, "test": {}}
+    test_params: ClassVar[dict[str, Any]] = {}
+    """Overrides of the ``quick`` preset that make the ``test`` preset; only keys ``quick`` has."""
     kind: ClassVar[str] = "method"
     """One of "method" | "control" | "reference": controls and references are shown but not ranked."""
     # heavy, fork-safe modules the runner imports once before forking grid cells
@@ -129,6 +136,16 @@ class Method(abc.ABC):
     progress_callback: ProgressFn | None = None
     _progress_state: _ProgressState | None = None
     _progress_warned: bool = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("presets")
+        if own is not None and "test" in own:
+            return  # written by hand
+        # re-derive when this class changes either ingredient; an inherited test preset is already right.
+        # A new dict, so that the parent's presets (maybe inherited from) stay as they are.
+        if (own is not None or "test_params" in cls.__dict__) and "quick" in cls.presets:
+            cls.presets = {**cls.presets, "test": {**cls.presets["quick"], **cls.test_params}}
 
     def __init__(self, preset: str = "quick", device: str = "auto", **params: Any) -> None:
         if preset not in self.presets:

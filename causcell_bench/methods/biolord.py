@@ -25,7 +25,7 @@ import json
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -93,6 +93,10 @@ class Biolord(Method):
             "early_stopping": True, "early_stopping_patience": 20, "check_val_every_n_epoch": 10,
             "infer_steps": 300, "infer_lr": 0.05, "infer_batch_size": 2048,
         },
+    }
+    # a small network, enough epochs that labels shape the decoder output
+    test_params: ClassVar[dict[str, Any]] = {
+        "max_epochs": 60, "batch_size": 64, "n_latent": 8, "decoder_width": 64, "infer_steps": 50,
     }
 
     # --- training -------------------------------------------------------

@@ -79,6 +79,7 @@ class CPA(CpuPickledNet, Method):
         # adversary weight, penalty, steps and warm-up are our picks (the paper tunes them per dataset)
         "paper": dict(_PAPER),
     }
+    test_params: ClassVar[dict[str, Any]] = {"epochs": 2, "batch_size": 64}
 
     def fit(self, train: AnnData, spec: DatasetSpec, *, seed: int) -> None:
         self._remember(train, spec)

@@ -61,6 +61,8 @@ class MichiGAN(Method):
         # 5 critic steps per generator step, GP 10 (gan_steps = generator updates, our choice)
         "paper": {**_COMMON, "vae_epochs": 100, "gan_steps": 30000},
     }
+    # the paper's architecture at a tiny training budget
+    test_params: ClassVar[dict[str, Any]] = {"vae_epochs": 4, "gan_steps": 6, "gan_batch_size": 32}
 
     def __init__(self, preset: str = "quick", device: str = "auto", **params: Any) -> None:
         super().__init__(preset=preset, device=device, **params)

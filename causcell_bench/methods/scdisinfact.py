@@ -86,6 +86,7 @@ class ScDisInFact(CpuPickledNet, Method):
         # the authors' defaults (baselines.md): Adam 5e-4, 64 cells per group, 100 epochs
         "paper": dict(_PAPER),
     }
+    test_params: ClassVar[dict[str, Any]] = {"epochs": 2, "batch_per_group": 8}
 
     # --- fit -----------------------------------------------------------------
     def fit(self, train: AnnData, spec: DatasetSpec, *, seed: int) -> None:

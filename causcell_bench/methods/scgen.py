@@ -19,7 +19,7 @@ import io
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -78,6 +78,10 @@ class ScGen(Method):
             "n_hidden": 800, "n_latent": 100, "n_layers": 2, "dropout_rate": 0.2, "kl_weight": 5e-5, "lr": 1e-3,
             "max_epochs": 100, "batch_size": 32, "early_stopping": True, "early_stopping_patience": 25,
         },
+    }
+    # one batch per epoch on the tiny data (a single batch shape: JAX compiles the step once), many cheap epochs
+    test_params: ClassVar[dict[str, Any]] = {
+        "max_epochs": 150, "batch_size": 256, "n_hidden": 128, "n_latent": 10, "lr": 3e-3,
     }
 
     def fit(self, train: AnnData, spec: DatasetSpec, *, seed: int) -> None:
