@@ -41,7 +41,8 @@ from anndata import AnnData
 from causcell_bench.assignments import assignment_dict
 from causcell_bench.datasets.spec import DatasetSpec
 from causcell_bench.errors import BenchError, DataError
-from causcell_bench.runner import package_versions
+from causcell_bench.provenance import package_versions
+from causcell_bench.store import atomic_write_json
 
 MANIFEST = "manifest.json"
 METHOD_DIR = "method"
@@ -303,9 +304,7 @@ def train_model(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "versions": package_versions(),
     }
-    tmp = out / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, default=str))
-    tmp.replace(out / MANIFEST)
+    atomic_write_json(out / MANIFEST, manifest, indent=2)
     return manifest
 
 

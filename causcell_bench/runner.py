@@ -28,7 +28,6 @@ from causcell_bench.grid.executors.local import START_METHODS, LocalExecutor
 from causcell_bench.grid.executors.ray import RayExecutor
 from causcell_bench.grid.record import CellKey, CellRecord, cell_hash
 from causcell_bench.progress import ProgressMonitor, log_path
-from causcell_bench.provenance import package_versions  # noqa: F401 - counterfactual.py imports it from here
 from causcell_bench.store import CLAIM_TIMEOUT_S, Claim, ClaimStore, ResultStore, atomic_write_json, file_lock
 
 

@@ -30,7 +30,6 @@ of cells recompute its own noise.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from anndata import AnnData
 
 from causcell_bench.datasets.spec import DatasetSpec
 from causcell_bench.errors import BenchError, DataError
+from causcell_bench.threads import cpu_count
 
 AGE, DOMAIN, CELLTYPE, FINE = "age", "domain", "celltype", "celltype_fine"
 CONCEPTS = [AGE, DOMAIN, CELLTYPE]
@@ -315,7 +315,7 @@ def simulate(
 
     # numpy's samplers and large ufuncs release the GIL, so threads use all cores
     n_blocks = -(-n // _CHUNK)
-    with ThreadPoolExecutor(max_workers=max(1, min(_n_threads(), n_blocks))) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, min(cpu_count(), n_blocks))) as pool:
         parts = list(pool.map(block, range(n_blocks)))
     data = [p[0] for p in parts]
     indices = [p[1] for p in parts]
@@ -369,13 +369,6 @@ def simulate(
         },
     }
     return adata
-
-
-def _n_threads() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def _check_positive(**kw: int) -> None:

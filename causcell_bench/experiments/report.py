@@ -7,7 +7,6 @@ versions) and its figures as PNG files next to them.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -16,6 +15,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from causcell_bench.provenance import package_versions
+from causcell_bench.store import atomic_write_json, atomic_write_text, jsonable
 
 
 def fmt(v: Any, digits: int = 3) -> str:
@@ -44,58 +46,21 @@ def markdown_table(df: pd.DataFrame, digits: int = 3, index: bool = False) -> st
     return "\n".join(lines)
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, pd.DataFrame):
-        return [_jsonable(r) for r in obj.to_dict(orient="records")]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        f = float(obj)
-        return None if math.isnan(f) or math.isinf(f) else f
-    if isinstance(obj, (np.bool_,)):
-        return bool(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("causcell-bench", "torch", "numpy", "scipy", "scikit-learn", "anndata", "matplotlib"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            continue
-    return out
-
-
 def write_results(out: Path, results: Mapping[str, Any]) -> Path:
     """``out/results.json``, written atomically."""
     path = out / "results.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_jsonable(results), indent=2))
-    tmp.replace(path)
+    atomic_write_json(path, results, indent=2)
     return path
 
 
 def write_report(out: Path, title: str, blocks: Sequence[str], config: Mapping[str, Any]) -> Path:
     """``out/report.md``: the title, the blocks (markdown) and a reproducibility footer."""
-    cfg = "\n".join(f"- {k}: `{_jsonable(v)}`" for k, v in config.items())
+    cfg = "\n".join(f"- {k}: `{jsonable(v)}`" for k, v in config.items())
     text = "\n\n".join([f"# {title}", *blocks, "## Configuration", cfg,
                         f"Written {time.strftime('%Y-%m-%d %H:%M:%S')}; versions: "
-                        + ", ".join(f"{k} {v}" for k, v in versions().items())]) + "\n"
+                        + ", ".join(f"{k} {v}" for k, v in package_versions().items())]) + "\n"
     path = out / "report.md"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write_text(path, text)
     return path
 
 

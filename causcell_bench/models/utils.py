@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Callable
 
 import numpy as np
 import torch
+
+from causcell_bench.threads import cpu_count
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -33,10 +34,7 @@ def seed_everything(seed: int) -> torch.Generator:
 
 def set_cpu_threads() -> None:
     """Size torch's intra-op pool to the cores actually available to this process."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        n = os.cpu_count() or 1
+    n = cpu_count()
     if torch.get_num_threads() > n:
         torch.set_num_threads(max(1, n))
 
