@@ -74,6 +74,20 @@ def test_load_prints_nothing(fitted, tmp_path, capfd):
     assert "Epoch" not in out + err and "Training" not in out + err
 
 
+@pytest.mark.slow  # another fit: ~15 s of XLA compilation on CPU
+def test_quick_preset_stops_on_the_validation_loss_and_keeps_the_best(split):
+    train, _, spec = split
+    m = ScGen(preset="test", device="cpu", early_stopping=True, batch_size=64, patience=3)
+    m.fit(train, spec, seed=0)
+    rec = m.convergence_["training"]
+    assert rec["stopped"] and rec["last"] < ScGen.test_params["max_epochs"] and rec["best"] == rec["last"] - 3
+    vals = {h["step"]: h["val"] for h in rec["history"]}
+    assert rec["best_val"] == pytest.approx(min(vals.values())) == pytest.approx(vals[rec["best"]])
+    assert rec["monitor"].startswith("validation_loss")
+    with pytest.raises(BenchError, match="val_fraction"):
+        ScGen(preset="quick", device="cpu", val_fraction=0.0).fit(train, spec, seed=0)
+
+
 def test_missing_pertpy_names_the_extra(split, monkeypatch):
     real_import = builtins.__import__
 

@@ -1,4 +1,4 @@
-"""The common method interface (DESIGN.md, "The method interface").
+"""The common method interface (docs/methods.md describes it and the capabilities).
 
 Every method in the benchmark, ours or a plugin's, is a :class:`Method`.
 

@@ -1,7 +1,7 @@
 """Positive and negative controls that anchor every metric (as Open Problems does).
 
 Every real method should land between them; a metric where one does not is a
-bug to investigate (DESIGN.md, "Two control methods anchor every metric").
+bug to investigate (docs/methods.md, "positive_control" and "negative_control").
 """
 
 from __future__ import annotations

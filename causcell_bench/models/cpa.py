@@ -26,6 +26,10 @@ that trains the encoder to defeat the adversaries, so that z_basal carries
 no label information). The adversarial weight ramps up linearly over the first
 ``adv_warmup`` epochs, so the autoencoder first learns to reconstruct.
 
+Early stopping (optional): cells ``val_idx`` are held out of training; after every epoch their
+reconstruction NLL (eval mode, deterministic) is the validation loss, checked from the end of the
+warm-up on (before it the objective is still changing, so an earlier model cannot be the one kept).
+
 The adversarial term (``adv_objective``):
 
 - ``"negative_ce"`` (default) — the paper's: minus the adversaries'
@@ -47,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from causcell_bench.models.utils import RowFn, StepCallback, expected_log1p_cp10k, nb_nll
+from causcell_bench.models.utils import EarlyStopping, RowFn, StepCallback, expected_log1p_cp10k, nb_nll
 
 
 def standardise(z: torch.Tensor) -> torch.Tensor:
@@ -147,21 +151,34 @@ def train_cpa(
     seed: int = 0,
     device: torch.device | str = "cpu",
     callback: StepCallback | None = None,
+    val_idx: np.ndarray | None = None,
+    early_stopping: EarlyStopping | None = None,
 ) -> list[dict[str, Any]]:
-    """Train ``net`` in place; return one dict per epoch.
+    """Train ``net`` in place for at most ``epochs`` epochs; return one dict per epoch run.
 
     Each history entry holds ``recon`` (mean NB NLL per count), ``adv_loss``,
     ``adv_acc`` (concept index -> adversary accuracy on minibatches, measured
     before the adversary's own update, so it is not training-set memorisation)
     and ``adv_acc_mean``. ``callback(minibatch, epochs * minibatches per epoch,
     reconstruction NLL)`` follows every minibatch.
+
+    ``val_idx``: cells (indices into ``rows``/``pert``/``covs``) held out of training; each entry
+    then also holds ``val_recon``, their NB NLL per count. With ``early_stopping`` as well, training
+    stops when that has not improved for its patience (checked from epoch ``adv_warmup`` on) and the
+    best weights are restored; the last progress report then reads done == total.
     """
     device = torch.device(device)
     net.to(device)
-    n = len(pert)
+    n_all = len(pert)
     pert = np.asarray(pert, dtype=np.int64)
-    covs = np.asarray(covs, dtype=np.int64).reshape(n, -1)
-    targets = np.column_stack([pert, covs])
+    covs = np.asarray(covs, dtype=np.int64).reshape(n_all, -1)
+    all_targets = np.column_stack([pert, covs])
+    val_idx = np.zeros(0, dtype=np.int64) if val_idx is None else np.asarray(val_idx, dtype=np.int64)
+    train_idx = np.setdiff1d(np.arange(n_all), val_idx)
+    if early_stopping is not None and val_idx.size == 0:
+        raise ValueError("early_stopping needs validation cells (val_idx)")
+    targets = all_targets[train_idx]
+    n = len(train_idx)
     rng = np.random.default_rng(seed)
     ae_params = [
         *net.encoder.parameters(), *net.decoder.parameters(), net.log_theta, *net.pert_emb.parameters(),
@@ -192,9 +209,10 @@ def train_cpa(
         seen = 0
         for i, start in enumerate(starts):
             stop = starts[i + 1] if i + 1 < len(starts) else n
-            idx = order[start:stop]
+            local = order[start:stop]
+            idx = train_idx[local]
             x = torch.as_tensor(rows(idx), device=device)
-            y = torch.as_tensor(targets[idx], device=device)
+            y = torch.as_tensor(targets[local], device=device)
             lib = x.sum(1, keepdim=True).clamp_min(1.0)
 
             # one encoder pass per minibatch: the adversaries train on it detached, the autoencoder after them
@@ -244,8 +262,37 @@ def train_cpa(
             "adv_acc_mean": float(np.mean(list(acc.values()))),
             "reg_adv": reg,
         })
+        if val_idx.size:
+            val = validation_recon(net, rows, val_idx, all_targets[val_idx], device=device)
+            history[-1]["val_recon"] = val
+            if early_stopping is not None and early_stopping.check(epoch + 1, val, net, train=recon_sum / seen):
+                if callback is not None:  # stopped early: the budget shrinks to what ran
+                    done = (epoch + 1) * len(starts)
+                    callback(done, done, recon_value)
+                break
+    if early_stopping is not None:
+        early_stopping.restore(net)
     net.eval()
     return history
+
+
+@torch.no_grad()
+def validation_recon(
+    net: CPANet, rows: RowFn, idx: np.ndarray, targets: np.ndarray, *, device: torch.device, chunk: int = 1024
+) -> float:
+    """Mean NB NLL per count of cells ``idx`` (labels ``targets``: perturbation, then covariates) in eval
+    mode: deterministic, and the term :func:`train_cpa` minimises besides the adversarial one."""
+    net.eval()
+    targets = np.asarray(targets, dtype=np.int64).reshape(len(idx), -1)
+    total, count = 0.0, 0
+    for s in range(0, len(idx), chunk):
+        x = torch.as_tensor(rows(idx[s:s + chunk]), device=device)
+        y = torch.as_tensor(targets[s:s + chunk], device=device)
+        z = net.basal(x) + sum(net.label_embeddings(y[:, 0], y[:, 1:]))
+        mu = F.softmax(net.decode_logits(z), dim=1) * x.sum(1, keepdim=True).clamp_min(1.0)
+        total += float(nb_nll(x, mu, net.log_theta.exp()).sum())
+        count += x.numel()
+    return total / max(count, 1)
 
 
 # --- inference ---------------------------------------------------------------------

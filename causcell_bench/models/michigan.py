@@ -17,6 +17,14 @@ with gradient penalty whose generator sees [noise || code] and whose critic is a
 projection discriminator (Miyato & Koyama 2018) conditioned on the code:
 ``score(x, c) = w^T h(x) + b + <c, h(x)>``.
 
+Early stopping (optional, both stages): cells ``val_idx`` are held out of training. The VAE's
+validation loss is its negative ELBO at the posterior mean (reconstruction NLL of the decoded mean
+code + KL; eval mode, no sampling: deterministic; the TC term needs samples and is left out). The
+GAN has no likelihood; its validation loss, every ``check_every`` generator updates, is the energy
+distance between the generator's cells for the held-out cells' codes (fixed noise) and those cells
+(:func:`energy_distance`): zero only when the two distributions agree, and blind to the critic,
+whose own loss drifts as the critic changes.
+
 The module knows nothing of the benchmark: arrays and tensors in, out.
 """
 
@@ -31,7 +39,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from causcell_bench.models.utils import StepCallback
+from causcell_bench.models.utils import EarlyStopping, StepCallback
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -130,27 +138,40 @@ def train_tcvae(
     rng: np.random.Generator,
     device: torch.device,
     callback: StepCallback | None = None,
+    val_idx: np.ndarray | None = None,
+    early_stopping: EarlyStopping | None = None,
 ) -> dict[str, list[float]]:
-    """Adam on the TC-penalised ELBO; returns per-epoch mean loss parts.
+    """Adam on the TC-penalised ELBO for at most ``epochs`` epochs; returns per-epoch mean loss parts.
 
     ``callback(update, epochs * updates per epoch, loss)`` follows every minibatch update.
+    ``val_idx``: cells (of the ``n_cells``) held out of training; the history then also holds
+    ``val_loss`` (:func:`validation_neg_elbo`). With ``early_stopping`` as well, training stops when
+    that has not improved for its patience and the best weights are restored.
     """
     vae.to(device).train()
     opt = torch.optim.Adam(vae.parameters(), lr=lr)
     hist: dict[str, list[float]] = {"loss": [], "recon": [], "kl": [], "tc": []}
+    val_idx = np.zeros(0, dtype=np.int64) if val_idx is None else np.asarray(val_idx, dtype=np.int64)
+    train_idx = np.setdiff1d(np.arange(n_cells), val_idx)
+    if early_stopping is not None and val_idx.size == 0:
+        raise ValueError("early_stopping needs validation cells (val_idx)")
+    if val_idx.size:
+        hist["val_loss"] = []
+    n_train = len(train_idx)
     # minibatches of one cell are skipped below; count the rest for the progress total
-    per_epoch = sum(1 for start in range(0, n_cells, batch_size) if min(batch_size, n_cells - start) >= 2)
+    per_epoch = sum(1 for start in range(0, n_train, batch_size) if min(batch_size, n_train - start) >= 2)
     done = 0
-    for _ in range(epochs):
-        sums = dict.fromkeys(hist, 0.0)
+    for epoch in range(epochs):
+        vae.train()
+        sums = dict.fromkeys(("loss", "recon", "kl", "tc"), 0.0)
         n_batches = 0
-        order = rng.permutation(n_cells)
-        for start in range(0, n_cells, batch_size):
-            idx = order[start:start + batch_size]
+        order = rng.permutation(n_train)
+        for start in range(0, n_train, batch_size):
+            idx = train_idx[order[start:start + batch_size]]
             if len(idx) < 2:  # BatchNorm and the TC estimate need >= 2 cells
                 continue
             x = torch.from_numpy(rows(idx)).to(device)
-            loss, parts = vae.loss(x, dataset_size=n_cells, lambda_tc=lambda_tc)
+            loss, parts = vae.loss(x, dataset_size=n_train, lambda_tc=lambda_tc)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -160,10 +181,35 @@ def train_tcvae(
             done += 1
             if callback is not None:
                 callback(done, epochs * per_epoch, parts["loss"])
-        for k, values in hist.items():
-            values.append(sums[k] / max(n_batches, 1))
+        for k, total in sums.items():
+            hist[k].append(total / max(n_batches, 1))
+        if val_idx.size:
+            val = validation_neg_elbo(vae, rows, val_idx, device=device)
+            hist["val_loss"].append(val)
+            if early_stopping is not None and early_stopping.check(epoch + 1, val, vae, train=hist["loss"][-1]):
+                if callback is not None and done:  # stopped early: the budget shrinks to what ran
+                    callback(done, done, parts["loss"])
+                break
+    if early_stopping is not None:
+        early_stopping.restore(vae)
     vae.eval()
     return hist
+
+
+@torch.no_grad()
+def validation_neg_elbo(vae: TCVAE, rows: RowGetter, idx: np.ndarray, *, device: torch.device, chunk: int = 1024) -> float:
+    """Negative ELBO per cell of cells ``idx`` at the posterior mean: Gaussian NLL of the decoded mean
+    code plus the KL to the prior, in eval mode (deterministic). The training loss's TC term is left out."""
+    vae.eval()
+    log_var = vae.log_var.clamp(min=math.log(1e-4), max=math.log(1e2))
+    total = 0.0
+    for s in range(0, len(idx), chunk):
+        x = torch.from_numpy(rows(idx[s:s + chunk])).to(device)
+        mu, std = vae.encode(x)
+        nll = 0.5 * (LOG_2PI + log_var + (x - vae.decode(mu)) ** 2 / log_var.exp())
+        kl = 0.5 * (mu**2 + std**2 - 1.0) - torch.log(std)
+        total += float(nll.sum() + kl.sum())
+    return total / max(len(idx), 1)
 
 
 @torch.no_grad()
@@ -268,26 +314,47 @@ def train_wgan_gp(
     device: torch.device,
     log_every: int = 50,
     callback: StepCallback | None = None,
+    val_idx: np.ndarray | None = None,
+    early_stopping: EarlyStopping | None = None,
+    val_seed: int = 0,
 ) -> dict[str, list[float]]:
-    """``steps`` generator updates, each after ``n_critic`` critic updates; real cells paired with their codes.
+    """At most ``steps`` generator updates, each after ``n_critic`` critic updates; real cells paired
+    with their codes (``codes[i]`` is the code of ``rows([i])``).
 
     ``callback(step, steps, critic loss)`` follows every generator update (WGAN-GP's critic loss,
     minus the Wasserstein estimate plus the penalty, is the curve that tracks convergence).
+    The history logs means over every ``log_every`` updates (``step``: updates done).
+
+    ``val_idx``: cells held out of training; each log entry then also holds ``val_energy``,
+    :func:`energy_distance` between the generator's cells for their codes (noise fixed by
+    ``val_seed``, so checks differ only by the weights) and the cells themselves. With
+    ``early_stopping`` as well (patience counted in log entries), training stops when that has not
+    improved for its patience and the best generator and critic are restored.
     """
     gen.to(device).train()
     critic.to(device).train()
     # Adam betas of Gulrajani et al.: momentum hurts the critic/generator alternation
     opt_g = torch.optim.Adam(gen.parameters(), lr=lr, betas=(0.5, 0.9))
     opt_c = torch.optim.Adam(critic.parameters(), lr=lr, betas=(0.5, 0.9))
-    n = codes.shape[0]
     codes_t = torch.from_numpy(np.ascontiguousarray(codes, dtype=np.float32)).to(device)
-    hist: dict[str, list[float]] = {"critic": [], "generator": [], "wasserstein": [], "gp": []}
-    acc = dict.fromkeys(hist, 0.0)
+    val_idx = np.zeros(0, dtype=np.int64) if val_idx is None else np.asarray(val_idx, dtype=np.int64)
+    train_idx = np.setdiff1d(np.arange(codes.shape[0]), val_idx)
+    if early_stopping is not None and val_idx.size == 0:
+        raise ValueError("early_stopping needs validation cells (val_idx)")
+    n = len(train_idx)
+    metrics = ("critic", "generator", "wasserstein", "gp")
+    hist: dict[str, list[float]] = {"step": [], **{key: [] for key in metrics}}
+    if val_idx.size:
+        hist["val_energy"] = []
+        val_x = torch.from_numpy(rows(val_idx)).to(device)
+        val_noise = torch.randn(len(val_idx), gen.n_noise, generator=torch.Generator().manual_seed(val_seed)).to(device)
+        both = nn.ModuleDict({"generator": gen, "critic": critic})  # what early stopping saves and restores
+    acc = dict.fromkeys(metrics, 0.0)
     k = 0
     bs = min(batch_size, n)
 
     def draw() -> tuple[np.ndarray, torch.Tensor]:
-        idx = rng.choice(n, size=bs, replace=False)
+        idx = train_idx[rng.choice(n, size=bs, replace=False)]
         return idx, codes_t[torch.from_numpy(idx).to(device)]
 
     for step in range(steps):
@@ -320,15 +387,41 @@ def train_wgan_gp(
         if callback is not None:
             callback(step + 1, steps, critic_loss)
         if k == log_every or step == steps - 1:
-            for key, values in hist.items():
-                values.append(acc[key] / k)
-            acc = dict.fromkeys(hist, 0.0)
+            hist["step"].append(step + 1)
+            for key in metrics:
+                hist[key].append(acc[key] / k)
+            acc = dict.fromkeys(metrics, 0.0)
             k = 0
+            if val_idx.size:
+                with torch.no_grad():
+                    gen.eval()
+                    fake = gen(val_noise, codes_t[torch.from_numpy(val_idx).to(device)])
+                    gen.train()
+                val = energy_distance(fake, val_x)
+                hist["val_energy"].append(val)
+                if early_stopping is not None and early_stopping.check(step + 1, val, both, train=hist["critic"][-1]):
+                    if callback is not None and step + 1 < steps:  # stopped early: the budget shrinks to what ran
+                        callback(step + 1, step + 1, critic_loss)
+                    break
+    if early_stopping is not None:
+        early_stopping.restore(both)
     for p in critic.parameters():
         p.requires_grad_(True)
     gen.eval()
     critic.eval()
     return hist
+
+
+@torch.no_grad()
+def energy_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Energy distance 2 E|a - b| - E|a - a'| - E|b - b'| between the rows of ``a`` and ``b`` (Euclidean;
+    within-set means over distinct pairs). Zero when the two samples come from one distribution."""
+    a, b = a.double(), b.double()
+    ab = torch.cdist(a, b).mean()
+    na, nb = a.shape[0], b.shape[0]
+    aa = torch.cdist(a, a).sum() / max(na * (na - 1), 1)
+    bb = torch.cdist(b, b).sum() / max(nb * (nb - 1), 1)
+    return float(2.0 * ab - aa - bb)
 
 
 @torch.no_grad()

@@ -25,6 +25,10 @@ Training alternates two updates on a minibatch drawn from every group
    + w_ce cross-entropy + w_kl_d KL(z_d^k || label prior) + w_gl group lasso on the
    condition encoders' first-layer input columns.
 
+Early stopping (optional): cells ``val_idx`` are held out of training (and of the input
+standardisation statistics); after every epoch their NB reconstruction NLL, decoded from posterior
+means in eval mode (deterministic), is the validation loss.
+
 Scale choices (ours; the paper gives weights, not normalisations): the NB term
 is the mean over cells *and genes*, and the group lasso is averaged over genes,
 so the weights stay meaningful whatever the number of genes. Each MMD is a
@@ -45,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from causcell_bench.models.utils import RowFn, StepCallback, expected_log1p_cp10k, nb_nll
+from causcell_bench.models.utils import EarlyStopping, RowFn, StepCallback, expected_log1p_cp10k, nb_nll
 
 # --- losses ------------------------------------------------------------------
 
@@ -223,28 +227,40 @@ def train_scdisinfact(
     seed: int = 0,
     device: torch.device | str = "cpu",
     callback: StepCallback | None = None,
+    val_idx: np.ndarray | None = None,
+    early_stopping: EarlyStopping | None = None,
 ) -> list[dict[str, float]]:
-    """Train ``net`` in place with the two alternating updates; return per-epoch loss history.
+    """Train ``net`` in place with the two alternating updates for at most ``epochs`` epochs; return
+    per-epoch loss history.
 
     ``labels`` is (n_cells, n_conditions) int codes, ``batch`` (n_cells,) int codes,
     ``library`` (n_cells,) total counts. One epoch draws about n_cells cells,
     ``batch_per_group`` (or all, if fewer) from every group per iteration.
     ``callback(iteration, epochs * iterations per epoch, reconstruction NLL)`` follows every iteration.
+
+    ``val_idx``: cells held out of training; each entry then also holds ``val_recon``, their NB NLL
+    per count and cell. With ``early_stopping`` as well, training stops when that has not improved
+    for its patience and the best weights are restored (the last progress report reads done == total).
     """
     device = torch.device(device)
     labels = np.asarray(labels, dtype=np.int64).reshape(len(library), -1)
     batch = np.asarray(batch, dtype=np.int64)
     sf = size_factors(library)
-    fit_input_stats(net, rows, sf)
+    val_idx = np.zeros(0, dtype=np.int64) if val_idx is None else np.asarray(val_idx, dtype=np.int64)
+    train_idx = np.setdiff1d(np.arange(len(library)), val_idx)
+    if early_stopping is not None and val_idx.size == 0:
+        raise ValueError("early_stopping needs validation cells (val_idx)")
+    fit_input_stats(net, lambda i: rows(train_idx[i]), sf[train_idx])
     net.to(device)
     rng = np.random.default_rng(seed)
 
-    combo = np.column_stack([batch, labels])
-    _, group = np.unique(combo, axis=0, return_inverse=True)
-    group = group.ravel()
-    members = [np.flatnonzero(group == g) for g in range(group.max() + 1)]
+    combo = np.column_stack([batch, labels])[train_idx]
+    _, group_train = np.unique(combo, axis=0, return_inverse=True)
+    group = np.full(len(library), -1, dtype=np.int64)  # only training cells are ever drawn
+    group[train_idx] = group_train.ravel()
+    members = [train_idx[group_train.ravel() == g] for g in range(group_train.max() + 1)]
     per_iter = sum(min(batch_per_group, len(m)) for m in members)
-    n_iter = max(1, math.ceil(len(library) / per_iter))
+    n_iter = max(1, math.ceil(len(train_idx) / per_iter))
 
     shared_params = [*net.enc_c.parameters(), *net.decoder.parameters(), net.log_theta]
     cond_params = [
@@ -314,8 +330,40 @@ def train_scdisinfact(
             if callback is not None:
                 callback(epoch * n_iter + it + 1, epochs * n_iter, float(recon.detach()))
         history.append({"epoch": epoch + 1, **tot})
+        if val_idx.size:
+            val = validation_recon(net, rows, val_idx, batch[val_idx], library[val_idx], device=device)
+            history[-1]["val_recon"] = val
+            if early_stopping is not None and early_stopping.check(epoch + 1, val, net, train=tot["recon"]):
+                if callback is not None:  # stopped early: the budget shrinks to what ran
+                    done = (epoch + 1) * n_iter
+                    callback(done, done, float(recon.detach()))
+                break
+    if early_stopping is not None:
+        early_stopping.restore(net)
     net.eval()
     return history
+
+
+@torch.no_grad()
+def validation_recon(
+    net: ScDisInFactNet, rows: RowFn, idx: np.ndarray, batch: np.ndarray, library: np.ndarray, *,
+    device: torch.device, chunk: int = 1024,
+) -> float:
+    """Mean NB NLL (per cell and gene, as in training) of cells ``idx`` decoded from their posterior
+    means in eval mode: deterministic, no dropout, no sampling."""
+    net.eval()
+    sf = size_factors(library)
+    theta = net.log_theta.exp()
+    total, count = 0.0, 0
+    for s in range(0, len(idx), chunk):
+        x = torch.as_tensor(rows(idx[s:s + chunk]), device=device)
+        sfb = torch.as_tensor(sf[s:s + chunk], device=device)
+        b = net.batch_onehot(torch.as_tensor(np.asarray(batch[s:s + chunk]), dtype=torch.long, device=device))
+        (mu_c, _), outs = net.encode(net.normalise(x, sfb), b)
+        rate = net.decode(mu_c, [mu for mu, _ in outs], b)
+        total += float(nb_nll(x, rate * sfb[:, None], theta).sum())
+        count += x.numel()
+    return total / max(count, 1)
 
 
 # --- inference -------------------------------------------------------------------

@@ -1,12 +1,17 @@
-"""Small torch helpers shared by our models: device choice, seeding, the NB likelihood."""
+"""Small torch helpers shared by our models: device choice, seeding, the NB likelihood, and early
+stopping on a held-out part of the training cells."""
 
 from __future__ import annotations
 
+import copy
+import math
 import random
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from causcell_bench.threads import cpu_count
 
@@ -45,6 +50,115 @@ RowFn = Callable[[np.ndarray], np.ndarray]
 StepCallback = Callable[[int, int, float | None], None]
 """``callback(done, total, loss)`` a training loop calls after each update: a plain callable, so the
 models stay benchmark-agnostic. It must not touch random state (the fit would change)."""
+
+
+MIN_CELLS_TO_VALIDATE = 50
+"""Below this many training cells :func:`holdout_split` holds none out: a validation loss on fewer than
+five cells is noise, and a model that small loses more from the missing cells than it gains."""
+
+MIN_VAL_CELLS = 5
+"""The fewest cells :func:`holdout_split` holds out when it holds any."""
+
+
+def check_stopping_params(val_fraction: float, patience: int, min_delta: float = 0.0) -> None:
+    """Raise ``ValueError`` for an early-stopping setting outside its range (adapters turn it into a BenchError)."""
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0.0 < val_fraction <= 0.5:
+        raise ValueError(f"val_fraction={val_fraction!r} must be in (0, 0.5]: the share of training cells held out")
+    if isinstance(patience, bool) or not isinstance(patience, (int, np.integer)) or patience < 1:
+        raise ValueError(f"patience={patience!r} must be a whole number >= 1 (validation checks without improvement)")
+    if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or not 0.0 <= min_delta < 1.0:
+        raise ValueError(f"min_delta={min_delta!r} must be in [0, 1): the relative improvement that counts")
+
+
+def holdout_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices, validation indices) of ``n`` cells: a seeded random ``fraction`` held out.
+
+    As scvi-tools does (a random tenth by default). Fewer than :data:`MIN_CELLS_TO_VALIDATE`
+    cells: nothing is held out (the caller then trains for its whole budget); otherwise at least
+    :data:`MIN_VAL_CELLS`. The draw has its own random stream, so
+    it neither consumes nor mirrors the training order drawn from the same ``seed``.
+    """
+    if not 0.0 < fraction <= 0.5:
+        raise ValueError(f"fraction={fraction!r} must be in (0, 0.5]")
+    if n < MIN_CELLS_TO_VALIDATE:
+        return np.arange(n), np.zeros(0, dtype=np.int64)
+    n_val = max(MIN_VAL_CELLS, round(fraction * n))
+    order = np.random.default_rng(np.random.SeedSequence([seed, 0x5E1D])).permutation(n)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+class EarlyStopping:
+    """Stop when a validation loss has not improved for ``patience`` checks; keep the best weights.
+
+    Call :meth:`check` after each validation; it returns True when training should stop.
+    ``min_delta`` is relative (an improvement must beat the best by ``min_delta x |best|``), so one
+    value serves losses of any scale. The best weights are a CPU copy of ``module.state_dict()``;
+    :meth:`restore` loads them back. ``history`` holds every check as
+    ``{"step": ..., "train": ..., "val": ...}``; ``checks_from`` ignores checks before that step
+    (a warm-up whose objective is still changing cannot give the best model).
+    """
+
+    def __init__(self, patience: int, min_delta: float = 0.0, checks_from: int = 0) -> None:
+        check_stopping_params(0.1, patience, min_delta)
+        self.patience, self.min_delta, self.checks_from = int(patience), float(min_delta), int(checks_from)
+        self.best = math.inf
+        self.best_step: int | None = None
+        self.stopped_step: int | None = None
+        self.bad_checks = 0
+        self.history: list[dict[str, float]] = []
+        self._weights: dict[str, torch.Tensor] | None = None
+
+    def check(self, step: int, val: float, module: nn.Module, train: float | None = None) -> bool:
+        """Record the check at ``step``; remember ``module``'s weights if ``val`` is the best so far."""
+        self.history.append({"step": step, "train": math.nan if train is None else float(train), "val": float(val)})
+        if step < self.checks_from:
+            return False
+        if not math.isfinite(val):  # a diverged model is never the best, and cannot recover by waiting
+            self.bad_checks += 1
+        elif self.best_step is None or val < self.best - self.min_delta * abs(self.best):
+            self.best, self.best_step, self.bad_checks = float(val), step, 0
+            self._weights = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+        else:
+            self.bad_checks += 1
+        if self.bad_checks >= self.patience:
+            self.stopped_step = step
+            return True
+        return False
+
+    def restore(self, module: nn.Module) -> None:
+        """Load the best weights seen into ``module`` (no-op if no check was counted)."""
+        if self._weights is not None:
+            module.load_state_dict(self._weights)
+
+    def summary(self, cap: int, unit: str, monitor: str, last_step: int) -> dict[str, Any]:
+        """What the run did, for ``convergence_`` records: cap, where it stopped and why, the curve."""
+        return {
+            "unit": unit, "monitor": monitor, "cap": int(cap), "patience": self.patience, "min_delta": self.min_delta,
+            "stopped": self.stopped_step is not None, "last": int(last_step),
+            "best": self.best_step, "best_val": None if self.best_step is None else self.best,
+            "history": copy.deepcopy(self.history),
+        }
+
+
+def plan_early_stopping(
+    n: int, *, enabled: bool, val_fraction: float, patience: int, min_delta: float, seed: int, checks_from: int = 0,
+) -> tuple[np.ndarray | None, EarlyStopping | None]:
+    """(validation cells, stopper) for a training run on ``n`` cells, or (None, None) when early stopping
+    is off or the data are too small to hold cells out (:func:`holdout_split`). Bad settings raise
+    ``ValueError`` even when off, so a typo is not silently ignored."""
+    check_stopping_params(val_fraction, patience, min_delta)
+    if not enabled:
+        return None, None
+    _, val_idx = holdout_split(n, val_fraction, seed)
+    if val_idx.size == 0:
+        return None, None
+    return val_idx, EarlyStopping(patience, min_delta, checks_from=checks_from)
+
+
+def no_stopping_summary(cap: int, unit: str, monitor: str, history: list[dict[str, float]]) -> dict[str, Any]:
+    """A ``convergence_`` record for a run without validation (early stopping off, or too few cells)."""
+    return {"unit": unit, "monitor": monitor, "cap": int(cap), "patience": None, "min_delta": None,
+            "stopped": False, "last": int(cap), "best": None, "best_val": None, "history": history}
 
 
 def nb_nll(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

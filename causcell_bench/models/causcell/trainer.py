@@ -25,7 +25,7 @@ from causcell_bench.models.causcell.diffusion import SAMPLERS, reverse_diffusion
 from causcell_bench.models.causcell.losses import combination_weights
 from causcell_bench.models.causcell.networks import KL_UNITS, LABEL_HEADS, RECON_REDUCTIONS, CausCellNet
 from causcell_bench.models.causcell.persistence import constructor_arguments, export_state, import_state
-from causcell_bench.models.utils import StepCallback, resolve_device
+from causcell_bench.models.utils import EarlyStopping, StepCallback, resolve_device
 
 __all__ = ["CausCellModel"]
 
@@ -115,6 +115,7 @@ class CausCellModel:
         self.n_updates = 0
         self.ema_updates = 0
         self.history: list[dict[str, float]] = []
+        self.val_history: list[dict[str, float]] = []  # per validation check: its loss terms
         # pools[k][v] = (eps_k, z_k) posterior means of training cells with label v of concept k
         self.pools: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
 
@@ -164,8 +165,11 @@ class CausCellModel:
         seed: int = 0,
         progress: bool = False,
         callback: StepCallback | None = None,
+        validation: tuple[Any, np.ndarray] | None = None,
+        val_every: int = 100,
+        stopper: EarlyStopping | None = None,
     ) -> list[dict[str, float]]:
-        """Train end to end with Adam for ``n_steps`` optimizer steps; returns the loss history.
+        """Train end to end with Adam for at most ``n_steps`` optimizer steps; returns the loss history.
 
         Loss = recon_weight * L_G + pred_weight * L_pred + kl_weight * KL + adv_weight * L_indep(u)
         [+ excl_weight * L_excl + exo_weight * L_exo] + L_adv (the adversaries' own cross-entropy,
@@ -178,7 +182,16 @@ class CausCellModel:
         s < ``ema_start``, then takes a decay step whenever s is a multiple of ``ema_every``.
         ``callback(step, n_steps, loss)``, if given, is called after every optimizer step with that
         step's total loss (mean over its ``grad_accum`` minibatches); it must not touch random state.
+
+        Early stopping: with ``validation`` = (X_val, codes_val), cells not trained on, and a
+        ``stopper``, every ``val_every`` steps :meth:`validation_loss` is computed on them and handed to
+        the stopper; training ends when it says so, and the online and EMA weights of the best check
+        are restored. ``n_steps`` is then the budget, not the length.
         """
+        if (validation is None) != (stopper is None):
+            raise ValueError("early stopping needs both validation cells and a stopper")
+        if val_every < 1:
+            raise ValueError(f"val_every must be >= 1, got {val_every}")
         codes = np.asarray(codes, dtype=np.int64)
         n = codes.shape[0]
         if X.shape[0] != n:
@@ -254,11 +267,57 @@ class CausCellModel:
                     prog.update(prog.task_ids[0], advance=1, info=f"loss {float(loss):.3f}")
                 if callback is not None:
                     callback(step + 1, n_steps, step_loss / grad_accum)
+                if stopper is not None and ((step + 1) % val_every == 0 or step + 1 == n_steps):
+                    assert validation is not None
+                    val = self.validation_loss(*validation, recon_weight=recon_weight, pred_weight=pred_weight,
+                                               label_head=label_head, seed=seed)
+                    self.net.train()
+                    if stopper.check(step + 1, val, self._weights(), train=step_loss / grad_accum):
+                        break
         finally:
             if prog is not None:
                 prog.stop()
+        if stopper is not None:
+            stopper.restore(self._weights())
         self.net.eval()
         return self.history
+
+    def _weights(self) -> nn.Module:
+        """Online and EMA networks together: early stopping keeps and restores both."""
+        return nn.ModuleDict({"net": self.net, "ema": self.ema})
+
+    @torch.no_grad()
+    def validation_loss(
+        self, X: Any, codes: np.ndarray, *, recon_weight: float = 1.0, pred_weight: float = 1.0,
+        label_head: str = "logits", seed: int = 0, batch_size: int = 512,
+    ) -> float:
+        """recon_weight x diffusion error + pred_weight x label cross-entropy of the inference network
+        on cells ``X`` (per cell and gene, unweighted, whatever ``recon_reduction`` training uses).
+
+        Deterministic: timesteps, noise and encodings are drawn from a generator seeded by ``seed``
+        afresh on every call, so successive checks differ only by the weights.
+        """
+        codes = np.asarray(codes, dtype=np.int64)
+        net = self.inference_net
+        was_training = net.training
+        net.eval()
+        gen = torch.Generator(device=self.device).manual_seed(int(seed) + 7919)
+        total = recon = pred = 0.0
+        n = codes.shape[0]
+        try:
+            for start in range(0, n, batch_size):
+                idx = np.arange(start, min(start + batch_size, n))
+                x0 = torch.from_numpy(_rows(X, idx)).to(self.device)
+                c = torch.from_numpy(codes[idx]).to(self.device)
+                terms = net.losses(x0, c, torch.ones(len(idx), device=self.device), gen,
+                                   recon_reduction="mean", label_head=label_head)
+                recon += float(terms["recon"]) * len(idx)
+                pred += float(terms["pred"]) * len(idx)
+        finally:
+            net.train(was_training)
+        n = max(n, 1)
+        self.val_history.append({"step": self.n_updates, "recon": recon / n, "pred": pred / n})
+        return (recon_weight * recon + pred_weight * pred) / n
 
     @torch.no_grad()
     def _ema_update(self, decay: float, start: int = 0, every: int = 1) -> None:
