@@ -82,8 +82,21 @@ def test_adapter_holds_out_a_tenth_and_reports_convergence() -> None:
     assert off.convergence_["training"]["patience"] is None
 
 
+def test_min_steps_is_a_floor_under_the_kept_and_the_last_step() -> None:
+    """Checks before min_steps are recorded but never kept nor counted against patience."""
+    train, _, spec = tiny_split(n_cells=300, n_genes=20)
+    m = CausCell(n_steps=120, val_every=20, patience=1, min_delta=0.5, min_steps=60,
+                 hidden=32, n_blocks=1, head_dim=8, d=8)
+    m.fit(train, spec, seed=0)
+    cv = m.convergence_["training"]
+    assert [h["step"] for h in cv["history"]][:3] == [20, 40, 60]
+    # min_delta 0.5 (a halving) is never met after the first counted check: it stops at the next one
+    assert cv["best"] == 60 and cv["stopped"] and cv["last"] == 80
+
+
 @pytest.mark.parametrize("bad", [{"val_fraction": 0.0}, {"val_fraction": 0.9}, {"patience": 0},
-                                 {"val_every": 0}, {"early_stopping": "yes"}, {"min_delta": -1}])
+                                 {"val_every": 0}, {"early_stopping": "yes"}, {"min_delta": -1},
+                                 {"min_steps": -1}])
 def test_bad_early_stopping_settings_are_clear_errors(bad: dict) -> None:
     with pytest.raises(BenchError):
         CausCell(**bad)

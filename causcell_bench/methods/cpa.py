@@ -5,7 +5,7 @@ and Python < 3.11, so it cannot run here). One concept is the perturbation
 (``spec.perturbation``, default the first concept); the others are covariates.
 The data carry no doses, so every cell has dose 1.
 
-Benchmark outputs (specs/baselines.md):
+Benchmark outputs (the method card in docs/methods.md):
 
 - embedding (label lookup, flagged): per concept the learned embedding of the
   cell's label (the dose-scaled perturbation embedding, or the covariate
@@ -84,7 +84,7 @@ class CPA(CpuPickledNet, Method):
         # epochs hold fewer updates (best at epoch 116 with 480 cells)
         "quick": {**_PAPER, "latent_dim": 32, "hidden": 128, "lr_ae": 1e-3, "lr_adv": 3e-3, "pen_adv": 1.0,
                   "epochs": 300, "adv_warmup": 5, "early_stopping": True, "patience": 10},
-        # baselines.md: 3 x 256 BatchNorm MLPs, 64-dim basal latent, Adam 5e-4 / 3e-4;
+        # the paper's architecture: 3 x 256 BatchNorm MLPs, 64-dim basal latent, Adam 5e-4 / 3e-4;
         # adversary weight, penalty, steps and warm-up are our picks (the paper tunes them per dataset)
         "paper": dict(_PAPER),
     }

@@ -4,7 +4,7 @@ Stage 1 trains a beta-TCVAE on log-normalised expression without labels;
 stage 2 trains a conditional WGAN-GP (projection critic) to generate cells
 from the VAE code. Model code: :mod:`causcell_bench.models.michigan`.
 
-Benchmark outputs (specs/baselines.md):
+Benchmark outputs (the method card in docs/methods.md):
 
 - embedding: the code mean, one shared matrix for every concept (unsupervised,
   so the probe measures informativeness, not disentanglement);

@@ -4,7 +4,7 @@ Model code: :mod:`causcell_bench.models.scdisinfact`. Conditions are the
 spec's concepts other than ``spec.batch`` (which may be None); groups are the
 observed batch x condition combinations.
 
-Benchmark outputs (specs/baselines.md):
+Benchmark outputs (the method card in docs/methods.md):
 
 - embedding (per concept): the posterior mean of z_d for each condition
   concept; ``"unexplained"`` is the shared z_c. The batch concept has no z_d of
@@ -67,7 +67,7 @@ _PAPER: dict[str, Any] = {
     "min_delta": 0.0,  # relative
     "w_kl_c": 1e-5,
     "w_kl_d": 1e-2,
-    # baselines.md's 1e-4 is for an MMD summed over the kernel entries of a 64-cell
+    # the authors' 1e-4 is for an MMD summed over the kernel entries of a 64-cell
     # group batch; ours is a mean over pairs, so the same weight is 1e-4 * 64**2.
     # (With 1e-4 on a per-pair mean the term does nothing: z_c then predicts every
     # condition at > 0.9 probe accuracy on the tiny test data.)
@@ -94,7 +94,7 @@ class ScDisInFact(CpuPickledNet, Method):
         # updates) until epoch ~140; patience 20 rides out most bumps (stops at ~117, kept loss 0.5%
         # above the run's best; patience 10 stopped at 61, 1.3% above)
         "quick": {**_PAPER, "batch_per_group": 16, "lr": 2e-3, "epochs": 300, "early_stopping": True, "patience": 20},
-        # the authors' defaults (baselines.md): Adam 5e-4, 64 cells per group, 100 epochs
+        # the authors' defaults: Adam 5e-4, 64 cells per group, 100 epochs
         "paper": dict(_PAPER),
     }
     test_params: ClassVar[dict[str, Any]] = {"epochs": 2, "batch_per_group": 8}
