@@ -9,7 +9,7 @@ every selected cell is kept and a counterfactual twin is generated from it.
 The experiments (:mod:`causcell_bench.experiments`) use the same service:
 :func:`counterfactual_methods`, :func:`method_class` and :func:`generate`.
 
-A model directory holds ``method/`` (whatever ``Method.save`` writes) and
+A model directory holds ``method/`` (what ``Method.save`` writes: ``method.json`` and the state) and
 ``manifest.json`` (method, dataset and how it was loaded, spec, preset,
 parameters, seed, genes, fold), so that :func:`load_model` can rebuild the
 right class and :func:`load_cells` can rebuild the cells on the model's genes.
@@ -25,7 +25,6 @@ records the intervention, method, mode, seed and dataset.
 from __future__ import annotations
 
 import importlib
-import inspect
 import json
 import shutil
 import time
@@ -329,10 +328,8 @@ def load_model(model_dir: str | Path, device: str = "auto") -> tuple[Any, dict[s
     manifest = read_manifest(model_dir)
     cls = method_class(manifest["method"], manifest.get("class"))
     path = Path(model_dir) / METHOD_DIR
-    load = cls.load
-    kwargs = {"device": device} if "device" in inspect.signature(load).parameters else {}
     try:
-        method = load(path, **kwargs)
+        method = cls.load(path, device=device)
     except BenchError:
         raise
     except Exception as e:  # noqa: BLE001 - pickle, torch and h5py each fail their own way on a bad file
@@ -404,7 +401,7 @@ def generate(method: Any, cells: AnnData, do: Mapping[str, str] | None, seed: in
     """
     kwargs: dict[str, Any] = {}
     if mode is not None:
-        if "mode" not in inspect.signature(method.generate).parameters:
+        if "mode" not in getattr(method, "generate_options", {}):  # the options its generate() declares
             raise BenchError(f"{method.name} has no counterfactual modes; leave out --mode")
         kwargs["mode"] = mode
     try:

@@ -16,18 +16,18 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import socket
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-# CellKey and key_of live with the record; importable from here too, where the store's callers look
+# the atomic writers live in a leaf module that the method base class can import without this one;
+# atomic_write_json is importable from here too, as are CellKey and key_of, which live with the record
+from causcell_bench.fileio import atomic_write_json
 from causcell_bench.grid.record import CellKey, CellRecord, cell_hash, key_of
 
 if TYPE_CHECKING:
@@ -37,51 +37,6 @@ RECORD_FIELDS = ("dataset", "method", "setting", "fold", "seed", "status")
 CLAIM_TIMEOUT_S = 24 * 3600.0
 # a claim file is created empty and filled a moment later: an empty one older than this lost its writer
 _EMPTY_CLAIM_GRACE_S = 60.0
-
-
-def jsonable(obj: Any) -> Any:
-    """``obj`` as plain JSON types: NaN/inf as null (read back as NaN), numpy scalars and arrays as
-    numbers and lists, a DataFrame as a list of row dicts, a Path as its string, mapping keys as strings."""
-    import numpy as np
-    import pandas as pd
-
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, Mapping):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, pd.DataFrame):
-        return [jsonable(r) for r in obj.to_dict(orient="records")]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
-        return jsonable(obj.item())
-    return obj
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that a reader sees the old file or the whole new one, never a part
-    (a temporary file in the same directory, fsync, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, data: Any, *, indent: int = 1) -> None:
-    """:func:`atomic_write_text` of ``data`` as JSON (made :func:`jsonable`, keys sorted)."""
-    atomic_write_text(path, json.dumps(jsonable(data), indent=indent, sort_keys=True))
 
 
 def parse_record(path: Path) -> tuple[dict[str, Any] | None, str | None]:

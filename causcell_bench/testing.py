@@ -7,7 +7,8 @@ structure age -> celltype <- domain so that concept signal is learnable.
 ``tiny_split()`` is the train/test split of that data the kit uses;
 ``check_counterfactual_direction()`` checks that do() moves cells towards the
 target label. ``check_method(cls)`` is the conformance kit: it fits the method on tiny data
-on the CPU and checks shapes, determinism under a seed, the save/load round trip, that
+on the CPU and checks shapes, determinism under a seed, the save/load round trip (through
+``Method.save``'s manifest, loaded with ``device="cpu"``), that
 reconstructions are on the scale of X (``check_scale()``), that progress reports,
 if the method gives any, are sane (``check_progress()``), that ``device="cpu"`` leaves no
 torch weights elsewhere and that the declared capabilities are honoured. A plugin's test
@@ -20,10 +21,13 @@ suite can call it, best with the ``test`` preset (``quick`` plus the class's ``t
 
 from __future__ import annotations
 
+import inspect
+import json
 import math
 import sys
 import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,7 +37,7 @@ from anndata import AnnData
 
 from causcell_bench.datasets.spec import DatasetSpec
 from causcell_bench.errors import BenchError
-from causcell_bench.methods.base import UNEXPLAINED, Method, Progress
+from causcell_bench.methods.base import MANIFEST_FILE, UNEXPLAINED, Method, Progress, class_path
 
 
 def tiny_dataset(
@@ -254,14 +258,32 @@ def check_method(
         call = (lambda: m.generate(bad, seed=0)) if caps.reconstruct else (lambda: m.embed(bad))
         _expect_bench_error(call, "data with other genes")
 
+    # every declared generate option is a keyword argument of generate()
+    takes = inspect.signature(method_cls.generate).parameters
+    for option in method_cls.generate_options:
+        assert option in takes, f"generate_options declares {option!r}, which generate() does not take"
+
     # save / load round trip gives the same fitted method: same parameters, outputs and device
     with tempfile.TemporaryDirectory() as d:
         m.save(d)
-        m2 = method_cls.load(d)
-        assert isinstance(m2, method_cls), f"load() returned a {type(m2).__name__}, not a {method_cls.__name__}"
+        manifest = Path(d) / MANIFEST_FILE
+        assert manifest.is_file(), (
+            f"save() wrote no {MANIFEST_FILE}: let Method.save write it, and write the model's own files in _save_state"
+        )
+        saved = json.loads(manifest.read_text())
+        assert saved.get("class") == class_path(method_cls) and saved.get("method") == method_cls.name, (
+            f"{MANIFEST_FILE} names {saved.get('method')} ({saved.get('class')}), not {method_cls.name} "
+            f"({class_path(method_cls)})"
+        )
+        m2 = method_cls.load(d, device="cpu")
+        assert type(m2) is method_cls, f"load() returned a {type(m2).__name__}, not a {method_cls.__name__}"
         assert m2.is_fitted, "the loaded method is not fitted"
         assert m2.preset == m.preset and m2.params == m.params, "preset or params changed after load"
-        _check_on_cpu(m2, "after load()")
+        assert m2.device == "cpu", f"load(device='cpu') gave a method on {m2.device!r}"
+        assert m2.var_names_ == m.var_names_ and m2.categories_ == m.categories_ and m2.spec_ == m.spec_, (
+            "the genes, categories or spec remembered at fit time changed after load"
+        )
+        _check_on_cpu(m2, "after load(device='cpu')")
         if emb is not None:
             emb2 = m2.embed(test)
             for c in emb:

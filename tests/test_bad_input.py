@@ -96,7 +96,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     for name in ("model", "badpickle", "listmanifest"):
         train_model("group_mean", "synthetic", d / name, device="cpu", load_kwargs={"n_cells": 300, "n_genes": 60})
-    pkl = d / "badpickle/method/method.pkl"
+    pkl = d / "badpickle/method/state.pkl"
     pkl.write_bytes(pkl.read_bytes()[:100])
     (d / "listmanifest/manifest.json").write_text("[1, 2]")
     (d / "nomanifest").mkdir()

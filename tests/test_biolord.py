@@ -72,6 +72,24 @@ def test_unseen_label_is_refused(fitted, split):
         fitted.generate(bad, seed=0)
 
 
+def test_old_layout_with_adapter_json_loads(fitted, split, tmp_path):
+    """What Biolord.save wrote before the manifest: biolord's own save plus adapter.json with the row count."""
+    import json
+
+    _, test, _ = split
+    fitted.model_.save(str(tmp_path / "biolord_model"), overwrite=True, save_anndata=False)
+    (tmp_path / "adapter.json").write_text(json.dumps({
+        "preset": fitted.preset, "device": fitted.device, "params": fitted.params,
+        "spec": fitted.spec_.model_dump(), "var_names": fitted.var_names_, "categories": fitted.categories_,
+        "n_train": fitted.n_train_,
+    }))
+    old = Biolord.load(tmp_path, device="cpu")
+    assert old.params == fitted.params and old.n_train_ == fitted.n_train_
+    do = {"age": "age0"}
+    np.testing.assert_allclose(old.generate(test, do=do, seed=0), fitted.generate(test, do=do, seed=0),
+                               rtol=1e-4, atol=1e-4)
+
+
 def test_training_disables_checkpointing(split, monkeypatch):
     """The adapter must pass enable_checkpointing=False (see the comment in Biolord.fit)."""
     import biolord

@@ -11,7 +11,8 @@ import scipy.sparse as sp
 import torch
 
 from causcell_bench.errors import BenchError, NotFittedError
-from causcell_bench.methods.causcell import SAVE_FILE, SWITCHES, CausCell, CausCellIND
+from causcell_bench.methods.base import MANIFEST_FILE
+from causcell_bench.methods.causcell import LEGACY_SAVE_FILE, STATE_FILE, SWITCHES, CausCell, CausCellIND
 from causcell_bench.testing import tiny_dataset
 
 # the test preset's network at a fifth of its steps: the point is behaviour, not quality
@@ -83,10 +84,21 @@ def test_sampler_overrides(fitted, data) -> None:
         fitted.generate(test, seed=0, sampler="euler")
 
 
-def test_save_load_single_file(fitted, data, tmp_path) -> None:
+def _save_old_layout(method: CausCell, path) -> None:
+    """Save ``method`` as causcell-bench did before the manifest: everything in one torch file."""
+    path.mkdir(parents=True, exist_ok=True)
+    torch.save({
+        "format": "causcell-bench/causcell/1", "method": method.name, "preset": method.preset,
+        "params": dict(method.params), "spec": method.spec_.model_dump(mode="json"),
+        "var_names": list(method.var_names_), "categories": {k: list(v) for k, v in method.categories_.items()},
+        "seed": method.seed_, "model": method.model_.state(),
+    }, path / LEGACY_SAVE_FILE)
+
+
+def test_save_load_manifest_and_one_torch_file(fitted, data, tmp_path) -> None:
     _, test, _ = data
     fitted.save(tmp_path)
-    assert [p.name for p in tmp_path.iterdir()] == [SAVE_FILE]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([MANIFEST_FILE, STATE_FILE])
     m2 = CausCell.load(tmp_path)
     np.testing.assert_array_equal(fitted.generate(test, seed=5), m2.generate(test, seed=5))
     np.testing.assert_array_equal(
@@ -95,8 +107,22 @@ def test_save_load_single_file(fitted, data, tmp_path) -> None:
     assert m2.params == fitted.params and m2.categories_ == fitted.categories_
     with pytest.raises(BenchError, match="CausCell"):
         CausCellIND.load(tmp_path)
-    with pytest.raises(BenchError, match=SAVE_FILE):
+    with pytest.raises(BenchError, match=MANIFEST_FILE):
         CausCell.load(tmp_path / "nothing-here")
+
+
+def test_model_saved_in_the_old_single_file_loads(fitted, data, tmp_path) -> None:
+    _, test, _ = data
+    _save_old_layout(fitted, tmp_path)
+    old = CausCell.load(tmp_path, device="cpu")
+    assert old.params == fitted.params and old.categories_ == fitted.categories_ and old.seed_ == fitted.seed_
+    np.testing.assert_array_equal(
+        old.generate(test, do={"domain": "dom0"}, seed=5), fitted.generate(test, do={"domain": "dom0"}, seed=5)
+    )
+    with pytest.raises(BenchError, match="holds a CausCell model"):
+        CausCellIND.load(tmp_path)
+    old.save(tmp_path)  # re-saved in the new layout, beside the old file: the manifest wins
+    np.testing.assert_array_equal(CausCell.load(tmp_path).generate(test, seed=5), fitted.generate(test, seed=5))
 
 
 def test_bad_input_is_refused(data) -> None:
@@ -282,15 +308,15 @@ def test_paper_preset_builds_the_authors_model(data, tmp_path) -> None:
 
 def test_model_saved_before_the_switches_loads_with_our_choices(fitted, data, tmp_path) -> None:
     _, test, _ = data
-    fitted.save(tmp_path)
-    blob = torch.load(tmp_path / SAVE_FILE, weights_only=True)
+    _save_old_layout(fitted, tmp_path)
+    blob = torch.load(tmp_path / LEGACY_SAVE_FILE, weights_only=True)
     for key in set(SWITCHES) - {"n_samples", "recon_reduction"}:
         blob["params"].pop(key)
     blob["params"].update(mode="exogenous", recon_reduction="sum", embed_samples=0)
     for key in ("time_mlp_mult", "qkv_bias", "independence", "ema_at_inference"):
         blob["model"]["config"].pop(key)
     blob["model"].pop("ema_updates")
-    torch.save(blob, tmp_path / SAVE_FILE)
+    torch.save(blob, tmp_path / LEGACY_SAVE_FILE)
     old = CausCell.load(tmp_path)
     assert old.params["cf_mode"] == "exogenous" and old.params["recon_reduction"] == "gene_sum"
     assert all(old.params[k] == v[0] for k, v in SWITCHES.items() if k not in ("cf_mode", "recon_reduction"))

@@ -81,3 +81,23 @@ def test_method_on_cuda_without_gpu_says_so(name: str, monkeypatch: pytest.Monke
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="no CUDA GPU"):  # BenchError is a ValueError
         cls(device="cuda", **params).fit(adata, spec, seed=0)
+
+
+@needs_gpu
+@pytest.mark.parametrize("name", list(MODELS))
+def test_fitted_on_cuda_loads_on_a_cpu_only_machine(name: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Method.save keeps torch state on the CPU, so a model fitted on a GPU loads (device "auto") where there is none."""
+    cls, params = _method(name)
+    adata, spec = tiny_dataset(n_cells=160, n_genes=40)
+    m = cls(device="cuda", **params)
+    m.fit(adata, spec, seed=0)
+    m.save(tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    loaded = cls.load(tmp_path)
+    modules = _torch_modules(loaded)
+    assert modules, f"{name} holds no torch module after load"
+    for mod in modules:
+        devices = {p.device.type for p in mod.parameters()} | {b.device.type for b in mod.buffers()}
+        assert devices <= {"cpu"}, f"{name}: {type(mod).__name__} loaded onto {devices}"
+    out = loaded.generate(adata, seed=0)
+    assert isinstance(out, np.ndarray) and out.shape == adata.shape and np.isfinite(out).all()

@@ -11,6 +11,7 @@ import pytest
 from causcell_bench import registry
 from causcell_bench.datasets import load, preprocess, true_counterfactual
 from causcell_bench.errors import BenchError
+from causcell_bench.methods.base import STATE_FILE
 from causcell_bench.methods.references import AdditiveShift, GroupMean, NoChange
 from causcell_bench.testing import tiny_split
 
@@ -190,4 +191,4 @@ def test_saved_state_is_small(synthetic, tmp_path: Path) -> None:
         m.fit(train, spec, seed=0)
         m.save(tmp_path / cls.name)
         # means per combination, not the training cells
-        assert (tmp_path / cls.name / "method.pkl").stat().st_size < train.X.data.nbytes / 4
+        assert (tmp_path / cls.name / STATE_FILE).stat().st_size < train.X.data.nbytes / 4

@@ -74,6 +74,26 @@ def test_load_prints_nothing(fitted, tmp_path, capfd):
     assert "Epoch" not in out + err and "Training" not in out + err
 
 
+def test_old_layout_with_adapter_json_loads(fitted, split, tmp_path):
+    """What ScGen.save wrote before the manifest: pertpy's own save plus adapter.json with the centroids."""
+    import json
+
+    _, test, _ = split
+    fitted.model_.save(str(tmp_path / "scgen_model"), overwrite=True, save_anndata=False)
+    (tmp_path / "adapter.json").write_text(json.dumps({
+        "preset": fitted.preset, "device": fitted.device, "params": fitted.params,
+        "spec": fitted.spec_.model_dump(), "var_names": fitted.var_names_, "categories": fitted.categories_,
+        "centroids": {c: v.tolist() for c, v in fitted.centroids_.items()},
+    }))
+    old = ScGen.load(tmp_path, device="cpu")
+    assert old.params == fitted.params and old.categories_ == fitted.categories_
+    for c, v in fitted.centroids_.items():
+        np.testing.assert_array_equal(old.centroids_[c], v)
+    do = {"age": "age0"}
+    # the centroids come back as fit() made them (float32): the very outputs of the fitted model
+    np.testing.assert_array_equal(old.generate(test, do=do, seed=0), fitted.generate(test, do=do, seed=0))
+
+
 @pytest.mark.slow  # another fit: ~15 s of XLA compilation on CPU
 def test_quick_preset_stops_on_the_validation_loss_and_keeps_the_best(split):
     train, _, spec = split

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from causcell_bench.fileio import atomic_write_json, atomic_write_text, jsonable
 from causcell_bench.provenance import package_versions
-from causcell_bench.store import atomic_write_json, atomic_write_text, jsonable
 
 
 def fmt(v: Any, digits: int = 3) -> str:

@@ -16,19 +16,28 @@ builds the same for tests):
 Progress: a caller may set ``method.progress_callback`` (a :data:`ProgressFn`)
 before ``fit``; trained methods then report :class:`Progress` through
 :meth:`Method.report_progress`. The callback is never pickled or saved.
+
+Persistence: :meth:`Method.save` writes the manifest ``method.json`` (class, state version, preset,
+parameters, spec, genes, categories) and calls the method's :meth:`Method._save_state` hook for its
+fitted state; :meth:`Method.load` reads the manifest, builds the method on the requested device and
+calls :meth:`Method._load_state`. Directories saved before the manifest existed (``method.pkl``, and
+the adapters' own older layouts) load through :meth:`Method._load_legacy`.
 """
 
 from __future__ import annotations
 
 import abc
+import copy
 import functools
+import json
 import pickle
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Self
 
 import numpy as np
 import scipy.sparse as sp
@@ -36,6 +45,7 @@ from anndata import AnnData
 
 from causcell_bench.datasets.spec import DatasetSpec
 from causcell_bench.errors import BenchError, NotFittedError
+from causcell_bench.fileio import atomic_open, atomic_write_json
 
 ConceptEmbeddings = dict[str, np.ndarray]
 """Concept name -> (n_cells, d) array; plus ``"unexplained"`` where a method has one."""
@@ -92,6 +102,18 @@ ModelProgressFn = Callable[[int, int, float | None], None]
 """The plain ``callback(done, total, loss)`` our torch models accept (``models.utils.StepCallback``;
 the models know no Method, and this module does not import torch)."""
 
+MANIFEST_FILE = "method.json"
+"""The manifest :meth:`Method.save` writes in a saved method's directory."""
+MANIFEST_FORMAT = "causcell-bench-method"
+MANIFEST_VERSION = 1
+"""Version of the manifest's own layout (a method's state has its :attr:`Method.state_version`)."""
+STATE_FILE = "state.pkl"
+"""Where the default :meth:`Method._save_state` writes the fitted state."""
+LEGACY_PICKLE = "method.pkl"
+"""The whole-object pickle the base class wrote before the manifest existed."""
+_MANIFEST_ATTRS = frozenset({"preset", "device", "params", "spec_", "var_names_", "categories_"})
+"""Instance attributes the manifest holds (the default state hook leaves them out)."""
+
 PROGRESS_SECONDS = 2.0
 """Besides every 1% of the budget, a report is forwarded when this long has passed since the last one."""
 
@@ -132,6 +154,13 @@ class Method(abc.ABC):
     # heavy, fork-safe modules the runner imports once before forking grid cells
     # (importing scvi-tools takes seconds; paying it per cell would dominate small cells)
     preload_modules: ClassVar[tuple[str, ...]] = ()
+    generate_options: ClassVar[dict[str, str]] = {}
+    """Keyword arguments ``generate`` takes besides ``do`` and ``seed`` (name -> one-line description):
+    the options a caller may pass, e.g. CausCell's ``mode``; others are refused
+    (:func:`causcell_bench.counterfactual.generate`)."""
+    state_version: ClassVar[int] = 1
+    """Version of what :meth:`_save_state` writes: raise it when a change makes earlier saves unreadable;
+    :meth:`load` refuses a save of another version with a clear message."""
     # class-level defaults too, so objects unpickled without them (or saved before they existed) have them
     progress_callback: ProgressFn | None = None
     _progress_state: _ProgressState | None = None
@@ -179,23 +208,153 @@ class Method(abc.ABC):
     ) -> np.ndarray:
         raise NotImplementedError(f"{self.name} cannot generate cells")
 
+    # --- persistence -------------------------------------------------------
     def save(self, path: str | Path) -> None:
-        """Write the fitted method into directory ``path`` (default: pickle of self)."""
+        """Write the fitted method into directory ``path``: its fitted state (:meth:`_save_state`), then
+        the manifest ``method.json`` (class, state version, preset, parameters, spec, genes, categories).
+
+        The manifest is written last and atomically (an older one is removed first), so a directory
+        with a manifest holds a complete save.
+        """
+        if not self.is_fitted:
+            raise NotFittedError(f"{self.name} is not fitted; call fit() before save()")
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        with open(path / "method.pkl", "wb") as fh:
-            pickle.dump(self, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        (path / MANIFEST_FILE).unlink(missing_ok=True)
+        self._save_state(path)
+        atomic_write_json(path / MANIFEST_FILE, self._manifest())
+
+    def _manifest(self) -> dict[str, Any]:
+        assert self.spec_ is not None
+        return {
+            "format": MANIFEST_FORMAT,
+            "version": MANIFEST_VERSION,
+            "class": class_path(type(self)),
+            "method": self.name,
+            "state_version": self.state_version,
+            "preset": self.preset,
+            "params": dict(self.params),
+            "device": self.device,  # where it was fitted, for the record: load() takes the device to use
+            "spec": self.spec_.model_dump(mode="json"),
+            "var_names": list(self.var_names_ or []),
+            "categories": {c: list(v) for c, v in (self.categories_ or {}).items()},
+        }
 
     @classmethod
-    def load(cls, path: str | Path) -> Method:
+    def load(cls, path: str | Path, device: str = "auto") -> Self:
+        """The fitted method saved in directory ``path`` by :meth:`save`, on ``device`` ("auto": CUDA when
+        present; a model fitted on a GPU loads on a CPU-only machine). A directory saved before the
+        manifest existed is read the old way (:meth:`_load_legacy`)."""
         path = Path(path)
-        f = path / "method.pkl"
+        name = getattr(cls, "name", cls.__name__)
+        try:
+            manifest = read_method_manifest(path)
+            if manifest is None:
+                legacy = cls._load_legacy(path, device)
+                if legacy is None:
+                    raise BenchError(
+                        f"no saved {name} in {path} (no {MANIFEST_FILE}); save a fitted model there first, "
+                        "or train the model again"
+                    )
+                return legacy
+            cls._check_manifest(manifest, path)
+            try:
+                obj = cls._restore(manifest, device)
+            except BenchError as e:  # e.g. a parameter this version no longer has
+                raise BenchError(f"the {name} saved in {path} does not fit this version ({e}); train the model again") from None
+            obj._load_state(path, device)
+        except BenchError:
+            raise
+        except Exception as e:  # noqa: BLE001 - pickle, torch and the packages each fail their own way
+            raise BenchError(
+                f"cannot load the {name} saved in {path} ({type(e).__name__}: {' '.join(str(e).split())[:160]}): "
+                "a file is missing, truncated, corrupt or from an incompatible version; train the model again"
+            ) from None
+        return obj
+
+    @classmethod
+    def _check_manifest(cls, manifest: Mapping[str, Any], path: Path) -> None:
+        """Refuse a manifest of another class, or of a state version this class does not read."""
+        f = path / MANIFEST_FILE
+        name = getattr(cls, "name", cls.__name__)
+        saved_class, saved_name = manifest.get("class"), manifest.get("method")
+        # the same class whether it moved module (same name) or was renamed (same class path)
+        if saved_class != class_path(cls) and saved_name != name:
+            raise BenchError(
+                f"{path} holds a {saved_name} model ({saved_class}), not a {name}; load it with that method's class"
+            )
+        version = manifest.get("state_version")
+        if version != cls.state_version:
+            raise BenchError(
+                f"{f} was saved with version {version} of {name}'s state; this causcell-bench reads version "
+                f"{cls.state_version} only. Train the model again (or load it with the causcell-bench that saved it)"
+            )
+        missing = [k for k in ("preset", "params", "spec", "var_names", "categories") if k not in manifest]
+        if missing:
+            raise BenchError(f"{f} lacks {missing}; it is incomplete or damaged: train the model again")
+
+    @classmethod
+    def _restore(cls, saved: Mapping[str, Any], device: str) -> Self:
+        """The method built with the saved preset and parameters on ``device``, with the spec, genes and
+        categories it remembered at fit time (its fitted state is not loaded yet). ``saved``: a manifest,
+        or an older save's equivalent fields."""
+        obj = cls(preset=saved["preset"], device=device, **saved["params"])
+        obj.spec_ = DatasetSpec.model_validate(saved["spec"])
+        obj.var_names_ = [str(g) for g in saved["var_names"]]
+        cats = saved["categories"]
+        order = [c for c in obj.spec_.concepts if c in cats] + [c for c in cats if c not in obj.spec_.concepts]
+        obj.categories_ = {c: [str(v) for v in cats[c]] for c in order}
+        return obj
+
+    def _save_state(self, path: Path) -> None:
+        """Write the fitted state that the manifest does not hold into directory ``path``.
+
+        Default: every other instance attribute (the progress callback left out), pickled to
+        ``state.pkl``, torch modules as CPU state dicts (:class:`SavedNet`), so that a model fitted on a
+        GPU loads on a CPU-only machine. Override it, with :meth:`_load_state`, for state that needs its
+        own files (a package's saved model, a torch file read with ``weights_only``).
+        """
+        state = {k: saved_net(v) if _is_module(v) else v
+                 for k, v in self.__getstate__().items() if k not in _MANIFEST_ATTRS}
+        with atomic_open(path / STATE_FILE, "wb") as fh:
+            pickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def _load_state(self, path: Path, device: str) -> None:
+        """Read back what :meth:`_save_state` wrote in ``path`` into this freshly built method, its torch
+        modules onto ``device`` (also ``self.device``)."""
+        with open(path / STATE_FILE, "rb") as fh:
+            state = pickle.load(fh)
+        if not isinstance(state, dict):
+            raise BenchError(f"{path / STATE_FILE} holds a {type(state).__name__}, not a saved state; train the model again")
+        self.__dict__.update(self._on_device(state))
+
+    def _on_device(self, state: Mapping[str, Any]) -> dict[str, Any]:
+        """``state`` with every :class:`SavedNet` rebuilt, and every torch module moved, onto this method's device."""
+        if not any(isinstance(v, SavedNet) or _is_module(v) for v in state.values()):
+            return dict(state)
+        device = self.torch_device()
+        return {k: rebuild_net(v, device) if isinstance(v, SavedNet) else v.to(device) if _is_module(v) else v
+                for k, v in state.items()}
+
+    @classmethod
+    def _load_legacy(cls, path: Path, device: str) -> Self | None:
+        """The method saved in ``path`` by a causcell-bench from before the manifest, or None when there is
+        none. Default: the base class's former whole-object pickle ``method.pkl``. An adapter that had a
+        layout of its own overrides this, and calls it for everything else."""
+        f = path / LEGACY_PICKLE
         if not f.is_file():
-            raise BenchError(f"no saved {cls.__name__} in {path} (expected {f.name})")
+            return None
         with open(f, "rb") as fh:
             obj = pickle.load(fh)
         if not isinstance(obj, cls):
-            raise BenchError(f"{path} holds a {type(obj).__name__}, not a {cls.__name__}")
+            raise BenchError(f"{path} holds a {type(obj).__name__}, not a {cls.__name__}; load it with that class")
+        state = obj.__dict__
+        legacy_net = state.pop("net_state_", None)  # (class, config, CPU weights) of the former CpuPickledNet mixin
+        if legacy_net is not None:
+            net_cls, config, weights = legacy_net
+            state["net_"] = SavedNet(net_cls, config, weights, training=False)
+        obj.device = device
+        obj.__dict__.update(obj._on_device(state))
         return obj
 
     # --- progress ------------------------------------------------------------
@@ -312,27 +471,62 @@ class Method(abc.ABC):
         return np.array([lut.get(str(v), -1) for v in adata.obs[concept].astype(str)], dtype=np.int64)
 
 
-class CpuPickledNet:
-    """Mixin for adapters holding a torch module in ``self.net_`` (with a ``config`` dict of its constructor's
-    arguments): pickles it as a CPU state dict, so a model fitted on a GPU loads on a CPU-only machine."""
+@dataclass(frozen=True)
+class SavedNet:
+    """A torch module as the default :meth:`Method._save_state` saves it: its class, the arguments that
+    build it (the module's ``config`` dict) and its weights on the CPU (:func:`saved_net`, :func:`rebuild_net`)."""
 
-    def __getstate__(self) -> dict[str, Any]:
-        # Method.__getstate__ (next in the MRO) drops the progress callback
-        state = dict(super().__getstate__())  # type: ignore[misc]
-        net = state.pop("net_", None)
-        if net is not None:
-            weights = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-            state["net_state_"] = (type(net), net.config, weights)
-        return state
+    cls: type
+    config: dict[str, Any]
+    weights: dict[str, Any]
+    training: bool = False
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        saved = state.pop("net_state_", None)
-        self.__dict__.update(state)
-        if saved is not None:
-            net_cls, config, weights = saved
-            net = net_cls(**config)
-            net.load_state_dict(weights)
-            self.net_ = net.eval()
+
+def class_path(cls: type) -> str:
+    """``module:QualifiedName`` of a class, as the manifest names it."""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def read_method_manifest(path: str | Path) -> dict[str, Any] | None:
+    """The manifest of a method saved in directory ``path`` (None when it has none), or a BenchError
+    when it is unreadable or not a method manifest."""
+    f = Path(path) / MANIFEST_FILE
+    if not f.is_file():
+        return None
+    try:
+        manifest = json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BenchError(f"{f} is not valid JSON ({e}); the save is damaged: train the model again") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise BenchError(f"{f} is not a causcell-bench method manifest; save the model with Method.save or train it again")
+    if not isinstance(manifest.get("version"), int) or manifest["version"] > MANIFEST_VERSION:
+        raise BenchError(
+            f"{f} has manifest version {manifest.get('version')!r}; this causcell-bench reads up to "
+            f"{MANIFEST_VERSION}: upgrade causcell-bench, or train the model again"
+        )
+    return manifest
+
+
+def _is_module(value: Any) -> bool:
+    torch = sys.modules.get("torch")  # not imported: no value can be a torch module (nor need torch installed)
+    return torch is not None and isinstance(value, torch.nn.Module)
+
+
+def saved_net(net: Any) -> Any:
+    """A torch module in savable form: a :class:`SavedNet` (CPU weights) when it has a ``config`` dict of
+    its constructor's arguments, else a CPU copy of the whole module."""
+    config = getattr(net, "config", None)
+    if isinstance(config, dict):
+        weights = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+        return SavedNet(type(net), dict(config), weights, training=bool(net.training))
+    return copy.deepcopy(net).cpu()
+
+
+def rebuild_net(saved: SavedNet, device: Any) -> Any:
+    """The module a :class:`SavedNet` describes, with its weights, on ``device``."""
+    net = saved.cls(**saved.config)
+    net.load_state_dict(saved.weights)
+    return net.train(saved.training).to(device)
 
 
 # --- helpers shared by adapters --------------------------------------------

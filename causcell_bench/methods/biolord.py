@@ -47,6 +47,7 @@ from anndata import AnnData
 
 from causcell_bench.datasets.spec import DatasetSpec
 from causcell_bench.errors import BenchError
+from causcell_bench.fileio import atomic_write_json
 from causcell_bench.methods.base import (
     UNEXPLAINED,
     Capabilities,
@@ -57,7 +58,9 @@ from causcell_bench.methods.base import (
     lightning_progress,
     quiet_lightning,
 )
-from causcell_bench.methods.scvi import stopping_kwargs
+from causcell_bench.methods.scvi import read_legacy_adapter, stopping_kwargs
+
+EXTRA_FILE = "biolord.json"
 
 # The authors' settings (biolord tutorials / reproducibility scripts).
 _PAPER_MODULE = {
@@ -375,44 +378,46 @@ class Biolord(Method):
         # Gaussian means can dip below zero; log1p(CP10k) cannot
         return np.clip(x, 0.0, None).astype(np.float32)
 
-    # --- persistence ----------------------------------------------------
-    def save(self, path: str | Path) -> None:
-        """Biolord's own save (``biolord_model/``, weights + setup registry) plus ``adapter.json``."""
+    # --- persistence: the manifest (Method.save), biolord's own save and the training row count ---
+    def _save_state(self, path: Path) -> None:
+        """Biolord's own save (``biolord_model/``, weights + setup registry) and ``biolord.json``
+        (the training row count, which sizes the per-cell code table)."""
         from scvi.model.base import BaseModelClass
 
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
         target = str(path / "biolord_model")
         if self.model_.training_plan is not None:
             self.model_.save(target, overwrite=True, save_anndata=False)
         else:  # a loaded model has no training plan (biolord's save writes its history from it)
             BaseModelClass.save(self.model_, target, overwrite=True, save_anndata=False)
-        state = {
-            "preset": self.preset, "device": self.device, "params": self.params,
-            "spec": self.spec_.model_dump() if self.spec_ else None,
-            "var_names": self.var_names_, "categories": self.categories_, "n_train": self.n_train_,
-        }
-        (path / "adapter.json").write_text(json.dumps(state))
+        atomic_write_json(path / EXTRA_FILE, {"n_train": self.n_train_})
+
+    def _load_state(self, path: Path, device: str) -> None:
+        self.n_train_ = int(json.loads((path / EXTRA_FILE).read_text())["n_train"])
+        self._load_model(path, device)
 
     @classmethod
-    def load(cls, path: str | Path) -> Biolord:
-        """Load without the training data.
+    def _load_legacy(cls, path: Path, device: str) -> Biolord | None:
+        old = read_legacy_adapter(path)
+        if old is None:
+            return super()._load_legacy(path, device)
+        obj = cls._restore(old, device)
+        obj.n_train_ = int(old["n_train"])
+        obj._load_model(path, device)
+        return obj
+
+    def _load_model(self, path: Path, device: str) -> None:
+        """biolord's saved model, without the training data.
 
         scvi-tools rebuilds the model from an AnnData; biolord sizes its per-cell code table by
         that AnnData's row count, so we pass a (nearly) empty sparse stand-in with the training
-        row count, genes and label categories (a few bytes per row), built here from adapter.json.
+        row count, genes and label categories (a few bytes per row).
         """
         import biolord
 
+        if not (path / "biolord_model").is_dir():
+            raise BenchError(f"no saved Biolord model in {path} (expected biolord_model/); train the model again")
         quiet_lightning("biolord")
-        path = Path(path)
-        if not (path / "adapter.json").is_file() or not (path / "biolord_model").is_dir():
-            raise BenchError(f"no saved Biolord model in {path} (expected adapter.json and biolord_model/)")
-        state = json.loads((path / "adapter.json").read_text())
-        self = cls(preset=state["preset"], device=state["device"], **state["params"])
-        self.spec_ = DatasetSpec.model_validate(state["spec"])
-        self.var_names_, self.categories_ = state["var_names"], state["categories"]
-        self.n_train_ = int(state["n_train"])
+        assert self.spec_ is not None and self.var_names_ is not None
         n, zero = self.n_train_, {c: np.zeros(self.n_train_, dtype=np.int64) for c in self.spec_.concepts}
         # one stored entry: scvi-tools takes a sparse X with no entries for a "minified" AnnData,
         # which biolord does not support; the values themselves are never read
@@ -421,8 +426,5 @@ class Biolord(Method):
         stub.obs_names = [f"stub{i}" for i in range(n)]
         stub.var_names = self.var_names_
         stub = self._lean(stub, zero)
-        self.model_ = biolord.Biolord.load(
-            str(path / "biolord_model"), adata=stub, accelerator=lightning_accelerator(self.device)
-        )
+        self.model_ = biolord.Biolord.load(str(path / "biolord_model"), adata=stub, accelerator=lightning_accelerator(device))
         self._cache = None
-        return self

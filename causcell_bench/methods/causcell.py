@@ -43,6 +43,7 @@ from anndata import AnnData
 
 from causcell_bench.datasets.spec import DatasetSpec
 from causcell_bench.errors import BenchError, NotFittedError
+from causcell_bench.fileio import atomic_open
 from causcell_bench.methods.base import UNEXPLAINED, Capabilities, ConceptEmbeddings, Method
 from causcell_bench.models.causcell import (
     INDEPENDENCE,
@@ -57,13 +58,15 @@ from causcell_bench.models.utils import (
     check_stopping_params,
     no_stopping_summary,
     plan_early_stopping,
-    resolve_device,
     seed_everything,
     set_cpu_threads,
 )
 
-SAVE_FILE = "causcell.pt"
-_FORMAT = "causcell-bench/causcell/1"
+STATE_FILE = "model.pt"
+"""The torch file of a saved model's state, beside the manifest ``method.json``."""
+LEGACY_SAVE_FILE = "causcell.pt"
+"""The single torch file (state, parameters, spec, genes, categories) of models saved before the manifest."""
+_LEGACY_FORMAT = "causcell-bench/causcell/1"
 
 # Where our implementation and the authors' public code differ (issue #14). Each switch:
 # (our choice = quick, the authors' choice = paper, what it does). docs/causcell.md has the table.
@@ -207,6 +210,13 @@ class CausCell(Method):
         "n_steps": 150, "batch_size": 64, "hidden": 32, "n_blocks": 1, "heads": 2, "head_dim": 8, "d": 8,
         "ff_mult": 2, "ddim_steps": 5, "pool_size": 16,
     }
+    # the keyword arguments generate() takes for one call (counterfactual.generate passes only these)
+    generate_options: ClassVar[dict[str, str]] = {
+        "mode": "counterfactual mode for this call: 'do' (graph surgery) or 'exogenous' (eps swap); default cf_mode",
+        "sampler": "diffusion sampler for this call: 'ancestral' or 'ddim'; default the sampler parameter",
+        "steps": "DDIM sampling steps for this call; default ddim_steps",
+        "n_samples": "sampling chains averaged per cell for this call; default n_samples (or cf_n_samples)",
+    }
     # one line per switch, for documentation and listings
     param_docs: ClassVar[dict[str, str]] = {
         **{k: v[2] for k, v in SWITCHES.items()},
@@ -274,10 +284,7 @@ class CausCell(Method):
         sizes = [len(self.categories_[c]) for c in spec.concepts]
         set_cpu_threads()
         seed_everything(seed)
-        try:
-            device = resolve_device(self.device)
-        except ValueError as e:
-            raise BenchError(str(e)) from None
+        device = self.torch_device()
         self.model_ = CausCellModel(
             train.n_vars,
             sizes,
@@ -476,39 +483,31 @@ class CausCell(Method):
             donors[k] = drawn
         return model.intervene(eps, donors, mode=mode), donors
 
-    # --- persistence: one torch file --------------------------------------------
-    def save(self, path: str | Path) -> None:
-        """Write weights, EMA weights, hyperparameters, label mappings, DAG, genes and donor pools to ``path/causcell.pt``."""
-        model = self._model()
-        assert self.spec_ is not None
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        blob = {
-            "format": _FORMAT,
-            "method": self.name,
-            "preset": self.preset,
-            "params": dict(self.params),
-            "spec": self.spec_.model_dump(mode="json"),
-            "var_names": list(self.var_names_ or []),
-            "categories": {k: list(v) for k, v in (self.categories_ or {}).items()},
-            "seed": self.seed_,
-            "model": model.state(),
-        }
-        tmp = path / (SAVE_FILE + ".tmp")
-        torch.save(blob, tmp)
-        tmp.replace(path / SAVE_FILE)
+    # --- persistence: the manifest (Method.save) plus one torch file -------------------
+    def _save_state(self, path: Path) -> None:
+        """Weights, EMA weights, counters, loss history and donor pools (plain containers and tensors, read
+        back with ``weights_only``) and the fit seed, to ``path/model.pt``."""
+        blob = {"seed": self.seed_, "model": self._model().state()}
+        with atomic_open(path / STATE_FILE, "wb") as fh:
+            torch.save(blob, fh)
+
+    def _load_state(self, path: Path, device: str) -> None:
+        blob = _read_torch(path / STATE_FILE)
+        if not isinstance(blob, dict) or "model" not in blob:
+            raise BenchError(f"{path / STATE_FILE} is not a saved {self.name} state; train the model again")
+        self.seed_ = blob["seed"]
+        self.model_ = CausCellModel.from_state(blob["model"], device=self.torch_device())
+        self.history_ = self.model_.history
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto") -> CausCell:
-        f = Path(path) / SAVE_FILE
+    def _load_legacy(cls, path: Path, device: str) -> CausCell | None:
+        """A model saved before the manifest: everything in one torch file, ``causcell.pt``."""
+        f = path / LEGACY_SAVE_FILE
         if not f.is_file():
-            raise BenchError(f"no saved {cls.name} in {path} (expected {SAVE_FILE}); save a fitted model there first")
-        try:
-            blob = torch.load(f, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - a corrupt file must give a clear message
-            raise BenchError(f"cannot read {f}: {e}") from None
-        if not isinstance(blob, dict) or blob.get("format") != _FORMAT:
-            raise BenchError(f"{f} is not a saved CausCell model (format {_FORMAT})")
+            return super()._load_legacy(path, device)
+        blob = _read_torch(f)
+        if not isinstance(blob, dict) or blob.get("format") != _LEGACY_FORMAT:
+            raise BenchError(f"{f} is not a saved CausCell model (format {_LEGACY_FORMAT})")
         if blob["method"] != cls.name:
             raise BenchError(f"{path} holds a {blob['method']} model; load it with that method's class")
         params = dict(blob["params"])
@@ -517,16 +516,9 @@ class CausCell(Method):
             if params.get("recon_reduction") == "sum":
                 params["recon_reduction"] = "gene_sum"
             params = {**_LEGACY, **params}
-        obj = cls(preset=blob["preset"], device=device, **params)
-        obj.spec_ = DatasetSpec.model_validate(blob["spec"])
-        obj.var_names_ = list(blob["var_names"])
-        obj.categories_ = {k: list(v) for k, v in blob["categories"].items()}
+        obj = cls._restore({**blob, "params": params}, device)
         obj.seed_ = blob["seed"]
-        try:
-            dev = resolve_device(device)
-        except ValueError as e:
-            raise BenchError(str(e)) from None
-        obj.model_ = CausCellModel.from_state(blob["model"], device=dev)
+        obj.model_ = CausCellModel.from_state(blob["model"], device=obj.torch_device())
         obj.history_ = obj.model_.history
         return obj
 
@@ -547,6 +539,14 @@ class CausCellIND(CausCell):
 
     def _adjacency(self, spec: DatasetSpec) -> np.ndarray:
         return np.zeros((spec.n_concepts + 1, spec.n_concepts + 1), dtype=np.float32)
+
+
+def _read_torch(f: Path) -> Any:
+    """A saved torch file of plain containers and tensors, onto the CPU; a BenchError when unreadable."""
+    try:
+        return torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a corrupt file must give a clear message
+        raise BenchError(f"cannot read {f}: {e}; the file is truncated or corrupt: train the model again") from None
 
 
 def _derive_seed(seed: int, *keys: int) -> int:

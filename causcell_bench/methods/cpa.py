@@ -37,7 +37,6 @@ from causcell_bench.methods.base import (
     UNEXPLAINED,
     Capabilities,
     ConceptEmbeddings,
-    CpuPickledNet,
     Method,
     counts_of,
     dense_rows,
@@ -69,7 +68,7 @@ _PAPER: dict[str, Any] = {
 }
 
 
-class CPA(CpuPickledNet, Method):
+class CPA(Method):
     """Basal latent + additive label embeddings with adversarial label removal."""
 
     name: ClassVar[str] = "CPA"

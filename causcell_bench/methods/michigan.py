@@ -22,7 +22,6 @@ keeping its best weights. ``convergence_`` records both stages' curves and where
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -245,13 +244,3 @@ class MichiGAN(Method):
             codes = codes + (cent[cats.index(str(value))][None, :] - cent[cur])
         out = mm.generate_from_codes(self.generator_, codes, seed=seed, device=resolve_device(self.device))
         return np.clip(out, 0.0, None, out=out)
-
-    # --- persistence --------------------------------------------------------
-    def __getstate__(self) -> dict[str, Any]:
-        # pickle CPU copies so a model trained on a GPU loads on a CPU-only machine;
-        # Method.__getstate__ leaves out the progress callback
-        state = super().__getstate__()
-        for key in ("vae_", "generator_", "critic_"):
-            if state.get(key) is not None:
-                state[key] = copy.deepcopy(state[key]).cpu()
-        return state

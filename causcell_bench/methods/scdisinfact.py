@@ -39,7 +39,6 @@ from causcell_bench.methods.base import (
     UNEXPLAINED,
     Capabilities,
     ConceptEmbeddings,
-    CpuPickledNet,
     Method,
     counts_of,
     dense_rows,
@@ -79,7 +78,7 @@ _PAPER: dict[str, Any] = {
 }
 
 
-class ScDisInFact(CpuPickledNet, Method):
+class ScDisInFact(Method):
     """Shared latent z_c + one z_d per condition; latent-shift counterfactuals."""
 
     name: ClassVar[str] = "scDisInFact"

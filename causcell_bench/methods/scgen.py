@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -33,6 +32,7 @@ from anndata import AnnData
 
 from causcell_bench.datasets.spec import DatasetSpec
 from causcell_bench.errors import BenchError
+from causcell_bench.fileio import atomic_open
 from causcell_bench.methods.base import (
     Capabilities,
     ConceptEmbeddings,
@@ -42,9 +42,10 @@ from causcell_bench.methods.base import (
     lightning_progress,
     quiet_lightning,
 )
-from causcell_bench.methods.scvi import convergence_record, epoch_history, stopping_kwargs
+from causcell_bench.methods.scvi import convergence_record, epoch_history, read_legacy_adapter, stopping_kwargs
 
-_STUB_ROWS = 8  # rows of the stand-in AnnData used to rebuild a saved model (see ScGen.load)
+_STUB_ROWS = 8  # rows of the stand-in AnnData used to rebuild a saved model (see ScGen._load_model)
+CENTROIDS_FILE = "centroids.npz"
 _BATCH = 512  # inference batch (fixed, so JAX compiles once)
 
 
@@ -215,46 +216,49 @@ class ScGen(Method):
         # the Gaussian decoder can dip below zero; log1p(CP10k) cannot
         return np.clip(x, 0.0, None).astype(np.float32)
 
-    # --- persistence ----------------------------------------------------
-    def save(self, path: str | Path) -> None:
-        """pertpy's own save (``scgen_model/``) plus ``adapter.json`` with the latent centroids."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
+    # --- persistence: the manifest (Method.save), pertpy's own save and the latent centroids ---
+    def _save_state(self, path: Path) -> None:
+        """pertpy's own save (``scgen_model/``) and the latent centroids (``centroids.npz``, in the spec's
+        concept order: a concept name need not be a valid array name)."""
+        assert self.spec_ is not None
         self.model_.save(str(path / "scgen_model"), overwrite=True, save_anndata=False)
-        state = {
-            "preset": self.preset, "device": self.device, "params": self.params,
-            "spec": self.spec_.model_dump() if self.spec_ else None,
-            "var_names": self.var_names_, "categories": self.categories_,
-            "centroids": {c: v.tolist() for c, v in self.centroids_.items()},
-        }
-        (path / "adapter.json").write_text(json.dumps(state))
+        with atomic_open(path / CENTROIDS_FILE, "wb") as fh:
+            np.savez(fh, *[self.centroids_[c] for c in self.spec_.concepts])
+
+    def _load_state(self, path: Path, device: str) -> None:
+        assert self.spec_ is not None
+        with np.load(path / CENTROIDS_FILE, allow_pickle=False) as saved:
+            self.centroids_ = {c: saved[f"arr_{i}"] for i, c in enumerate(self.spec_.concepts)}
+        self._load_model(path, device)
 
     @classmethod
-    def load(cls, path: str | Path) -> ScGen:
-        """Load without the training data.
+    def _load_legacy(cls, path: Path, device: str) -> ScGen | None:
+        old = read_legacy_adapter(path)
+        if old is None:
+            return super()._load_legacy(path, device)
+        obj = cls._restore(old, device)
+        # float32, as fit() computes them (JSON holds their values exactly): the fitted model's outputs
+        obj.centroids_ = {c: np.asarray(v, dtype=np.float32) for c, v in old["centroids"].items()}
+        obj._load_model(path, device)
+        return obj
+
+    def _load_model(self, path: Path, device: str) -> None:
+        """pertpy's saved model, without the training data.
 
         scvi-tools rebuilds a JAX model by running one training step on an AnnData before it
         loads the saved weights over the result; a few all-zero cells with the training genes
         suffice for that step (its outcome is overwritten), so one is built here.
         """
-        path = Path(path)
-        if not (path / "adapter.json").is_file() or not (path / "scgen_model").is_dir():
-            raise BenchError(f"no saved scGen model in {path} (expected adapter.json and scgen_model/)")
+        if not (path / "scgen_model").is_dir():
+            raise BenchError(f"no saved scGen model in {path} (expected scgen_model/); train the model again")
         Scgen = _scgen_class()
         quiet_lightning("jax")
-        state = json.loads((path / "adapter.json").read_text())
-        self = cls(preset=state["preset"], device=state["device"], **state["params"])
-        self.spec_ = DatasetSpec.model_validate(state["spec"])
-        self.var_names_, self.categories_ = state["var_names"], state["categories"]
-        self.centroids_ = {c: np.asarray(v, dtype=np.float64) for c, v in state["centroids"].items()}
+        assert self.var_names_ is not None
         stub = AnnData(X=np.zeros((_STUB_ROWS, len(self.var_names_)), dtype=np.float32))
         stub.var_names = self.var_names_
         Scgen.setup_anndata(stub)
         # that one training step shows Lightning's progress bar (scvi-tools gives load() no
         # switch for it): swallow that output
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            self.model_ = Scgen.load(
-                str(path / "scgen_model"), adata=stub, accelerator=lightning_accelerator(self.device)
-            )
+            self.model_ = Scgen.load(str(path / "scgen_model"), adata=stub, accelerator=lightning_accelerator(device))
         self._fns = None
-        return self

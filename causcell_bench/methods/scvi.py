@@ -45,6 +45,9 @@ from causcell_bench.methods.base import (
 )
 from causcell_bench.models.utils import MIN_CELLS_TO_VALIDATE, check_stopping_params, expected_log1p_cp10k
 
+LEGACY_ADAPTER_FILE = "adapter.json"
+"""What the scvi-tools based adapters saved beside the package's model before the manifest (read only)."""
+
 
 # --- early stopping helpers shared by the scvi-tools based adapters ---------------------------------
 def stopping_kwargs(
@@ -226,35 +229,44 @@ class SCVI(Method):
         lik = self.model_.get_likelihood_parameters(data, n_samples=1)
         return expected_log1p_cp10k(lik["mean"], lik.get("dispersions"), zi_prob=lik.get("dropout"))
 
-    # scvi-tools saves the torch module; our wrapper keeps the benchmark state beside it
-    def save(self, path: str | Path) -> None:
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
+    # --- persistence: the manifest (Method.save) plus scvi-tools' own save in scvi_model/ -------
+    def _save_state(self, path: Path) -> None:
         self.model_.save(str(path / "scvi_model"), overwrite=True, save_anndata=False)
-        state = {
-            "preset": self.preset, "device": self.device, "params": self.params,
-            "spec": self.spec_.model_dump() if self.spec_ else None,
-            "var_names": self.var_names_, "categories": self.categories_,
-        }
-        (path / "adapter.json").write_text(json.dumps(state))
 
-    @classmethod
-    def load(cls, path: str | Path) -> SCVI:
+    def _load_state(self, path: Path, device: str) -> None:
         import scvi
 
         quiet_lightning()
-        path = Path(path)
-        if not (path / "adapter.json").is_file():
-            raise BenchError(f"no saved scVI model in {path} (expected adapter.json and scvi_model/)")
-        state = json.loads((path / "adapter.json").read_text())
-        self = cls(preset=state["preset"], device=state["device"], **state["params"])
-        self.spec_ = DatasetSpec.model_validate(state["spec"])
-        self.var_names_, self.categories_ = state["var_names"], state["categories"]
+        assert self.var_names_ is not None
         # scvi-tools needs an AnnData to rebuild the model: one cell with the training genes suffices
         # (all-zero would be mistaken for scvi's "minified" data and refused)
         stub = AnnData(X=sp.csr_matrix(np.ones((1, len(self.var_names_)), dtype=np.float32)))
         stub.var_names = self.var_names_
         stub.layers["counts"] = stub.X
         scvi.model.SCVI.setup_anndata(stub, layer="counts")
-        self.model_ = scvi.model.SCVI.load(str(path / "scvi_model"), adata=stub, accelerator=lightning_accelerator(self.device))
-        return self
+        self.model_ = scvi.model.SCVI.load(str(path / "scvi_model"), adata=stub, accelerator=lightning_accelerator(device))
+
+    @classmethod
+    def _load_legacy(cls, path: Path, device: str) -> SCVI | None:
+        old = read_legacy_adapter(path)
+        if old is None:
+            return super()._load_legacy(path, device)
+        obj = cls._restore(old, device)
+        obj._load_state(path, device)
+        return obj
+
+
+def read_legacy_adapter(path: Path) -> dict[str, Any] | None:
+    """The ``adapter.json`` the scvi-tools based adapters (scVI, scGen, Biolord) wrote beside the package's
+    own save before the manifest existed (preset, parameters, spec, genes, categories and each adapter's
+    extras), or None when ``path`` has none."""
+    f = path / LEGACY_ADAPTER_FILE
+    if not f.is_file():
+        return None
+    try:
+        old = json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BenchError(f"{f} is not valid JSON ({e}); the save is damaged: train the model again") from None
+    if not isinstance(old, dict):
+        raise BenchError(f"{f} is not a saved adapter state; train the model again")
+    return old

@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from itertools import pairwise
+from typing import Any
 
 import numpy as np
 import torch
@@ -94,6 +95,8 @@ class TCVAE(nn.Module):
     def __init__(self, n_genes: int, n_latent: int = 10, hidden: Sequence[int] = (512, 256), dropout: float = 0.2):
         super().__init__()
         hidden = list(hidden)
+        # the constructor's arguments: a saved model is rebuilt from them (Method's default state hook)
+        self.config: dict[str, Any] = {"n_genes": n_genes, "n_latent": n_latent, "hidden": hidden, "dropout": dropout}
         self.n_genes, self.n_latent = n_genes, n_latent
         self.encoder = _mlp([n_genes, *hidden], batchnorm=True, dropout=dropout)
         self.mean = nn.Linear(hidden[-1], n_latent)
@@ -263,6 +266,7 @@ class CodeGenerator(nn.Module):
 
     def __init__(self, n_genes: int, n_latent: int = 10, n_noise: int = 118, hidden: Sequence[int] = (256, 512, 1024)):
         super().__init__()
+        self.config: dict[str, Any] = {"n_genes": n_genes, "n_latent": n_latent, "n_noise": n_noise, "hidden": list(hidden)}
         self.n_noise, self.n_latent = n_noise, n_latent
         self.body = _mlp([n_noise + n_latent, *hidden], batchnorm=False, dropout=0.0)
         self.out = nn.Linear(list(hidden)[-1], n_genes)
@@ -281,6 +285,7 @@ class ProjectionCritic(nn.Module):
 
     def __init__(self, n_genes: int, n_latent: int = 10, hidden: Sequence[int] = (1024, 512)):
         super().__init__()
+        self.config: dict[str, Any] = {"n_genes": n_genes, "n_latent": n_latent, "hidden": list(hidden)}
         self.body = _mlp([n_genes, *hidden], batchnorm=False, dropout=0.0)
         self.h = nn.Linear(list(hidden)[-1], n_latent)
         self.psi = nn.Linear(n_latent, 1)
