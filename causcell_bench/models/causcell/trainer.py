@@ -302,7 +302,7 @@ class CausCellModel:
         was_training = net.training
         net.eval()
         gen = torch.Generator(device=self.device).manual_seed(int(seed) + 7919)
-        total = recon = pred = 0.0
+        recon = pred = 0.0
         n = codes.shape[0]
         try:
             for start in range(0, n, batch_size):
