@@ -487,16 +487,21 @@ def class_path(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
+def read_saved_json(f: Path) -> Any:
+    """The JSON in ``f``, a file of a saved model; a BenchError saying the save is damaged when it is not JSON."""
+    try:
+        return json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BenchError(f"{f} is not valid JSON ({e}); the save is damaged: train the model again") from None
+
+
 def read_method_manifest(path: str | Path) -> dict[str, Any] | None:
     """The manifest of a method saved in directory ``path`` (None when it has none), or a BenchError
     when it is unreadable or not a method manifest."""
     f = Path(path) / MANIFEST_FILE
     if not f.is_file():
         return None
-    try:
-        manifest = json.loads(f.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BenchError(f"{f} is not valid JSON ({e}); the save is damaged: train the model again") from None
+    manifest = read_saved_json(f)
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise BenchError(f"{f} is not a causcell-bench method manifest; save the model with Method.save or train it again")
     if not isinstance(manifest.get("version"), int) or manifest["version"] > MANIFEST_VERSION:

@@ -22,7 +22,6 @@ scvi-tools based adapters (scGen, Biolord) too.
 from __future__ import annotations
 
 import functools
-import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -42,6 +41,7 @@ from causcell_bench.methods.base import (
     lightning_accelerator,
     lightning_progress,
     quiet_lightning,
+    read_saved_json,
 )
 from causcell_bench.models.utils import MIN_CELLS_TO_VALIDATE, check_stopping_params, expected_log1p_cp10k
 
@@ -263,10 +263,7 @@ def read_legacy_adapter(path: Path) -> dict[str, Any] | None:
     f = path / LEGACY_ADAPTER_FILE
     if not f.is_file():
         return None
-    try:
-        old = json.loads(f.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BenchError(f"{f} is not valid JSON ({e}); the save is damaged: train the model again") from None
+    old = read_saved_json(f)
     if not isinstance(old, dict):
         raise BenchError(f"{f} is not a saved adapter state; train the model again")
     return old
