@@ -268,6 +268,8 @@ def run_grid(
             todo.append(key)
     if outcomes and todo:
         log(f"resuming: {len(outcomes)} of {len(keys)} cells already done")
+    # a process killed between writing a record and releasing its claim leaves the claim behind
+    claims.clear_stale(o.key for o in outcomes)
 
     held: dict[CellKey, Claim] = {}
     deferred: list[CellKey] = []

@@ -20,7 +20,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -286,6 +286,24 @@ class ClaimStore:
         info = self.read(claim.path)
         if info is not None and info.get("token") == claim.token:
             claim.path.unlink(missing_ok=True)
+
+    def clear_stale(self, keys: Iterable[CellKey]) -> list[CellKey]:
+        """Remove the stale claims (dead owner or timed out) on ``keys``; return the cells cleared.
+
+        A process killed after writing a cell's record but before releasing its claim leaves a claim
+        on a finished cell that no rerun would otherwise touch (a rerun skips finished cells)."""
+        cleared = []
+        for key in keys:
+            path = self.path(key)
+            info = self.read(path)
+            if info is None or self.why_stale(path, info) is None:
+                continue
+            with self._lock():  # the same check-then-remove as a takeover in acquire()
+                info = self.read(path)
+                if info is not None and self.why_stale(path, info) is not None:
+                    path.unlink(missing_ok=True)
+                    cleared.append(key)
+        return cleared
 
     def holder(self, key: CellKey) -> dict[str, Any] | None:
         """The live claim on ``key`` (its contents), or None when it is free or its claim is stale."""

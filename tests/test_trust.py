@@ -306,6 +306,26 @@ def test_a_claimed_cell_is_waited_for_then_taken_over(tmp_path: Path) -> None:
     assert not list((tmp_path / "claims").glob("**/*.json"))
 
 
+def test_a_claim_left_on_a_finished_cell_is_cleared_on_resume(tmp_path: Path) -> None:
+    # the window the SIGKILL test hits at random: killed after writing a record, before releasing its claim
+    cfg = tiny(methods=FAST)
+    run_grid(cfg, tmp_path, **QUIET)
+    key = expand_grid(cfg)[1]
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    path = ClaimStore(tmp_path).path(key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid, "token": "t", "cell": str(key),
+                                "started_epoch": time.time()}))
+    other = ClaimStore(tmp_path).path(expand_grid(cfg)[2])
+    other.parent.mkdir(parents=True, exist_ok=True)
+    other.write_text(json.dumps({"host": "elsewhere", "pid": 1, "token": "u", "started_epoch": time.time()}))
+    outcomes = run_grid(cfg, tmp_path, **QUIET)
+    assert {o.status for o in outcomes} == {"skipped"}
+    assert not path.exists()
+    assert other.exists()  # a live-looking claim of another host is not this run's to remove
+
+
 def _cli_run(out: Path, *extra: str) -> list[str]:
     return [CLI, "run", "--methods", ",".join(FAST), "--n-cells", "300", "--n-genes", "60", "--folds", "0",
             "--device", "cpu", "--no-report", "--out", str(out), *extra]
