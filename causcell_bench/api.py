@@ -100,7 +100,7 @@ def benchmark(
     """
     from causcell_bench.config import RunConfig
     from causcell_bench.datasets.loaders import as_edges
-    from causcell_bench.leaderboard import build_report, scores, status_table, summarize, tidy_table
+    from causcell_bench.leaderboard import build_report, part_table, scores, status_table, summarize, tidy_table
     from causcell_bench.registry import resolve_methods
     from causcell_bench.runner import run_grid
     from causcell_bench.store import read_run
@@ -144,5 +144,5 @@ def benchmark(
     summary = summarize(tidy)
     files = build_report(run_dir) if report else {}
     # the report already computed the scores (its bootstrap is the slow part): read them back
-    score_table = pd.read_csv(files["scores"]) if "scores" in files else scores(summary, tidy=tidy)
+    score_table = pd.read_csv(files["scores"]) if "scores" in files else scores(summary, tidy=tidy, parts=part_table(records))
     return BenchmarkResult(run_dir, tidy, summary, score_table, status_table(records), files)

@@ -57,6 +57,10 @@ class RunConfig(BaseModel):
     cf_concept: str | None = Field(
         default=None, description="concept the OOD held-out population task intervenes on (default: the "
         "spec's perturbation, else every concept in turn)")
+    # not in the cell hash: the parts change no metric, they only add the within-fold rank intervals
+    cell_parts: int = Field(
+        default=5, ge=0, description="when a setting runs one fold x seed, its test cells are also scored in "
+        "this many parts, which stand in for folds in the leaderboard's rank bootstrap (0 or 1: off)")
 
     @field_validator("datasets", "methods", "settings", "folds", "seeds")
     @classmethod
@@ -87,6 +91,10 @@ class RunConfig(BaseModel):
     def folds_of(self, setting: str) -> list[int]:
         """The fold indices a setting runs: HOLDOUT has one fold (0), the others :meth:`fold_indices`."""
         return [0] if setting == "HOLDOUT" else self.fold_indices()
+
+    def single_unit(self, setting: str) -> bool:
+        """Whether ``setting`` runs one fold x seed only (then rank intervals come from cell parts)."""
+        return len(self.folds_of(setting)) * len(self.seeds) == 1
 
     def fold_indices(self) -> list[int]:
         if self.folds is None:

@@ -102,3 +102,19 @@ def test_cf_concept_overrides_and_no_perturbation_scores_each_concept(ood_fold) 
     plain = spec.model_copy(update={"perturbation": None})
     _, scores = _spy_calls(train, test, plain, split.held_out)
     assert any(k.startswith("edist:") for k in scores) and "edist" not in scores
+
+
+def test_cell_parts_are_disjoint_cover_the_fold_and_keep_its_label_mix(ood_fold) -> None:
+    _, test, spec, _ = ood_fold
+    parts = evaluation.cell_parts(test.obs, spec.concepts, 5, seed=0)
+    assert len(parts) == 5
+    allcells = np.concatenate(parts)
+    assert np.array_equal(np.sort(allcells), np.arange(test.n_obs))  # disjoint and complete
+    assert max(p.size for p in parts) - min(p.size for p in parts) <= 1
+    for c in spec.concepts:
+        whole = test.obs[c].astype(str).value_counts(normalize=True)
+        for p in parts:
+            share = test.obs[c].astype(str).iloc[p].value_counts(normalize=True).reindex(whole.index, fill_value=0)
+            assert np.abs(share - whole).max() < 0.1
+    assert evaluation.cell_parts(test.obs.iloc[:40], spec.concepts, 5, seed=0) == []  # under 20 cells a part
+    assert evaluation.cell_parts(test.obs, spec.concepts, 1, seed=0) == []

@@ -72,6 +72,21 @@ def test_grid_runs_records_and_reports(tmp_path: Path) -> None:
     assert "scVI *" in md and "positive_control" in md
 
 
+def test_one_fold_is_also_scored_in_cell_parts_and_several_are_not(tmp_path: Path) -> None:
+    outcomes = run_grid(small_config(settings=["OOD"]), tmp_path / "one", progress=False, log=lambda s: None)
+    recs = {o.key.method: ResultStore(tmp_path / "one").read(o.key) for o in outcomes}
+    parts = recs["positive_control"]["part_metrics"]
+    assert len(parts) == 5 and set(parts[0]) == set(recs["positive_control"]["metrics"])
+    assert all(p["pcc"] > 0.999 for p in parts)  # the real cells themselves, in every part
+    assert np.mean([p["pcc"] for p in recs["negative_control"]["part_metrics"]]) == pytest.approx(
+        recs["negative_control"]["metrics"]["pcc"], abs=0.02)  # a per-cell mean: parts average to the fold
+    assert len(recs["negative_control"]["part_metrics"]) == 5
+    two = run_grid(small_config(settings=["OOD"], folds=[0, 1]), tmp_path / "two", progress=False, log=lambda s: None)
+    assert all("part_metrics" not in ResultStore(tmp_path / "two").read(o.key) for o in two)
+    off = run_grid(small_config(settings=["OOD"], cell_parts=0), tmp_path / "off", progress=False, log=lambda s: None)
+    assert all("part_metrics" not in ResultStore(tmp_path / "off").read(o.key) for o in off)
+
+
 def test_failing_method_is_recorded_and_grid_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from causcell_bench.methods.controls import NegativeControl
 

@@ -226,3 +226,20 @@ def test_uninformative_lists_metrics_a_trivial_reference_wins() -> None:
     u = uninformative(summary)
     # group_mean beats every method on cf_pcc; no_change's perfect pcc is the input itself, not evidence
     assert list(zip(u["metric"], u["reference"])) == [("cf_pcc", "group_mean")]
+
+
+def test_one_fold_gets_intervals_from_its_cell_parts() -> None:
+    metrics = lambda v: {"acc:age": v, "pcc": v, "cf_pcc": v}
+    values = {"positive_control": metrics(1.0), "negative_control": metrics(0.0), "far": metrics(0.9),
+              "twin1": metrics(0.5), "twin2": metrics(0.5)}
+    tidy, summary = _summary(values)  # one fold x seed: no folds to resample
+    assert np.isnan(scores(summary, tidy=tidy).set_index("method").at["far", "rank_lo"])
+    parts, _ = _summary(values, folds=5, noise=0.05, seed=1)
+    parts = parts.rename(columns={"fold": "part"}).assign(fold=0)
+    sc = scores(summary, tidy=tidy, parts=parts, n_boot=100).set_index("method")
+    assert sc.at["far", "rank"] == 1 and sc.at["far", "rank_hi"] == 1
+    assert "twin2" in sc.at["twin1", "tied"] and "far" not in sc.at["twin1", "tied"]
+    assert sc.at["far", "rank_basis"] == "5 cell parts of one fold" and sc.at["negative_control", "rank_basis"] == ""
+    # a method without parts (a record from before they existed) would shift the others' ranks: none are used
+    no_twin2 = scores(summary, tidy=tidy, parts=parts[parts["method"] != "twin2"], n_boot=20).set_index("method")
+    assert np.isnan(no_twin2.at["far", "rank_lo"]) and no_twin2.at["far", "rank_basis"] == ""

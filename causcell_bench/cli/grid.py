@@ -75,6 +75,8 @@ def run(
                        "fold, e.g. 'condition=stimulated,cell_type=CD4T' (repeatable)")] = None,
     cf_concept: Annotated[str | None, typer.Option(help="concept the held-out population task intervenes on "
                           "(default: the spec's perturbation, else each concept in turn)")] = None,
+    cell_parts: Annotated[int, typer.Option(help="with one fold x seed, also score the test cells in this many "
+                          "parts for the leaderboard's rank intervals (0: off)")] = 5,
     retry_failed: Annotated[bool, typer.Option(help="rerun cells recorded as failed")] = False,
     report: Annotated[bool, typer.Option(help="build the leaderboard when the grid is done")] = True,
     claim_timeout: Annotated[float, typer.Option(help="hours after which another process's claim on a cell "
@@ -94,6 +96,8 @@ def run(
     check_at_least(n_folds, "--n-folds", 2)
     check_at_least(jobs, "--jobs")
     check_data_options(n_cells, n_genes, n_hvg, data_dir)
+    if cell_parts < 0:
+        raise BenchError(f"--cell-parts {cell_parts}: give 0 (off) or a number of parts such as 5")
     if claim_timeout <= 0:
         raise BenchError(f"--claim-timeout {claim_timeout}: give a positive number of hours")
     fold_list = parse_ints(folds, "--folds", high=n_folds - 1) if folds is not None else None
@@ -118,6 +122,7 @@ def run(
         edges=parse_edges(dag) if dag is not None else None, n_hvg=n_hvg,
         data_dir=str(data_dir) if data_dir else None, probe=probe,  # type: ignore[arg-type]
         holdout=[parse_holdout(h) for h in holdout] if holdout else None, cf_concept=cf_concept,
+        cell_parts=cell_parts,
     )
     config = config.model_copy(update={
         "method_params": check_method_params(config.method_params, config.methods, config.preset)})

@@ -23,6 +23,7 @@ Capabilities -> scorers (:func:`fit_and_score`):
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 MAX_CF_CELLS = 2000  # cells intervened on per fold (seeded subsample): bounds generation time
 MAX_POPULATION = 500  # cells per held-out / source population
 MIN_POPULATION = 5
+MIN_CELLS_PER_PART = 20  # below, a part's scores are too noisy to stand in for a fold
 
 
 def fit_and_score(config: RunConfig, key: CellKey, method: Method, train: AnnData, test: AnnData, spec: DatasetSpec,
@@ -53,41 +55,78 @@ def fit_and_score(config: RunConfig, key: CellKey, method: Method, train: AnnDat
     method.fit(train, spec, seed=key.seed)
     t["fit_s"] = time.perf_counter() - t0
 
-    values: dict[str, float] = {}
     na: list[str] = []
+    emb = gen = truth = populations = None
     if caps.embedding != "none":
         t0 = time.perf_counter()
-        emb_train, emb_test = method.embed(train), method.embed(test)
+        emb = method.embed(train), method.embed(test)
         t["embed_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        ancestors = {c: [a for a in spec.concepts if c in spec.descendants(a)] for c in spec.concepts}
-        values.update(M.score_disentanglement(
-            emb_train, train.obs, emb_test, test.obs, spec.concepts, spec.fine_labels,
-            probe=config.probe, seed=key.seed, ancestors=ancestors if spec.edges else None,
-        ))
-        t["score_disentanglement_s"] = time.perf_counter() - t0
     else:
         na.append("disentanglement")
     if caps.reconstruct:
         t0 = time.perf_counter()
         gen = method.generate(test, seed=key.seed)
         t["generate_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        values.update(M.score_reconstruction(test.X, gen, test.obs, spec.concepts, list(test.var_names), seed=key.seed))
-        t["score_reconstruction_s"] = time.perf_counter() - t0
     else:
         na.append("reconstruction")
     if caps.counterfactual and config.counterfactual:
         t0 = time.perf_counter()
         if has_truth(test):
-            values.update(score_against_truth(
-                method, train, test, spec, seed=key.seed, factual=gen if caps.reconstruct else None))
+            truth = truth_outputs(method, train, test, spec, seed=key.seed, factual=gen)
         if key.setting in ("OOD", "HOLDOUT") and split.held_out:
-            values.update(score_heldout_populations(
-                method, train, test, spec, split.held_out, seed=key.seed, cf_concept=config.cf_concept))
-        t["counterfactual_s"] = time.perf_counter() - t0
+            populations = heldout_outputs(method, train, test, spec, split.held_out, seed=key.seed,
+                                          cf_concept=config.cf_concept)
+        t["counterfactual_s"] = time.perf_counter() - t0  # generation; its scoring: score_counterfactual_s
     else:
         na.append("counterfactual")
+
+    def score(rows: np.ndarray | None, timed: bool) -> dict[str, float]:
+        """Every metric on the test cells ``rows`` (None: all of them) from the outputs above."""
+        values: dict[str, float] = {}
+        sub = test if rows is None else test[rows]
+        if emb is not None:
+            t0 = time.perf_counter()
+            emb_test = emb[1] if rows is None else {k: np.asarray(v)[rows] for k, v in emb[1].items()}
+            ancestors = {c: [a for a in spec.concepts if c in spec.descendants(a)] for c in spec.concepts}
+            values.update(M.score_disentanglement(
+                emb[0], train.obs, emb_test, sub.obs, spec.concepts, spec.fine_labels,
+                probe=config.probe, seed=key.seed, ancestors=ancestors if spec.edges else None,
+            ))
+            if timed:
+                t["score_disentanglement_s"] = time.perf_counter() - t0
+        if gen is not None:
+            t0 = time.perf_counter()
+            values.update(M.score_reconstruction(sub.X, gen if rows is None else gen[rows], sub.obs, spec.concepts,
+                                                 list(test.var_names), seed=key.seed))
+            if timed:
+                t["score_reconstruction_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if truth is not None:
+            values.update(score_truth(truth, rows))
+        if populations is not None:
+            values.update(score_heldout(populations, test, rows, seed=key.seed))
+        if timed and (truth is not None or populations is not None):
+            t["score_counterfactual_s"] = time.perf_counter() - t0
+        return values
+
+    values = score(None, timed=True)
+    part_metrics = None
+    parts = cell_parts(test.obs, spec.concepts, config.cell_parts, key.seed) \
+        if config.cell_parts >= 2 and config.single_unit(key.setting) else []
+    extra: dict[str, Any] = {}
+    if parts:
+        t0 = time.perf_counter()
+        try:
+            part_metrics = []
+            for rows in parts:
+                pm = score(rows, timed=False)
+                # a label too rare to reach every part makes that part's metric unmeasurable
+                part_degenerate = M.degenerate_metrics(test.obs.iloc[rows], spec.concepts, spec.fine_labels)
+                part_metrics.append({m: (float("nan") if m in part_degenerate else v) for m, v in pm.items()})
+        except Exception as e:  # noqa: BLE001 - the parts only add rank intervals: never fail the cell for them
+            part_metrics = None
+            extra["part_metrics_error"] = f"{type(e).__name__}: {e}"
+        t["score_parts_s"] = time.perf_counter() - t0
     degenerate = M.degenerate_metrics(test.obs, spec.concepts, spec.fine_labels)
     if values.get("n_populations") == 1.0 and "pop_rank" in values:
         degenerate["pop_rank"] = "degenerate: one held-out population (a rank needs two)"
@@ -97,6 +136,9 @@ def fit_and_score(config: RunConfig, key: CellKey, method: Method, train: AnnDat
         "metrics": values, "na": na, "timings": t, "degenerate": degenerate, "kind": getattr(cls, "kind", "method"),
         "n_train": int(train.n_obs), "n_test": int(test.n_obs), "n_genes": int(train.n_vars),
         "capabilities": caps.as_dict(),
+        **({"part_metrics": [{**pm, **{m: float("nan") for m in degenerate if m in pm}} for pm in part_metrics]}
+           if part_metrics else {}),
+        **extra,
     }
 
 def has_truth(adata: AnnData) -> bool:
@@ -111,10 +153,24 @@ def intervention_concept(spec: DatasetSpec) -> str:
     return spec.concepts[0]
 
 
-def score_against_truth(method: Method, train: AnnData, test: AnnData, spec: DatasetSpec, *, seed: int,
-                        factual: np.ndarray | None = None) -> dict[str, float]:
-    """Per-cell counterfactual metrics against the simulator's truth (``cf_pcc``, ``cf_mse``,
-    ``effect_pcc``, ``causal_acc:<descendant>``), pooled over all target values."""
+@dataclass
+class TruthOutputs:
+    """A method's counterfactuals of the test cells against the simulator's truth, stacked over the
+    target values; ``cells[i]``: the test cell (position) that row i came from."""
+
+    pred_cf: np.ndarray
+    true_cf: np.ndarray
+    pred_fac: np.ndarray
+    true_fac: np.ndarray
+    cells: np.ndarray
+    descendant_labels: dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def truth_outputs(method: Method, train: AnnData, test: AnnData, spec: DatasetSpec, *, seed: int,
+                  factual: np.ndarray | None = None) -> TruthOutputs | None:
+    """do(parent = v) for every value v of :func:`intervention_concept` on the test cells whose value
+    differs (a seeded subsample of at most MAX_CF_CELLS), with the simulator's exact counterfactuals and
+    a real-cell classifier's labels for each descendant; None when no cell can be intervened on."""
     from causcell_bench import metrics as M
     from causcell_bench.datasets import true_counterfactual
 
@@ -126,7 +182,7 @@ def score_against_truth(method: Method, train: AnnData, test: AnnData, spec: Dat
     sub = test[cells]
     pred_fac = factual[cells] if factual is not None else method.generate(sub, seed=seed)
     labels = sub.obs[concept].astype(str).to_numpy()
-    parts: dict[str, list[Any]] = {"pred_cf": [], "true_cf": [], "pred_fac": [], "true_fac": []}
+    parts: dict[str, list[Any]] = {"pred_cf": [], "true_cf": [], "pred_fac": [], "true_fac": [], "cells": []}
     true_desc: dict[str, list[np.ndarray]] = {d: [] for d in spec.descendants(concept)}
     for value in method.categories_[concept]:
         rows = np.flatnonzero(labels != value)
@@ -138,17 +194,37 @@ def score_against_truth(method: Method, train: AnnData, test: AnnData, spec: Dat
         parts["true_cf"].append(x_cf)
         parts["pred_fac"].append(pred_fac[rows])
         parts["true_fac"].append(x_fac)
-        for d in true_desc:
-            true_desc[d].append(obs_cf[d].astype(str).to_numpy())
+        parts["cells"].append(cells[rows])
+        for d, chunks in true_desc.items():
+            chunks.append(obs_cf[d].astype(str).to_numpy())
     if not parts["pred_cf"]:
-        return {}
-    stacked = {k: np.vstack(v) for k, v in parts.items()}
+        return None
+    stacked = {k: (np.concatenate(v) if k == "cells" else np.vstack(v)) for k, v in parts.items()}
     descendant_labels = {}
     for d, chunks in true_desc.items():
         predicted = M.predict_labels(train.X, train.obs[d].astype(str).to_numpy(), stacked["pred_cf"], seed=seed)
         descendant_labels[d] = (np.asarray(predicted).astype(str), np.concatenate(chunks))
-    return M.score_counterfactual(stacked["pred_cf"], stacked["true_cf"], stacked["pred_fac"], stacked["true_fac"],
-                                  descendant_labels=descendant_labels or None)
+    return TruthOutputs(**stacked, descendant_labels=descendant_labels)
+
+
+def score_truth(out: TruthOutputs, rows: np.ndarray | None = None) -> dict[str, float]:
+    """Per-cell counterfactual metrics (``cf_pcc``, ``cf_mse``, ``effect_pcc``, ``causal_acc:<descendant>``)
+    of :func:`truth_outputs`, pooled over all target values; ``rows``: only these test cells."""
+    from causcell_bench import metrics as M
+
+    keep = np.ones(out.cells.size, dtype=bool) if rows is None else np.isin(out.cells, rows)
+    if not keep.any():
+        return {}
+    return M.score_counterfactual(out.pred_cf[keep], out.true_cf[keep], out.pred_fac[keep], out.true_fac[keep],
+                                  descendant_labels={d: (p[keep], t[keep]) for d, (p, t) in
+                                                     out.descendant_labels.items()} or None)
+
+
+def score_against_truth(method: Method, train: AnnData, test: AnnData, spec: DatasetSpec, *, seed: int,
+                        factual: np.ndarray | None = None) -> dict[str, float]:
+    """Per-cell counterfactual metrics against the simulator's truth (:func:`truth_outputs`, :func:`score_truth`)."""
+    out = truth_outputs(method, train, test, spec, seed=seed, factual=factual)
+    return {} if out is None else score_truth(out)
 
 
 def _matches(adata: AnnData, labels: dict[str, str]) -> np.ndarray:
@@ -172,25 +248,29 @@ def cf_concepts(spec: DatasetSpec, override: str | None = None) -> list[str]:
     return list(spec.concepts)
 
 
-def score_heldout_populations(method: Method, train: AnnData, test: AnnData, spec: DatasetSpec,
-                              held_out: list[dict[str, str]], *, seed: int,
-                              cf_concept: str | None = None) -> dict[str, float]:
-    """Population-level scores of predicted vs real held-out populations (:func:`metrics.score_populations`).
+@dataclass
+class Population:
+    """One held-out population: the prediction from its source cells, its real test cells (positions)."""
 
-    For a held-out combination h and the intervened concept c (:func:`cf_concepts`), the source
-    population is the training cells equal to h on every other concept whose c differs from h[c]
-    (for do(condition = stimulated) on a held-out (stimulated, CD4T): the control CD4T cells, the
-    classic scGen test); the intervention sets c and holds c's descendants at their held-out labels,
-    so the prediction targets exactly h. With one intervened concept the metrics carry plain names;
-    when every concept is scored in turn they are qualified by it (``edist:condition``).
+    pred: np.ndarray
+    real_cells: np.ndarray
+    source: Any
+
+
+def heldout_outputs(method: Method, train: AnnData, test: AnnData, spec: DatasetSpec,
+                    held_out: list[dict[str, str]], *, seed: int,
+                    cf_concept: str | None = None) -> dict[str, list[Population]]:
+    """Per intervened concept (:func:`cf_concepts`), the predicted held-out populations.
+
+    For a held-out combination h and the intervened concept c, the source population is the training
+    cells equal to h on every other concept whose c differs from h[c] (for do(condition = stimulated)
+    on a held-out (stimulated, CD4T): the control CD4T cells, the classic scGen test); the intervention
+    sets c and holds c's descendants at their held-out labels, so the prediction targets exactly h.
     """
-    from causcell_bench import metrics as M
-
-    concepts = cf_concepts(spec, cf_concept)
-    out: dict[str, float] = {}
-    for c in concepts:
+    out: dict[str, list[Population]] = {}
+    for c in cf_concepts(spec, cf_concept):
         rng = np.random.default_rng(seed)
-        preds, reals, sources = [], [], []
+        pops = out.setdefault(c, [])
         for combo in held_out:
             real_mask = _matches(test, combo)
             if real_mask.sum() < MIN_POPULATION or c not in combo:
@@ -205,13 +285,62 @@ def score_heldout_populations(method: Method, train: AnnData, test: AnnData, spe
             real_idx = _cap(np.flatnonzero(real_mask), rng)
             do = {c: str(combo[c]), **{d: str(combo[d]) for d in spec.descendants(c) if d in combo}}
             source = train[src_idx]
-            preds.append(method.generate(source, do=do, seed=seed))
-            reals.append(test.X[real_idx])
-            sources.append(source.X)
+            pops.append(Population(method.generate(source, do=do, seed=seed), real_idx, source.X))
+    return out
+
+
+def score_heldout(populations: dict[str, list[Population]], test: AnnData, rows: np.ndarray | None = None, *,
+                  seed: int) -> dict[str, float]:
+    """Population-level scores (:func:`metrics.score_populations`) of :func:`heldout_outputs`; with ``rows``
+    each real population keeps only those test cells (populations left under MIN_POPULATION are dropped).
+    With one intervened concept the metrics carry plain names; when every concept is scored in turn
+    they are qualified by it (``edist:condition``)."""
+    from causcell_bench import metrics as M
+
+    out: dict[str, float] = {}
+    for c, pops in populations.items():
+        preds, reals, sources = [], [], []
+        for pop in pops:
+            real = pop.real_cells if rows is None else pop.real_cells[np.isin(pop.real_cells, rows)]
+            if real.size < MIN_POPULATION:
+                continue
+            preds.append(pop.pred)
+            reals.append(test.X[real])
+            sources.append(pop.source)
         scores = M.score_populations(preds, reals, sources, list(test.var_names), seed=seed)
-        suffix = "" if len(concepts) == 1 else f":{c}"
+        suffix = "" if len(populations) == 1 else f":{c}"
         out.update({f"{k}{suffix}": v for k, v in scores.items()})
     return out
+
+
+def score_heldout_populations(method: Method, train: AnnData, test: AnnData, spec: DatasetSpec,
+                              held_out: list[dict[str, str]], *, seed: int,
+                              cf_concept: str | None = None) -> dict[str, float]:
+    """Population-level scores of predicted vs real held-out populations (:func:`heldout_outputs`,
+    :func:`score_heldout`)."""
+    pops = heldout_outputs(method, train, test, spec, held_out, seed=seed, cf_concept=cf_concept)
+    return score_heldout(pops, test, seed=seed)
+
+
+def cell_parts(obs: Any, concepts: list[str], k: int, seed: int) -> list[np.ndarray]:
+    """``k`` disjoint parts of the test cells (positions, sorted), each with the fold's mix of concept
+    combinations: the cells of every combination are shuffled (seeded) and dealt round-robin.
+
+    The parts are scored separately so that the leaderboard can give rank intervals when a single fold
+    and seed ran (the parts stand in for folds in its bootstrap). Empty when there are fewer than
+    MIN_CELLS_PER_PART cells per part."""
+    n = len(obs)
+    if k < 2 or n < k * MIN_CELLS_PER_PART:
+        return []
+    rng = np.random.default_rng(seed)
+    combos = obs[list(concepts)].astype(str).agg("|".join, axis=1).to_numpy()
+    which = np.empty(n, dtype=int)
+    offset = 0
+    for combo in np.unique(combos):
+        idx = rng.permutation(np.flatnonzero(combos == combo))
+        which[idx] = (offset + np.arange(idx.size)) % k
+        offset += idx.size  # continue the deal where the last combination stopped: parts stay even
+    return [np.flatnonzero(which == j) for j in range(k)]
 
 
 def _cap(idx: np.ndarray, rng: np.random.Generator) -> np.ndarray:

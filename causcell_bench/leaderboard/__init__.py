@@ -39,6 +39,7 @@ from causcell_bench.leaderboard.tables import (
     SUMMARY_META,
     degenerate_table,
     headline,
+    part_table,
     status_table,
     summarize,
     tidy_table,
@@ -48,5 +49,5 @@ __all__ = [
     "CATEGORY_ORDER", "CONTROL_NAMES", "DEFAULT_TOLERANCE", "EMBEDDING_FLAG", "GROUP_ORDER", "HEATMAP_METRICS", "KEYS",
     "NEG", "N_BOOTSTRAP", "POS", "REFERENCE_NAMES", "SUMMARY_META", "build_report", "check", "cross_dataset_overall",
     "degenerate_table", "headline", "heatmap", "kind_by_name", "left_out_lines", "markdown", "overall_label",
-    "scale", "scores", "status_table", "summarize", "tidy_table", "uninformative", "violations", "write_index_html",
+    "part_table", "scale", "scores", "status_table", "summarize", "tidy_table", "uninformative", "violations", "write_index_html",
 ]

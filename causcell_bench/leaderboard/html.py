@@ -40,7 +40,7 @@ CATEGORY_COLOUR = {"disentanglement": "#3a7dbf", "fidelity": "#d0533c", "realism
                    "counterfactual": "#3d9a50", "other": "#7f7f7f"}
 # score_table columns with a fixed place in the scores table; any other column is shown after them
 _SCORE_KNOWN = {*KEYS, "embedding", "note", "kind", "overall", "overall_sd", "rank", "rank_lo", "rank_hi",
-                "tied", *GROUP_ORDER, *CATEGORIES}
+                "rank_basis", "tied", *GROUP_ORDER, *CATEGORIES}
 
 
 # --- small helpers -----------------------------------------------------------
@@ -210,9 +210,12 @@ def _rank_cell(r: pd.Series) -> str:
     lo, hi = r.get("rank_lo"), r.get("rank_hi")
     if finite(lo) and finite(hi):
         text += f' <span class="sd">[{float(lo):.0f}–{float(hi):.0f}]</span>'
-    tied = r.get("tied")
-    title = f' title="tied with {_e(tied)}"' if isinstance(tied, str) and tied else ""
-    return f'<td class="num" data-v="{float(rank)!r}"{title}>{text}{" ≈" if title else ""}</td>'
+    tied, basis = r.get("tied"), r.get("rank_basis")
+    about = [f"95% interval over {basis}"] if isinstance(basis, str) and basis else []
+    about += [f"tied with {tied}"] if isinstance(tied, str) and tied else []
+    title = f' title="{_e("; ".join(about))}"' if about else ""
+    mark = " ≈" if isinstance(tied, str) and tied else ""
+    return f'<td class="num" data-v="{float(rank)!r}"{title}>{text}{mark}</td>'
 
 
 def _scores_table(sc: pd.DataFrame, order: list[str], kinds: Mapping[str, str]) -> str:

@@ -81,8 +81,9 @@ def markdown(summary: pd.DataFrame, score_table: pd.DataFrame, status: pd.DataFr
          "1 = positive control, clipped) averaged within the categories disentanglement, fidelity "
          "(per-cell: trend, geometry, marker), realism (distribution per concept combination) and "
          "counterfactual, then over categories; ± its sd over folds. `rank` is among ranked methods "
-         "only, with a 95% bootstrap interval over folds x seeds when there are several; methods whose "
-         "intervals overlap are tied. n/a: the method cannot produce that output; a degenerate metric "
+         "only, with a 95% bootstrap interval over folds x seeds when there are several (with one fold and "
+         "seed, over parts of its test cells scored separately: see `rank_basis` in scores.csv); methods "
+         "whose intervals overlap are tied. n/a: the method cannot produce that output; a degenerate metric "
          "(listed below) is left out."),
         ("† label-lookup embeddings (identical within a label): not ranked on disentanglement. "
          "* one shared latent for every concept: the probe measures informativeness, not disentanglement. "

@@ -13,7 +13,7 @@ from causcell_bench.leaderboard.common import KEYS
 from causcell_bench.leaderboard.html import write_index_html
 from causcell_bench.leaderboard.rendering import heatmap, markdown
 from causcell_bench.leaderboard.scoring import scores, uninformative, violations
-from causcell_bench.leaderboard.tables import degenerate_table, status_table, summarize, tidy_table
+from causcell_bench.leaderboard.tables import degenerate_table, part_table, status_table, summarize, tidy_table
 from causcell_bench.store import RunContents, read_run
 
 
@@ -30,7 +30,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, figure:
     records = contents.records  # readable and current: unreadable and stale cells are left out, and listed
     tidy, status = tidy_table(records), status_table(records, contents.claims)
     summary = summarize(tidy)
-    score_table = scores(summary, tidy=tidy)
+    score_table = scores(summary, tidy=tidy, parts=part_table(records))
     viol, degenerate, uninf = violations(summary), degenerate_table(records), uninformative(summary)
     paths = {
         "results": out / "results.csv", "summary": out / "summary.csv", "scores": out / "scores.csv",

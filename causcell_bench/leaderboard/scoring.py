@@ -116,8 +116,8 @@ def uninformative(summary: pd.DataFrame, references: Iterable[str] = ("no_change
                                        "best_method", "best_value"])
 
 
-def scores(summary: pd.DataFrame, *, tidy: pd.DataFrame | None = None, n_boot: int = N_BOOTSTRAP,
-           seed: int = 0) -> pd.DataFrame:
+def scores(summary: pd.DataFrame, *, tidy: pd.DataFrame | None = None, parts: pd.DataFrame | None = None,
+           n_boot: int = N_BOOTSTRAP, seed: int = 0) -> pd.DataFrame:
     """Control-scaled scores per group, per category and overall, per (dataset, method, setting).
 
     ``overall`` is the mean over categories (disentanglement, fidelity, realism, counterfactual) of
@@ -127,17 +127,20 @@ def scores(summary: pd.DataFrame, *, tidy: pd.DataFrame | None = None, n_boot: i
     overall, marked ``complete = False``, and gets no rank. Controls and references are shown, never
     ranked. With ``tidy`` holding several folds or seeds, ``rank_lo``/``rank_hi`` give a 95% bootstrap
     interval of each ranked method's rank (folds x seeds resampled ``n_boot`` times) and ``tied``
-    lists the neighbours whose intervals overlap.
+    lists the neighbours whose intervals overlap. With a single fold x seed, ``parts``
+    (:func:`~causcell_bench.leaderboard.tables.part_table`: the fold's test cells scored in disjoint
+    parts) stands in for the folds: the bootstrap resamples parts, the mean of K parts of n/K cells
+    varying about as much as the score of the n cells. ``rank_basis`` says which was resampled.
     """
     groups, categories = _metrics.GROUPS, _metrics.CATEGORIES
     base = _scores_once(summary)
     if base.empty:
         return base
     if tidy is not None and not tidy.empty:
-        base = _bootstrap_ranks(base, tidy, n_boot=n_boot, seed=seed)
+        base = _bootstrap_ranks(base, tidy, parts, n_boot=n_boot, seed=seed)
     cols = [*KEYS, "kind", "embedding", *[g for g in groups if g in base.columns],
             *[c for c in categories if c in base.columns], "overall", "overall_sd", "complete", "rank",
-            "rank_lo", "rank_hi", "tied", "note"]
+            "rank_lo", "rank_hi", "rank_basis", "tied", "note"]
     return base[[c for c in dict.fromkeys(cols) if c in base.columns]]
 
 
@@ -191,11 +194,14 @@ def _scores_once(summary: pd.DataFrame) -> pd.DataFrame:
     return per_group.reset_index()
 
 
-def _bootstrap_ranks(base: pd.DataFrame, tidy: pd.DataFrame, *, n_boot: int, seed: int) -> pd.DataFrame:
-    """Add ``overall_sd`` (sd of the overall over folds x seeds) and, with at least two units,
-    ``rank_lo``/``rank_hi`` (2.5/97.5% of bootstrap ranks) and ``tied``."""
+def _bootstrap_ranks(base: pd.DataFrame, tidy: pd.DataFrame, parts: pd.DataFrame | None, *, n_boot: int,
+                     seed: int) -> pd.DataFrame:
+    """Add ``overall_sd`` (sd of the overall over folds x seeds) and, with at least two units (folds x
+    seeds, else cell parts), ``rank_lo``/``rank_hi`` (2.5/97.5% of bootstrap ranks), ``rank_basis`` and
+    ``tied``."""
     base = base.copy()
     units = tidy[["fold", "seed"]].drop_duplicates().to_records(index=False).tolist()
+    base["rank_basis"] = "folds x seeds"
     per_unit = []
     for fold, sd in units:
         one = _scores_once(summarize(tidy[(tidy["fold"] == fold) & (tidy["seed"] == sd)]))
@@ -206,7 +212,19 @@ def _bootstrap_ranks(base: pd.DataFrame, tidy: pd.DataFrame, *, n_boot: int, see
         base["overall_sd"] = np.nan
     base["rank_lo"] = base["rank_hi"] = np.nan
     base["tied"] = ""
+    if len(units) < 2 and parts is not None and not parts.empty:
+        # only blocks where every method has its parts: a missing one would shift the others' ranks
+        have = parts.groupby(["dataset", "setting"])["method"].agg(frozenset)
+        need = tidy.groupby(["dataset", "setting"])["method"].agg(frozenset)
+        whole = [k for k, v in have.items() if need.get(k) == v]
+        parts = parts[pd.MultiIndex.from_frame(parts[["dataset", "setting"]]).isin(whole)]
+    if len(units) < 2 and parts is not None and parts["part"].nunique() >= 2:
+        # one fold x seed: its cell parts are the units (relabelled as folds for summarize)
+        tidy = parts.assign(fold=parts["part"], seed=0).drop(columns="part")
+        units = tidy[["fold", "seed"]].drop_duplicates().to_records(index=False).tolist()
+        base["rank_basis"] = f"{len(units)} cell parts of one fold"
     if len(units) < 2:
+        base["rank_basis"] = ""
         return base
     rng = np.random.default_rng(seed)
     unit_rows = {u: tidy[(tidy["fold"] == u[0]) & (tidy["seed"] == u[1])] for u in units}
@@ -223,6 +241,7 @@ def _bootstrap_ranks(base: pd.DataFrame, tidy: pd.DataFrame, *, n_boot: int, see
         got = boots.get((r["dataset"], r["method"], r["setting"]))
         if got and np.isfinite(r["rank"]):
             base.loc[i, "rank_lo"], base.loc[i, "rank_hi"] = np.percentile(got, [2.5, 97.5])
+    base.loc[~np.isfinite(base["rank_lo"].astype(float)), "rank_basis"] = ""  # says what an interval rests on
     for (dataset, setting), block in base.groupby(["dataset", "setting"], sort=False):
         ranked = block[np.isfinite(block["rank"].astype(float))]
         for i, r in ranked.iterrows():

@@ -1,5 +1,6 @@
 """The leaderboard's tables from cell records: one row per metric value (:func:`tidy_table`), per
-cell (:func:`status_table`) and per unmeasurable metric (:func:`degenerate_table`); fold means
+cell (:func:`status_table`), per metric of a part of a fold's cells (:func:`part_table`) and per
+unmeasurable metric (:func:`degenerate_table`); fold means
 (:func:`summarize`) and headline metrics (:func:`headline`).
 """
 
@@ -29,27 +30,39 @@ def _kind(record: dict[str, Any]) -> str:
 
 
 
+_COLS = ["dataset", "method", "setting", "fold", "seed", "metric", "value", "group", "higher_is_better",
+         "aggregate", "embedding", "kind"]
+
+
+def _metric_rows(r: dict[str, Any], metrics: dict[str, Any], **extra: Any) -> list[dict[str, Any]]:
+    emb = (r.get("capabilities") or {}).get("embedding", "none")
+    kind = _kind(r)
+    rows = []
+    for metric, value in (metrics or {}).items():
+        info = _info(metric)
+        rows.append({
+            "dataset": r["dataset"], "method": r["method"], "setting": r["setting"], "fold": r["fold"],
+            "seed": r["seed"], **extra, "metric": metric, "value": np.nan if value is None else float(value),
+            "group": info.group if info else "other",
+            "higher_is_better": info.higher_is_better if info else True,
+            "aggregate": info.aggregate if info else False,
+            "embedding": emb, "kind": kind,
+        })
+    return rows
+
+
 def tidy_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """One row per (dataset, method, setting, fold, seed, metric) of the successful cells."""
-    rows = []
-    for r in records:
-        if r.get("status") != "ok":
-            continue
-        emb = (r.get("capabilities") or {}).get("embedding", "none")
-        kind = _kind(r)
-        for metric, value in (r.get("metrics") or {}).items():
-            info = _info(metric)
-            rows.append({
-                "dataset": r["dataset"], "method": r["method"], "setting": r["setting"], "fold": r["fold"],
-                "seed": r["seed"], "metric": metric, "value": np.nan if value is None else float(value),
-                "group": info.group if info else "other",
-                "higher_is_better": info.higher_is_better if info else True,
-                "aggregate": info.aggregate if info else False,
-                "embedding": emb, "kind": kind,
-            })
-    cols = ["dataset", "method", "setting", "fold", "seed", "metric", "value", "group", "higher_is_better",
-            "aggregate", "embedding", "kind"]
-    return pd.DataFrame(rows, columns=cols)
+    rows = [row for r in records if r.get("status") == "ok" for row in _metric_rows(r, r.get("metrics") or {})]
+    return pd.DataFrame(rows, columns=_COLS)
+
+
+def part_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Like :func:`tidy_table`, from the cells' ``part_metrics`` (the test cells of a single-fold run
+    scored in disjoint parts, see ``grid.evaluate.cell_parts``), with a ``part`` column."""
+    rows = [row for r in records if r.get("status") == "ok"
+            for part, metrics in enumerate(r.get("part_metrics") or []) for row in _metric_rows(r, metrics, part=part)]
+    return pd.DataFrame(rows, columns=[*_COLS[:5], "part", *_COLS[5:]])
 
 
 def degenerate_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
