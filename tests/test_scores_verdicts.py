@@ -243,3 +243,32 @@ def test_one_fold_gets_intervals_from_its_cell_parts() -> None:
     # a method without parts (a record from before they existed) would shift the others' ranks: none are used
     no_twin2 = scores(summary, tidy=tidy, parts=parts[parts["method"] != "twin2"], n_boot=20).set_index("method")
     assert np.isnan(no_twin2.at["far", "rank_lo"]) and no_twin2.at["far", "rank_basis"] == ""
+
+
+def test_a_category_one_setting_lacks_does_not_unrank_the_other() -> None:
+    # realism measured in OOD only (e.g. too few cells per combination in ID): ID still ranks on the rest
+    metrics = lambda v: {"acc:age": v, "pcc": v, "cf_pcc": v}
+    ctrl = {"positive_control": metrics(1.0), "negative_control": metrics(0.0)}
+    tid, _ = _summary({**ctrl, "A": metrics(0.8), "B": metrics(0.4)})
+    tood, _ = _summary({**{k: {**v, "var_ratio": 0.0 if k == "positive_control" else 2.0}
+                           for k, v in ctrl.items()}, "A": {**metrics(0.8), "var_ratio": 0.5},
+                        "B": {**metrics(0.4), "var_ratio": 1.0}})
+    tidy = pd.concat([tid, tood.assign(setting="OOD")], ignore_index=True)
+    sc = scores(summarize(tidy)).set_index(["setting", "method"])
+    assert sc.at[("ID", "A"), "rank"] == 1 and sc.at[("ID", "B"), "rank"] == 2
+    assert sc.at[("OOD", "A"), "rank"] == 1 and sc.at[("ID", "A"), "complete"]
+
+
+def test_a_metric_the_parts_cannot_measure_keeps_its_fold_value() -> None:
+    metrics = lambda v, cf: {"acc:age": v, "pcc": v, "cf_pcc": cf}
+    # A leads only through its counterfactuals: without them B would be first
+    values = {"positive_control": metrics(1.0, 1.0), "negative_control": metrics(0.0, 0.0),
+              "A": metrics(0.5, 1.0), "B": metrics(0.6, 0.2)}
+    tidy, summary = _summary(values)
+    parts, _ = _summary(values, folds=5, noise=0.01, seed=2)
+    parts = parts.rename(columns={"fold": "part"}).assign(fold=0)
+    parts.loc[parts["metric"] == "cf_pcc", "value"] = np.nan  # no part could measure it
+    sc = scores(summary, tidy=tidy, parts=parts, n_boot=50).set_index("method")
+    assert sc.at["A", "rank"] == 1
+    # the counterfactual category stays in the parts' overall at its fold value: A stays first
+    assert (sc.at["A", "rank_lo"], sc.at["A", "rank_hi"], sc.at["B", "rank_lo"]) == (1, 1, 2)

@@ -174,11 +174,17 @@ def _scores_once(summary: pd.DataFrame) -> pd.DataFrame:
             per_group[cat] = per_group[present].mean(axis=1, skipna=True)  # a one-group category keeps its name
             cats.append(cat)
     per_group["overall"] = per_group[cats].mean(axis=1, skipna=True)
-    ranked = per_group["kind"] == "method"
-    required = [c for c in cats if per_group.loc[ranked, c].notna().any()] if ranked.any() else cats
-    per_group["complete"] = per_group[required].notna().all(axis=1) if required else True
-    missing = per_group[required].isna().apply(lambda r: [c for c, m in r.items() if m], axis=1) \
-        if required else pd.Series([[]] * len(per_group), index=per_group.index)
+    # the categories a ranked method must have: those any ranked method of its dataset and setting has
+    per_group["complete"] = True
+    missing = pd.Series([[] for _ in range(len(per_group))], index=per_group.index, dtype=object)
+    for _, idx in per_group.groupby(level=["dataset", "setting"], sort=False).groups.items():
+        block = per_group.loc[idx]
+        ranked = block["kind"] == "method"
+        required = [c for c in cats if block.loc[ranked, c].notna().any()] if ranked.any() else cats
+        gaps = block[required].isna()
+        per_group.loc[idx, "complete"] = ~gaps.any(axis=1)
+        for i in idx:
+            missing.at[i] = [c for c in required if gaps.at[i, c]]
     per_group["rank"] = np.nan
     for (dataset, setting), idx in per_group.groupby(level=["dataset", "setting"], sort=False).groups.items():
         block = per_group.loc[idx]
@@ -220,7 +226,7 @@ def _bootstrap_ranks(base: pd.DataFrame, tidy: pd.DataFrame, parts: pd.DataFrame
         parts = parts[pd.MultiIndex.from_frame(parts[["dataset", "setting"]]).isin(whole)]
     if len(units) < 2 and parts is not None and parts["part"].nunique() >= 2:
         # one fold x seed: its cell parts are the units (relabelled as folds for summarize)
-        tidy = parts.assign(fold=parts["part"], seed=0).drop(columns="part")
+        tidy = _parts_as_folds(tidy, parts)
         units = tidy[["fold", "seed"]].drop_duplicates().to_records(index=False).tolist()
         base["rank_basis"] = f"{len(units)} cell parts of one fold"
     if len(units) < 2:
@@ -250,6 +256,25 @@ def _bootstrap_ranks(base: pd.DataFrame, tidy: pd.DataFrame, parts: pd.DataFrame
             base.loc[i, "tied"] = ", ".join(ties)
     return base
 
+
+
+def _parts_as_folds(tidy: pd.DataFrame, parts: pd.DataFrame) -> pd.DataFrame:
+    """The fold's rows once per part, each value replaced by that part's where the part measured it.
+
+    A metric a part cannot measure (a concept combination with too few cells for realism, a label
+    missing from the part) keeps its whole-fold value in every part: the parts' overall then covers
+    the same categories as the fold's, with no spread from that metric. Only the (dataset, setting)
+    blocks that ``parts`` covers are kept."""
+    keys = ["dataset", "method", "setting", "metric"]
+    blocks = pd.MultiIndex.from_frame(parts[["dataset", "setting"]].drop_duplicates())
+    fold = tidy[pd.MultiIndex.from_frame(tidy[["dataset", "setting"]]).isin(blocks)].drop_duplicates(keys)
+    by_part = parts.set_index([*keys, "part"])["value"]
+    out = []
+    for part in sorted(parts["part"].unique()):
+        own = by_part.xs(part, level="part").reindex(pd.MultiIndex.from_frame(fold[keys])).to_numpy(dtype=float)
+        out.append(fold.assign(value=np.where(np.isfinite(own), own, fold["value"].to_numpy(dtype=float)),
+                               fold=part, seed=0))
+    return pd.concat(out, ignore_index=True)
 
 
 def cross_dataset_overall(score_table: pd.DataFrame) -> pd.DataFrame:
