@@ -292,7 +292,7 @@ ROWS = [  # (key, header, decimals)
     ("pcc_noiseless_10", "PCC vs noiseless, 10", 3),
     ("acc:age", "acc age", 3), ("acc:domain", "acc domain", 3), ("acc:celltype", "acc celltype", 3),
     ("leak_dag", "leak (non-anc.)", 3), ("one_minus_excl_dag", "1 - excl_dag", 3), ("u_leak", "u_leak", 3),
-    ("updates_per_cpu_s", "updates / CPU s", 2), ("gen_cpu_s_per_100", "gen CPU s / 100 cells", 1),
+    ("updates", "updates done", 0), ("updates_per_cpu_s", "updates / CPU s", 2), ("gen_cpu_s_per_100", "gen CPU s / 100 cells", 1),
     ("train_cpu_s", "train CPU s", 0), ("n_parameters", "parameters (M)", 1),
 ]
 
@@ -314,7 +314,8 @@ def markdown(results: dict[str, dict[int, dict[str, float]]], meta: dict[str, An
         f"# CausCell parity: the authors' package vs ours ({meta['n_cells']} cells x {meta['n_genes']} genes, synthetic)",
         "",
         f"Command: `{meta['command']}`", "",
-        f"{meta['steps']} optimizer updates (128 cells each), seed(s) {', '.join(map(str, seeds))} "
+        f"{meta['steps']} optimizer updates (128 cells each; `quick` stops earlier when its validation loss "
+        "stops improving, as its preset does: `updates done`), seed(s) {', '.join(map(str, seeds))} "
         f"({len(seeds)} seed{'s' if len(seeds) > 1 else ''}; "
         + ("mean ± sd over seeds" if len(seeds) > 1 else "single values, no spread") + "), "
         f"{meta['threads']} CPU thread(s), CPU seconds from `time.process_time()`. ID fold 0 of 5: "
