@@ -80,6 +80,9 @@ def fit_and_score(config: RunConfig, key: CellKey, method: Method, train: AnnDat
     else:
         na.append("counterfactual")
 
+    ancestors = {c: [a for a in spec.concepts if c in spec.descendants(a)] for c in spec.concepts} \
+        if spec.edges else None
+
     def score(rows: np.ndarray | None, timed: bool) -> dict[str, float]:
         """Every metric on the test cells ``rows`` (None: all of them) from the outputs above."""
         values: dict[str, float] = {}
@@ -87,10 +90,9 @@ def fit_and_score(config: RunConfig, key: CellKey, method: Method, train: AnnDat
         if emb is not None:
             t0 = time.perf_counter()
             emb_test = emb[1] if rows is None else {k: np.asarray(v)[rows] for k, v in emb[1].items()}
-            ancestors = {c: [a for a in spec.concepts if c in spec.descendants(a)] for c in spec.concepts}
             values.update(M.score_disentanglement(
                 emb[0], train.obs, emb_test, sub.obs, spec.concepts, spec.fine_labels,
-                probe=config.probe, seed=key.seed, ancestors=ancestors if spec.edges else None,
+                probe=config.probe, seed=key.seed, ancestors=ancestors,
             ))
             if timed:
                 t["score_disentanglement_s"] = time.perf_counter() - t0
