@@ -42,7 +42,14 @@ import torch
 from causcell_bench.datasets import load, make_splits, preprocess, true_counterfactual
 from causcell_bench.methods.base import dense_rows
 from causcell_bench.methods.causcell import CausCell, CausCellIND
-from causcell_bench.metrics import pearson_per_cell, predict_labels, score_counterfactual, score_disentanglement
+from causcell_bench.metrics import (
+    pearson_per_cell,
+    predict_labels,
+    realism_scores,
+    score_counterfactual,
+    score_disentanglement,
+)
+from causcell_bench.metrics.expression import combination_labels
 
 ABLATION = "CausCell (paper objective)"
 
@@ -142,9 +149,14 @@ def _ablation_scores(m: Any, train: Any, test: Any, spec: Any, n_eval: int, seed
     gen = m.generate(sub, seed=seed)
     values = [str(v) for v in train.obs["age"].cat.categories]
     cf = _counterfactual(m, train, sub, values, seed, factual=gen)["mean"]
+    # realism per concept combination: what averaging several samples costs (a blur has a small
+    # variance and a large E-distance to the real spread); NaN when no combination has 10 cells
+    real_dist = realism_scores(real, gen, combination_labels(sub.obs, spec.concepts), seed=seed)
     return {
         "pcc": float(pearson_per_cell(real, gen).mean()),
         "mse": float(np.mean((gen - real) ** 2)),
+        "edist_group": real_dist["edist_group"],
+        "var_log2ratio": real_dist["var_log2ratio"],
         "frac_negative": float(np.mean(gen < 0)),
         "probe_acc": float(np.mean([d[f"acc:{c}"] for c in spec.concepts])),
         "exclusivity_dag": float(np.nanmean([d[f"exclusivity_dag:{c}"] for c in spec.concepts])),
@@ -217,6 +229,77 @@ def ablate(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+# How one trained quick model is sampled: encoding (posterior mean or one stochastic draw per pass)
+# x samples averaged (1 or 10). Separates what stochastic encoding does from what averaging does.
+SAMPLING_VARIANTS: dict[str, dict[str, Any]] = {
+    "mean encoding, 1 chain (quick)": {"encode": "mean", "n_samples": 1},
+    "stochastic encoding, 1 pass": {"encode": "sample", "n_encodings": 1, "n_samples": 1},
+    "mean encoding, 10 chains averaged": {"encode": "mean", "n_samples": 10},
+    "stochastic encoding, 10 passes averaged (authors')": {"encode": "sample", "n_encodings": 10, "n_samples": 1},
+}
+SAMPLING_COLS = ["pcc", "edist_group", "var_log2ratio", "probe_acc", "exclusivity_dag", "cf_pcc", "effect_pcc",
+                 "causal_acc", "causal_acc_changed"]
+
+
+def sampling(args: argparse.Namespace) -> dict[str, Any]:
+    """Inference variants of ``quick`` (as the grid trains it) over several seeds (``--seeds``).
+
+    For each seed: simulate the data with that seed, train ``quick`` once, then score every entry of
+    :data:`SAMPLING_VARIANTS` on the same model and cells (per-cell PCC, realism per concept
+    combination, probes, do(age) against the truth). Returns per-seed rows and mean/sd per variant.
+    """
+    seeds = [int(x) for x in args.seeds.split(",")]
+    per_seed: dict[str, dict[str, dict[str, float]]] = {name: {} for name in SAMPLING_VARIANTS}
+    info: dict[str, Any] = {}
+    for seed in seeds:
+        raw, spec = load("synthetic", n_cells=args.n_cells, n_genes=args.n_genes, seed=seed)
+        split = make_splits(raw, spec, "ID", n_folds=5, seed=seed)[0]
+        train, test = preprocess(*split.subset(raw), spec)
+        m = CausCell(preset="quick")
+        c0 = time.process_time()
+        m.fit(train, spec, seed=seed)
+        info[str(seed)] = {"n_train": train.n_obs, "n_test": test.n_obs, "train_cpu_s": time.process_time() - c0,
+                           "updates": int(m.model_.n_updates)}
+        fitted = dict(m.params)
+        for name, over in SAMPLING_VARIANTS.items():
+            m.params.update(over)
+            c1 = time.process_time()
+            row = _ablation_scores(m, train, test, spec, args.n_eval, seed)
+            row["score_cpu_s"] = time.process_time() - c1
+            per_seed[name][str(seed)] = row
+            m.params.clear()
+            m.params.update(fitted)
+            print(f"seed {seed} {name}: " + " ".join(f"{k}={row[k]:.3f}" for k in SAMPLING_COLS), flush=True)
+    def mean_sd(values: list[float]) -> dict[str, float]:
+        v = np.asarray(values, dtype=float)
+        v = v[~np.isnan(v)]  # a metric a seed cannot measure (too few cells per combination)
+        return {"mean": float(v.mean()) if v.size else float("nan"),
+                "sd": float(v.std(ddof=1)) if v.size > 1 else float("nan")}
+
+    summary = {name: {k: mean_sd([r[k] for r in rows.values()]) for k in [*SAMPLING_COLS, "score_cpu_s"]}
+               for name, rows in per_seed.items()}
+    return {"dataset": {"name": "synthetic", "n_cells": args.n_cells, "n_genes": args.n_genes,
+                        "split": "ID fold 0 of 5", "n_eval": args.n_eval},
+            "seeds": seeds, "torch_threads": torch.get_num_threads(), "fits": info,
+            "per_seed": per_seed, "summary": summary}
+
+
+def _sampling_markdown(r: dict[str, Any]) -> str:
+    d = r["dataset"]
+    lines = ["# CausCell quick: how the trained model is sampled", "",
+             (f"synthetic, {d['n_cells']} cells x {d['n_genes']} genes, {d['split']}, {d['n_eval']} test cells "
+              f"generated, seeds {', '.join(map(str, r['seeds']))} (each seed simulates its own data and trains "
+              f"`quick` once), {r['torch_threads']} torch thread(s). Mean ± sd over seeds; every variant "
+              "samples the same trained model."), "",
+             "| variant | " + " | ".join([*SAMPLING_COLS, "score CPU s"]) + " |",
+             "|---|" + "---|" * (len(SAMPLING_COLS) + 1)]
+    for name, v in r["summary"].items():
+        cells = [f"{v[c]['mean']:.3f} ± {v[c]['sd']:.3f}" for c in SAMPLING_COLS]
+        cells.append(f"{v['score_cpu_s']['mean']:.0f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _ablation_markdown(r: dict[str, Any]) -> str:
     d = r["dataset"]
     cols = ["pcc", "probe_acc", "exclusivity_dag", "u_leak", "cf_pcc", "effect_pcc", "causal_acc",
@@ -262,10 +345,21 @@ def main() -> None:
     ap.add_argument("--ablate-from", choices=["paper", "quick"], default="paper",
                     help="--ablate: switch our choices on one at a time from paper, or off one at a time from quick")
     ap.add_argument("--steps", type=int, default=1500, help="--ablate: training updates of every variant")
-    ap.add_argument("--n-eval", type=int, default=100, help="--ablate: test cells generated per variant")
+    ap.add_argument("--n-eval", type=int, default=100, help="--ablate/--sampling: test cells generated per variant")
+    ap.add_argument("--sampling", action="store_true",
+                    help="inference variants of quick (encoding x samples averaged) over --seeds; see sampling()")
+    ap.add_argument("--seeds", default="0,1,2", help="--sampling: comma-separated seeds")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.sampling:
+        res = sampling(args)
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=2))
+        out.with_suffix(".md").write_text(_sampling_markdown(res))
+        print(f"wrote {out} and {out.with_suffix('.md')}")
+        return
     if args.ablate:
         res = ablate(args)
         out = Path(args.out)
