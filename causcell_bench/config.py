@@ -57,6 +57,9 @@ class RunConfig(BaseModel):
     cf_concept: str | None = Field(
         default=None, description="concept the OOD held-out population task intervenes on (default: the "
         "spec's perturbation, else every concept in turn)")
+    truth_samples: int = Field(
+        default=10, ge=1, description="a stochastic method's counterfactuals scored against the simulator's "
+        "expected (noiseless) counterfactuals are the mean of this many draws (1: a single sample)")
     # not in the cell hash: the parts change no metric, they only add the within-fold rank intervals
     cell_parts: int = Field(
         default=5, ge=0, description="when a setting runs one fold x seed, its test cells are also scored in "

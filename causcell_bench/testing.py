@@ -234,6 +234,11 @@ def check_method(
         if check_determinism:
             again = m.generate(test, seed=0)
             np.testing.assert_allclose(gen, again, rtol=1e-4, atol=1e-4, err_msg="generate() not deterministic under a seed")
+            if not caps.stochastic and getattr(method_cls, "kind", "method") != "control":
+                # a method that samples must say so: the truth task would score its one draw as a mean
+                other = m.generate(test, seed=1)
+                np.testing.assert_allclose(gen, other, rtol=1e-4, atol=1e-4, err_msg=(
+                    "generate() changes with the seed: declare capabilities.stochastic=True"))
 
     cf = None
     if caps.counterfactual:
@@ -243,6 +248,12 @@ def check_method(
         assert cf.shape == (test.n_obs, test.n_vars), "counterfactual shape wrong"
         assert np.isfinite(cf).all(), "counterfactual has non-finite values"
         _expect_bench_error(lambda: m.generate(test, do={target: "no-such-value"}, seed=0), "do() with an unseen value")
+        # the point estimate the truth task scores: one output for a deterministic method, a mean for a sampler
+        expected = m.expected_generate(test, do={target: value}, seed=0, n_draws=2)
+        assert expected.shape == cf.shape and np.isfinite(expected).all(), "expected_generate() shape or values wrong"
+        if not caps.stochastic and check_determinism:
+            np.testing.assert_allclose(expected, cf, rtol=1e-4, atol=1e-4,
+                                       err_msg="not capabilities.stochastic, yet expected_generate() != generate()")
         _expect_bench_error(lambda: m.generate(test, do={"no_such_concept": value}, seed=0), "do() on an unknown concept")
     else:
         try:

@@ -145,6 +145,7 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("jobs-zero", [*RUN, "--jobs", "0", *TINY, "--out", "{o}/r"], 2, "--jobs 0"),
     ("jobs-not-a-number", [*RUN, "--jobs", "abc", *TINY, "--out", "{o}/r"], 2, "Invalid value"),
     ("cell-parts-negative", [*RUN, "--cell-parts", "-1", *TINY, "--out", "{o}/r"], 2, "--cell-parts -1"),
+    ("truth-samples-zero", [*RUN, "--truth-samples", "0", *TINY, "--out", "{o}/r"], 2, "--truth-samples 0"),
     ("n-folds-one", [*RUN, "--n-folds", "1", *TINY, "--out", "{o}/r"], 2, "--n-folds 1"),
     ("n-cells-zero", [*RUN, "--n-cells", "0", "--out", "{o}/r"], 2, "--n-cells 0"),
     ("threads-zero", [*RUN, "--threads", "0", *TINY, "--out", "{o}/r"], 2, "--threads 0"),

@@ -267,6 +267,23 @@ def test_cf_n_samples_overrides_the_number_of_passes(fitted, data, monkeypatch) 
     assert calls == [1]
 
 
+def test_expected_generate_averages_draws_the_model_s_own_way(fitted, data) -> None:
+    _, test, _ = data
+    do = {"age": "age1"}
+    assert CausCell.capabilities.stochastic
+    # posterior-mean encoding: n chains, exactly what generate(n_samples=n) averages
+    np.testing.assert_array_equal(fitted.expected_generate(test[:8], do, seed=3, n_draws=4),
+                                  fitted.generate(test[:8], do, seed=3, n_samples=4))
+    assert not np.allclose(fitted.expected_generate(test[:8], do, seed=3, n_draws=4),
+                           fitted.generate(test[:8], do, seed=3))
+    # stochastic encoding (the authors'): n passes of one chain, whatever n_encodings / cf_n_samples say
+    s = _variant(fitted, encode="sample", n_encodings=7, cf_n_samples=2)
+    np.testing.assert_array_equal(s.expected_generate(test[:8], do, seed=3, n_draws=3),
+                                  _variant(fitted, encode="sample", n_encodings=3).generate(test[:8], do, seed=3))
+    with pytest.raises(BenchError, match="n_draws"):
+        fitted.expected_generate(test[:8], do, seed=0, n_draws=0)
+
+
 def test_unclamped_output_is_not_clipped(fitted, data) -> None:
     _, test, _ = data
     with torch.no_grad():

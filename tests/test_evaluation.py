@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from causcell_bench.datasets import load, make_splits, preprocess
+from causcell_bench.errors import BenchError
 from causcell_bench.grid import evaluate as evaluation
 from causcell_bench.methods.controls import NegativeControl
 
@@ -64,6 +67,49 @@ def test_truth_scores_for_a_no_op_method_show_no_effect(ood_fold) -> None:
     assert evaluation.intervention_concept(spec) == "age"
     assert {"cf_pcc", "cf_mse", "effect_pcc", "causal_acc:celltype"} <= set(scores)
     assert abs(scores["effect_pcc"]) < 1e-6  # ignoring do() predicts no effect at all
+
+
+class NoisyTruth(NegativeControl):
+    """A sampler whose draws are the simulator's expected cells plus unit Gaussian noise: its mean over
+    many draws is exact, any one draw is not."""
+
+    name = "noisy_truth"
+    capabilities = dataclasses.replace(NegativeControl.capabilities, stochastic=True)
+
+    def generate(self, adata, do=None, *, seed):  # type: ignore[override]
+        from causcell_bench.datasets import true_counterfactual
+
+        _, x_cf, x_fac = true_counterfactual(adata, dict(do or {}))
+        x = x_cf if do else x_fac
+        return (x + np.random.default_rng(seed).normal(size=x.shape)).astype(np.float32)
+
+
+class NoisyDeterministic(NoisyTruth):
+    """The same outputs declared deterministic: nothing is averaged."""
+
+    name = "noisy_deterministic"
+    capabilities = NegativeControl.capabilities
+
+
+def test_a_sampler_is_scored_on_its_mean_of_draws_against_the_expected_truth(ood_fold) -> None:
+    train, test, spec, _ = ood_fold
+    m = NoisyTruth()
+    m.fit(train, spec, seed=0)
+    one = evaluation.score_against_truth(m, train, test, spec, seed=0, n_draws=1)
+    many = evaluation.score_against_truth(m, train, test, spec, seed=0, n_draws=20)
+    # unit noise: MSE ~1 from one draw, ~1/20 from the mean of 20 (the rest is exact)
+    assert 0.8 < one["cf_mse"] < 1.2 and many["cf_mse"] < 0.08
+    assert many["cf_pcc"] > one["cf_pcc"] + 0.05 and many["effect_pcc"] > one["effect_pcc"] + 0.1
+    # draws have their own seeds: the mean of 2 is the mean of generate() at two different seeds
+    two = m.expected_generate(test[:30], seed=4, n_draws=2)
+    first = m.generate(test[:30], seed=4)
+    assert not np.allclose(two, first) and np.allclose(two, m.expected_generate(test[:30], seed=4, n_draws=2))
+    with pytest.raises(BenchError, match="n_draws"):
+        m.expected_generate(test[:30], seed=0, n_draws=0)
+    d = NoisyDeterministic()
+    d.fit(train, spec, seed=0)
+    assert evaluation.score_against_truth(d, train, test, spec, seed=0, n_draws=20) == \
+        evaluation.score_against_truth(d, train, test, spec, seed=0, n_draws=1)
 
 
 def _spy_calls(train, test, spec, held_out, **kw):

@@ -31,6 +31,17 @@ def test_the_hash_is_the_one_earlier_versions_stored(cfg: RunConfig) -> None:
     assert cell_hash(cfg, KEY, threads=2) != h
 
 
+def test_truth_samples_enter_the_hash_of_stochastic_methods_only(cfg: RunConfig) -> None:
+    # the draws averaged for the truth task change a sampler's metrics, nobody else's: a changed count
+    # recomputes CausCell's and MichiGAN's cells and keeps every other (the old hash above still holds)
+    more = cfg.model_copy(update={"truth_samples": 3})
+    # (scVI samples too, but has no counterfactuals to average)
+    for method, changes in (("CausCell", True), ("MichiGAN", True), ("CPA", False), ("negative_control", False),
+                            ("scVI", False)):
+        key = CellKey("synthetic", method, "ID", 0, 0)
+        assert (cell_hash(cfg, key) != cell_hash(more, key)) is changes, method
+
+
 def test_each_kind_of_record_has_its_keys(cfg: RunConfig) -> None:
     h = cell_hash(cfg, KEY)
     assert CellRecord.failed(cfg, KEY, "cannot split", threads=1).to_dict() == {

@@ -87,6 +87,23 @@ def test_one_fold_is_also_scored_in_cell_parts_and_several_are_not(tmp_path: Pat
     assert all("part_metrics" not in ResultStore(tmp_path / "off").read(o.key) for o in off)
 
 
+def test_a_sampler_s_truth_scores_average_truth_samples_draws_and_nothing_else_changes(tmp_path: Path) -> None:
+    def run(k: int) -> dict:
+        cfg = small_config(methods=["MichiGAN"], settings=["ID"], preset="test", cell_parts=0, truth_samples=k)
+        (o,) = run_grid(cfg, tmp_path / str(k), progress=False, log=lambda s: None)
+        assert o.status == "ok", o.error
+        return ResultStore(tmp_path / str(k)).read(o.key)
+
+    one, five = run(1), run(5)
+    assert one["config_hash"] != five["config_hash"]
+    m1, m5 = one["metrics"], five["metrics"]
+    # averaging draws shrinks the sampling noise the truth task would otherwise charge the sampler with
+    assert m5["cf_mse"] < m1["cf_mse"]
+    # the reconstruction and the embeddings are the same single-sample outputs
+    for metric in ("pcc", "mse", "edist_group", "acc:age"):
+        assert m5[metric] == m1[metric], metric
+
+
 def test_failing_method_is_recorded_and_grid_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from causcell_bench.methods.controls import NegativeControl
 

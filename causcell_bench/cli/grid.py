@@ -77,6 +77,8 @@ def run(
                           "(default: the spec's perturbation, else each concept in turn)")] = None,
     cell_parts: Annotated[int, typer.Option(help="with one fold x seed, also score the test cells in this many "
                           "parts for the leaderboard's rank intervals (0: off)")] = 5,
+    truth_samples: Annotated[int, typer.Option(help="draws a stochastic method (CausCell, MichiGAN) averages "
+                             "for the scores against the simulator's expected counterfactuals (1: one sample)")] = 10,
     retry_failed: Annotated[bool, typer.Option(help="rerun cells recorded as failed")] = False,
     report: Annotated[bool, typer.Option(help="build the leaderboard when the grid is done")] = True,
     claim_timeout: Annotated[float, typer.Option(help="hours after which another process's claim on a cell "
@@ -98,6 +100,8 @@ def run(
     check_data_options(n_cells, n_genes, n_hvg, data_dir)
     if cell_parts < 0:
         raise BenchError(f"--cell-parts {cell_parts}: give 0 (off) or a number of parts such as 5")
+    if truth_samples < 1:
+        raise BenchError(f"--truth-samples {truth_samples}: give 1 (a single sample) or more draws to average, e.g. 10")
     if claim_timeout <= 0:
         raise BenchError(f"--claim-timeout {claim_timeout}: give a positive number of hours")
     fold_list = parse_ints(folds, "--folds", high=n_folds - 1) if folds is not None else None
@@ -122,7 +126,7 @@ def run(
         edges=parse_edges(dag) if dag is not None else None, n_hvg=n_hvg,
         data_dir=str(data_dir) if data_dir else None, probe=probe,  # type: ignore[arg-type]
         holdout=[parse_holdout(h) for h in holdout] if holdout else None, cf_concept=cf_concept,
-        cell_parts=cell_parts,
+        cell_parts=cell_parts, truth_samples=truth_samples,
     )
     config = config.model_copy(update={
         "method_params": check_method_params(config.method_params, config.methods, config.preset)})
@@ -285,18 +289,19 @@ def list_(
     from causcell_bench import registry
 
     if what == "methods":
-        t = Table("method", "embedding", "u", "recon", "cf", "DAG",
+        t = Table("method", "embedding", "u", "recon", "cf", "DAG", "samples",
                   caption="u: unexplained-concept embedding; recon: reconstruction; cf: counterfactuals; "
-                          "DAG: respects the causal graph")
+                          "DAG: respects the causal graph; samples: generate() draws samples (scored "
+                          "against the expected truth on the mean of --truth-samples draws)")
         t.columns[0].no_wrap = True
         t.columns[1].no_wrap = True
         for name in registry.method_names():
             try:
                 c = registry.get_method(name).capabilities
                 t.add_row(name, c.embedding, *("yes" if v else "-" for v in
-                          (c.unexplained, c.reconstruct, c.counterfactual, c.uses_dag)))
+                          (c.unexplained, c.reconstruct, c.counterfactual, c.uses_dag, c.stochastic)))
             except BenchError as e:
-                t.add_row(name, f"[red]unavailable: {e}[/red]", "", "", "", "")
+                t.add_row(name, f"[red]unavailable: {e}[/red]", "", "", "", "", "")
         console.print(t)
         if verbose:
             for name in registry.method_names():

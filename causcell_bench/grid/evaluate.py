@@ -72,7 +72,11 @@ def fit_and_score(config: RunConfig, key: CellKey, method: Method, train: AnnDat
     if caps.counterfactual and config.counterfactual:
         t0 = time.perf_counter()
         if has_truth(test):
-            truth = truth_outputs(method, train, test, spec, seed=key.seed, factual=gen)
+            # a sampler's draw is not an estimate of the expected counterfactual: it gets its own
+            # mean of truth_samples draws (and so does its factual), a deterministic method its output
+            n_draws = config.truth_samples if caps.stochastic else 1
+            truth = truth_outputs(method, train, test, spec, seed=key.seed,
+                                  factual=gen if n_draws == 1 else None, n_draws=n_draws)
         if key.setting in ("OOD", "HOLDOUT") and split.held_out:
             populations = heldout_outputs(method, train, test, spec, split.held_out, seed=key.seed,
                                           cf_concept=config.cf_concept)
@@ -169,10 +173,14 @@ class TruthOutputs:
 
 
 def truth_outputs(method: Method, train: AnnData, test: AnnData, spec: DatasetSpec, *, seed: int,
-                  factual: np.ndarray | None = None) -> TruthOutputs | None:
+                  factual: np.ndarray | None = None, n_draws: int = 1) -> TruthOutputs | None:
     """do(parent = v) for every value v of :func:`intervention_concept` on the test cells whose value
     differs (a seeded subsample of at most MAX_CF_CELLS), with the simulator's exact counterfactuals and
-    a real-cell classifier's labels for each descendant; None when no cell can be intervened on."""
+    a real-cell classifier's labels for each descendant; None when no cell can be intervened on.
+
+    The simulator's counterfactual is each cell's expected expression, so the method's counterfactual
+    and factual cells are :meth:`Method.expected_generate` with ``n_draws`` (the mean of that many
+    draws for a stochastic method; ``factual``, when given, stands for the factual cells)."""
     from causcell_bench import metrics as M
     from causcell_bench.datasets import true_counterfactual
 
@@ -182,7 +190,7 @@ def truth_outputs(method: Method, train: AnnData, test: AnnData, spec: DatasetSp
     if cells.size > MAX_CF_CELLS:
         cells = np.sort(rng.choice(cells, MAX_CF_CELLS, replace=False))
     sub = test[cells]
-    pred_fac = factual[cells] if factual is not None else method.generate(sub, seed=seed)
+    pred_fac = factual[cells] if factual is not None else method.expected_generate(sub, seed=seed, n_draws=n_draws)
     labels = sub.obs[concept].astype(str).to_numpy()
     parts: dict[str, list[Any]] = {"pred_cf": [], "true_cf": [], "pred_fac": [], "true_fac": [], "cells": []}
     true_desc: dict[str, list[np.ndarray]] = {d: [] for d in spec.descendants(concept)}
@@ -192,7 +200,7 @@ def truth_outputs(method: Method, train: AnnData, test: AnnData, spec: DatasetSp
             continue
         cells_v = sub[rows]
         obs_cf, x_cf, x_fac = true_counterfactual(cells_v, {concept: value})
-        parts["pred_cf"].append(method.generate(cells_v, do={concept: value}, seed=seed))
+        parts["pred_cf"].append(method.expected_generate(cells_v, do={concept: value}, seed=seed, n_draws=n_draws))
         parts["true_cf"].append(x_cf)
         parts["pred_fac"].append(pred_fac[rows])
         parts["true_fac"].append(x_fac)
@@ -223,9 +231,9 @@ def score_truth(out: TruthOutputs, rows: np.ndarray | None = None) -> dict[str, 
 
 
 def score_against_truth(method: Method, train: AnnData, test: AnnData, spec: DatasetSpec, *, seed: int,
-                        factual: np.ndarray | None = None) -> dict[str, float]:
+                        factual: np.ndarray | None = None, n_draws: int = 1) -> dict[str, float]:
     """Per-cell counterfactual metrics against the simulator's truth (:func:`truth_outputs`, :func:`score_truth`)."""
-    out = truth_outputs(method, train, test, spec, seed=seed, factual=factual)
+    out = truth_outputs(method, train, test, spec, seed=seed, factual=factual, n_draws=n_draws)
     return {} if out is None else score_truth(out)
 
 

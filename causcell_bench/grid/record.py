@@ -65,9 +65,22 @@ def cell_hash(config: RunConfig, key: CellKey, threads: int | None = None) -> st
         "counterfactual": config.counterfactual, "device": config.device,
         "threads": threads or config.effective_threads(), **config.data_key(),
         **({"cf_concept": config.cf_concept} if config.cf_concept else {}),
+        **({"truth_samples": config.truth_samples} if _averages_for_truth(key.method) else {}),
     }
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _averages_for_truth(method: str) -> bool:
+    """Whether ``method`` samples its counterfactuals (``Capabilities.stochastic`` and ``.counterfactual``):
+    only then does the number of draws averaged for the truth task change its metrics (and its hash)."""
+    from causcell_bench.registry import get_method
+
+    try:
+        caps = get_method(method).capabilities
+    except Exception:  # noqa: BLE001 - an unknown or broken method fails later, with its own message
+        return False
+    return bool(caps.stochastic and caps.counterfactual)
 
 
 @dataclass(frozen=True)

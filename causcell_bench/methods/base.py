@@ -65,6 +65,13 @@ class Capabilities:
         (Biolord, CPA): flagged and excluded from the disentanglement ranking;
         ``shared`` — one latent returned for every concept (scVI, scGen, MichiGAN);
         ``none`` — no embedding.
+
+    stochastic:
+        ``generate`` draws samples (its output changes with the seed), as CausCell's diffusion
+        sampler and MichiGAN's generator do. Where the benchmark scores a point estimate against
+        an expected profile (the simulator's noiseless counterfactuals), it scores the mean of
+        several draws (:meth:`Method.expected_generate`); a deterministic decoder's mean is its
+        single output. Controls keep it False: their outputs define the scale.
     """
 
     embedding: EmbeddingKind = "none"
@@ -72,6 +79,7 @@ class Capabilities:
     reconstruct: bool = False
     counterfactual: bool = False
     uses_dag: bool = False
+    stochastic: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -207,6 +215,28 @@ class Method(abc.ABC):
         self, adata: AnnData, do: Mapping[str, str] | None = None, *, seed: int
     ) -> np.ndarray:
         raise NotImplementedError(f"{self.name} cannot generate cells")
+
+    def expected_generate(
+        self, adata: AnnData, do: Mapping[str, str] | None = None, *, seed: int, n_draws: int
+    ) -> np.ndarray:
+        """The expected cells: the mean of ``n_draws`` draws of :meth:`generate` (seeds derived from
+        ``seed``) when ``capabilities.stochastic``, else the one deterministic output.
+
+        A sample is a plausible cell, not an estimate of a cell's expected profile: scored against
+        an expectation it loses by its own sampling noise. Methods with a cheaper way to average
+        (CausCell: several chains in one call) override this.
+        """
+        if n_draws < 1:
+            raise BenchError(f"n_draws must be at least 1, got {n_draws}")
+        if n_draws == 1 or not type(self).capabilities.stochastic:
+            return self.generate(adata, do, seed=seed)
+        total: np.ndarray | None = None
+        for i in range(n_draws):
+            # seed, then seeds no other call of this cell uses (generate is called with `seed` elsewhere)
+            x = np.asarray(self.generate(adata, do, seed=seed if i == 0 else _draw_seed(seed, i)), dtype=np.float64)
+            total = x if total is None else total + x
+        assert total is not None
+        return (total / n_draws).astype(np.float32)
 
     # --- persistence -------------------------------------------------------
     def save(self, path: str | Path) -> None:
@@ -480,6 +510,11 @@ class SavedNet:
     config: dict[str, Any]
     weights: dict[str, Any]
     training: bool = False
+
+
+def _draw_seed(seed: int, i: int) -> int:
+    """The seed of draw ``i`` > 0 of :meth:`Method.expected_generate`: fixed by ``seed``, and unlike ``seed``."""
+    return int(np.random.SeedSequence([int(seed), 0xD7A3, int(i)]).generate_state(1)[0])
 
 
 def class_path(cls: type) -> str:

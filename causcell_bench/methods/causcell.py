@@ -150,7 +150,8 @@ class CausCell(Method):
 
     name: ClassVar[str] = "CausCell"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        embedding="per_concept", unexplained=True, reconstruct=True, counterfactual=True, uses_dag=True
+        embedding="per_concept", unexplained=True, reconstruct=True, counterfactual=True, uses_dag=True,
+        stochastic=True,
     )
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         # CPU minutes: 3,000 cells x 500 genes in about 3 min on 2 cores
@@ -394,7 +395,6 @@ class CausCell(Method):
         0 unless ``clamp_x0=False``.
         """
         self._check_query(adata, do)
-        model = self._model()
         p = self.params
         mode = mode or p["cf_mode"]
         if mode not in MODES:
@@ -408,10 +408,35 @@ class CausCell(Method):
         chains = int(n_samples or p["n_samples"])
         passes = int(p["n_encodings"]) if p["encode"] == "sample" else 1
         if do and p["cf_n_samples"] is not None and n_samples is None:
-            if p["encode"] == "sample":
-                passes, chains = int(p["cf_n_samples"]), 1
-            else:
-                chains = int(p["cf_n_samples"])
+            passes, chains = self._draws(int(p["cf_n_samples"]))
+        return self._sample(adata, do, seed=seed, mode=mode, sampler=sampler, steps=steps, passes=passes,
+                            chains=chains)
+
+    def expected_generate(
+        self, adata: AnnData, do: Mapping[str, str] | None = None, *, seed: int, n_draws: int
+    ) -> np.ndarray:
+        """The mean of ``n_draws`` samples per cell, drawn the model's own way: chains from the
+        posterior mean (``encode="mean"``) or passes with a fresh stochastic encoding each
+        (``"sample"``, the authors'). ``n_samples``, ``n_encodings`` and ``cf_n_samples`` do not
+        apply; the sampler, its steps and the counterfactual mode are the fitted parameters."""
+        if int(n_draws) < 1:
+            raise BenchError(f"n_draws must be at least 1, got {n_draws}")
+        self._check_query(adata, do)
+        passes, chains = self._draws(int(n_draws))
+        p = self.params
+        return self._sample(adata, do, seed=seed, mode=p["cf_mode"], sampler=p["sampler"],
+                            steps=int(p["ddim_steps"]), passes=passes, chains=chains)
+
+    def _draws(self, n: int) -> tuple[int, int]:
+        """(passes, chains) for n averaged samples: passes under encode="sample", chains under "mean"."""
+        return (n, 1) if self.params["encode"] == "sample" else (1, n)
+
+    def _sample(self, adata: AnnData, do: Mapping[str, str] | None, *, seed: int, mode: str, sampler: str,
+                steps: int, passes: int, chains: int) -> np.ndarray:
+        """``passes`` encodings (one at the posterior mean under encode="mean"), ``chains`` reverse
+        diffusions each, all averaged; dense float32, clipped at 0 unless clamp_x0=False."""
+        model = self._model()
+        p = self.params
         rng = np.random.default_rng(seed)
         out: np.ndarray | None = None
         for i in range(passes):
@@ -534,7 +559,8 @@ class CausCellIND(CausCell):
 
     name: ClassVar[str] = "CausCell_IND"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        embedding="per_concept", unexplained=True, reconstruct=True, counterfactual=True, uses_dag=False
+        embedding="per_concept", unexplained=True, reconstruct=True, counterfactual=True, uses_dag=False,
+        stochastic=True,
     )
 
     def _adjacency(self, spec: DatasetSpec) -> np.ndarray:

@@ -63,7 +63,8 @@ class MichiGAN(Method):
 
     name: ClassVar[str] = "MichiGAN"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        embedding="shared", unexplained=False, reconstruct=True, counterfactual=True, uses_dag=False
+        embedding="shared", unexplained=False, reconstruct=True, counterfactual=True, uses_dag=False,
+        stochastic=True,
     )
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         # Same architecture; larger learning rates and GAN batch. Both stages stop on held-out cells

@@ -164,7 +164,9 @@ def _counts_adata(adata: AnnData) -> AnnData:
 
 class SCVI(Method):
     name = "scVI"
-    capabilities = Capabilities(embedding="shared", unexplained=False, reconstruct=True, counterfactual=False)
+    # stochastic: a reconstruction decodes one posterior sample of the latent
+    capabilities = Capabilities(embedding="shared", unexplained=False, reconstruct=True, counterfactual=False,
+                                stochastic=True)
     preload_modules = ("scvi",)
     presets = {
         # stops on the validation ELBO of a held-out tenth (benchmarks/convergence.py,
