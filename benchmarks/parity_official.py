@@ -315,7 +315,7 @@ def markdown(results: dict[str, dict[int, dict[str, float]]], meta: dict[str, An
         "",
         f"Command: `{meta['command']}`", "",
         f"{meta['steps']} optimizer updates (128 cells each; `quick` stops earlier when its validation loss "
-        "stops improving, as its preset does: `updates done`), seed(s) {', '.join(map(str, seeds))} "
+        f"stops improving, as its preset does: `updates done`), seed(s) {', '.join(map(str, seeds))} "
         f"({len(seeds)} seed{'s' if len(seeds) > 1 else ''}; "
         + ("mean ± sd over seeds" if len(seeds) > 1 else "single values, no spread") + "), "
         f"{meta['threads']} CPU thread(s), CPU seconds from `time.process_time()`. ID fold 0 of 5: "
