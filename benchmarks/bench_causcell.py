@@ -352,20 +352,14 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.sampling:
-        res = sampling(args)
+    study = (sampling, _sampling_markdown) if args.sampling else (ablate, _ablation_markdown) if args.ablate else None
+    if study is not None:
+        run_study, markdown = study
+        res = run_study(args)
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(res, indent=2))
-        out.with_suffix(".md").write_text(_sampling_markdown(res))
-        print(f"wrote {out} and {out.with_suffix('.md')}")
-        return
-    if args.ablate:
-        res = ablate(args)
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(res, indent=2))
-        out.with_suffix(".md").write_text(_ablation_markdown(res))
+        out.with_suffix(".md").write_text(markdown(res))
         print(f"wrote {out} and {out.with_suffix('.md')}")
         return
     params = json.loads(args.params)
