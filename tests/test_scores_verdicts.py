@@ -130,7 +130,10 @@ def test_change_scores_and_population_rank() -> None:
     real = source + shift + rng.normal(scale=0.1, size=source.shape)
     perfect = change_scores(real, real, source)
     assert perfect["r2_mean"] == pytest.approx(1.0) and perfect["delta_pcc_deg"] == pytest.approx(1.0)
-    assert perfect["deg_overlap_lfc"] == 1.0
+    assert perfect["deg_overlap_lfc"] == 1.0 and perfect["mean_pcc_deg"] == pytest.approx(1.0)
+    # a prediction twice too far off on the DEGs keeps their correlation and loses R^2
+    overshoot = change_scores(real + shift, real, source)
+    assert overshoot["mean_pcc_deg"] > 0.99 and overshoot["r2_mean_deg"] < 0.5
     unchanged = change_scores(source, real, source)
     assert unchanged["deg_overlap_lfc"] < 0.5 and unchanged["r2_mean"] < perfect["r2_mean"]
     wrong = change_scores(source + np.roll(shift, 1), real, source)  # shifts mostly the wrong genes

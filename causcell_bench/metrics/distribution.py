@@ -135,6 +135,8 @@ def change_scores(pred: Any, real: Any, source: Any, *, k: int | None = None) ->
 
     - ``r2_mean``: R^2 of the real mean expression by the predicted one, all genes;
     - ``r2_mean_deg``: the same on the top-k DEGs (largest |real mean - source mean|);
+    - ``mean_pcc_deg``: Pearson r of the predicted and real means on those DEGs (its square is the
+      r^2 that scGen and CPA report beside R^2);
     - ``delta_pcc``: Pearson r of predicted vs real changes (mean - source mean), all genes;
       ``delta_pcc_deg`` on the top-k DEGs;
     - ``deg_overlap_lfc``: |top-k by |predicted change| ∩ top-k by |real change|| / k. Ranking genes
@@ -153,6 +155,7 @@ def change_scores(pred: Any, real: Any, source: Any, *, k: int | None = None) ->
     top_pred = np.argsort(-np.abs(dp), kind="stable")[:k]
     return {
         "r2_mean": _r2(mr, mp), "r2_mean_deg": _r2(mr[top_real], mp[top_real]),
+        "mean_pcc_deg": _pcc(mp[top_real], mr[top_real]),
         "delta_pcc": _pcc(dp, dr), "delta_pcc_deg": _pcc(dp[top_real], dr[top_real]),
         "deg_overlap_lfc": float(np.intersect1d(top_real, top_pred).size / k),
     }
@@ -241,6 +244,9 @@ declare("r2_mean", "distribution", True, "R^2 of the real mean expression by the
         headline=True, **_DECLARE)
 declare("r2_mean_deg", "distribution", True, "R^2 of mean expression on the top DEGs (real vs source)",
         **_DECLARE)
+declare("mean_pcc_deg", "distribution", True,
+        "Pearson r of the predicted and real mean expression on the top DEGs (real vs source); a diagnostic",
+        aggregate=False, **_DECLARE)
 declare("delta_pcc", "distribution", True, "Pearson r of predicted vs real change from the source, all genes",
         **_DECLARE)
 declare("delta_pcc_deg", "distribution", True, "Pearson r of predicted vs real change on the top DEGs",

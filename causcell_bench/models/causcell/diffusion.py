@@ -75,7 +75,7 @@ def reverse_diffusion(
     *,
     sampler: str,
     generator: torch.Generator,
-    clamp_x0: bool = True,
+    clamp_x0: bool = False,
     on_step: Callable[[], None] | None = None,
 ) -> torch.Tensor:
     """One reverse chain from the noise ``x`` (B, G) at ``timesteps[0]`` to a generated x0 (B, G).
