@@ -252,3 +252,51 @@ def test_score_disentanglement_single_concept_and_errors(folds):
         score_disentanglement(emb_tr, tr, {**emb_te, "age": np.zeros((300, 7))}, te, CONCEPTS)
     with pytest.raises(BenchError, match="concepts is empty"):
         score_disentanglement(emb_tr, tr, emb_te, te, [])
+
+
+def _radius_leak(obs: pd.DataFrame, seed: int) -> np.ndarray:
+    """An embedding of ``age`` that also carries ``domain`` non-linearly: a 2-d point whose angle is
+    random and whose radius is 1 or 2 by domain, beside age's one-hot (the findings' patient embedding
+    carrying the drug). No linear function of it predicts domain beyond chance."""
+    rng = np.random.default_rng(seed)
+    angle = rng.uniform(0, 2 * np.pi, len(obs))
+    radius = np.where(np.asarray(obs["domain"], dtype=str) == "domain0", 1.0, 2.0)
+    ring = np.c_[radius * np.cos(angle), radius * np.sin(angle)] * 3.0
+    return np.c_[_onehot(obs["age"]), ring]
+
+
+def test_nonlinear_leak_catches_what_the_linear_probe_misses(folds):
+    tr, te = folds
+    clean_tr = {c: _onehot(tr[c]) for c in CONCEPTS} | {"unexplained": np.random.default_rng(0).normal(size=(400, 4))}
+    clean_te = {c: _onehot(te[c]) for c in CONCEPTS} | {"unexplained": np.random.default_rng(1).normal(size=(300, 4))}
+    leaky_tr = clean_tr | {"age": _radius_leak(tr, 2), "unexplained": _radius_leak(tr, 3)[:, -2:]}
+    leaky_te = clean_te | {"age": _radius_leak(te, 4), "unexplained": _radius_leak(te, 5)[:, -2:]}
+    clean = score_disentanglement(clean_tr, tr, clean_te, te, CONCEPTS)
+    leaky = score_disentanglement(leaky_tr, tr, leaky_te, te, CONCEPTS)
+    for out in (clean, leaky):
+        for name in out:
+            metric_info(name)
+    # the linear probe sees (almost) nothing of domain in the leaky age embedding ...
+    assert leaky["offdiag_acc:age|domain"] <= majority_baseline(te["domain"]) + 0.08
+    # ... the kNN probe reads it, beyond what age's label says; a clean embedding leaks nothing
+    assert leaky["leak_nl:age"] > 0.3 and clean["leak_nl:age"] < 0.1
+    assert leaky["u_leak_nl"] > 0.2 and clean["u_leak_nl"] < 0.1
+    assert leaky["leak_nl:ctype"] == pytest.approx(clean["leak_nl:ctype"])  # only age's embedding changed
+
+
+def test_nonlinear_leak_excuses_what_the_own_label_predicts():
+    """A concept correlated with c in the data is predictable from a perfect z_c through c's label:
+    not a leak."""
+    rng = np.random.default_rng(0)
+
+    def obs(n: int) -> pd.DataFrame:
+        a = rng.integers(0, 3, n)
+        b = np.where(rng.random(n) < 0.9, a % 2, 1 - a % 2)  # b follows a 90% of the time
+        return pd.DataFrame({"a": pd.Categorical([f"a{v}" for v in a]), "b": pd.Categorical([f"b{v}" for v in b])})
+
+    tr, te = obs(400), obs(300)
+    emb_tr = {c: _onehot(tr[c]) for c in "ab"}
+    emb_te = {c: _onehot(te[c]) for c in "ab"}
+    out = score_disentanglement(emb_tr, tr, emb_te, te, ["a", "b"])
+    assert out["offdiag_acc:a|b"] > 0.8  # the plain off-diagonal probe reads b from z_a
+    assert out["leak_nl:a"] < 0.05

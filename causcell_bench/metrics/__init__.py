@@ -25,7 +25,7 @@ from causcell_bench.metrics.distribution import (
     score_distribution,
     score_populations,
 )
-from causcell_bench.metrics.expression import marker_overlap, mse, pearson_per_cell, wilcoxon_z
+from causcell_bench.metrics.expression import marker_overlap, mean_level, mse, pearson_per_cell, wilcoxon_z
 from causcell_bench.metrics.predictive import (
     classification_scores,
     exclusivity_gap,
@@ -68,6 +68,7 @@ __all__ = [
     "majority_baseline",
     "marker_overlap",
     "mean_expression_pcc",
+    "mean_level",
     "metric_info",
     "mig",
     "mse",

@@ -83,6 +83,14 @@ def score_disentanglement(
     ``u_leak`` (when the embeddings hold ``"unexplained"``): mean lift of the unexplained embedding
     over all concepts (0 is ideal: u independent of every label; lower is better).
 
+    ``leak_nl:c`` (with ``off_diagonal``): what a non-linear probe (15-nearest neighbours) reads from
+    z_c about concepts that are neither c nor its ancestors, *beyond what c's own label says*: per
+    such concept j, (acc(kNN z_c -> y_j) - acc(y_c -> y_j)) / (1 - acc(y_c -> y_j)), where
+    acc(y_c -> y_j) predicts j's commonest training label within each label of c; the mean over j,
+    clipped at 0 (lower is better). ``u_leak_nl``: the same for the unexplained embedding against
+    every concept (baseline: the majority label). A linear probe misses information stored
+    non-linearly (a patient embedding that carries the drug as a radius, say); these catch it.
+
     ``dci_d``, ``dci_c``, ``dci_i`` (forests fit on the train fold, informativeness on the test
     fold) and ``mig`` (test fold) use the concatenation of the concept embeddings, each distinct
     matrix once (a shared latent returned for every concept counts once). Other keys of the
@@ -151,6 +159,14 @@ def score_disentanglement(
                                     == yte[j])), base[j]) for j in concepts]
         finite = [x for x in lifts if np.isfinite(x)]
         out["u_leak"] = float(np.mean(finite)) if finite else float("nan")
+    if off_diagonal:
+        anc_of = ancestors or {}
+        for c in concepts:
+            others = [j for j in concepts if j != c and j not in set(anc_of.get(c, ()))]
+            ztr, zte = uniq[owner[c]]
+            out[f"leak_nl:{c}"] = _nonlinear_leak(ztr, zte, ytr, yte, others, ytr[c], yte[c], seed, max_train_cells)
+        if UNEXPLAINED in train_emb and UNEXPLAINED in test_emb:
+            out["u_leak_nl"] = _nonlinear_leak(utr, ute, ytr, yte, list(concepts), None, None, seed, max_train_cells)
 
     for c, col in (fine_labels or {}).items():
         check_columns(test_obs, [col], "test_obs")
@@ -180,6 +196,36 @@ def score_disentanglement(
     return out
 
 
+def _label_only_accuracy(given_tr: np.ndarray | None, y_tr: np.ndarray, given_te: np.ndarray | None,
+                         y_te: np.ndarray) -> float:
+    """Test accuracy of predicting y from the given label alone (the commonest training y within each
+    given label; the overall commonest for a label unseen in training or when nothing is given)."""
+    values, counts = np.unique(y_tr, return_counts=True)
+    overall = values[counts.argmax()]
+    if given_tr is None or given_te is None:
+        return float(np.mean(y_te == overall))
+    table = {}
+    for g in np.unique(given_tr):
+        v, n = np.unique(y_tr[given_tr == g], return_counts=True)
+        table[g] = v[n.argmax()]
+    pred = np.array([table.get(g, overall) for g in given_te], dtype=object)
+    return float(np.mean(pred == y_te))
+
+
+def _nonlinear_leak(ztr: np.ndarray, zte: np.ndarray, ytr: Mapping[str, np.ndarray], yte: Mapping[str, np.ndarray],
+                    targets: Sequence[str], given_tr: np.ndarray | None, given_te: np.ndarray | None, seed: int,
+                    max_train_cells: int | None) -> float:
+    """Mean over ``targets`` of the kNN probe's lift over the label-only predictor, clipped at 0 (NaN if
+    no target has room above its baseline)."""
+    lifts = []
+    for j in targets:
+        base = _label_only_accuracy(given_tr, ytr[j], given_te, yte[j])
+        acc = float(np.mean(probe_predict(ztr, ytr[j], zte, "knn", seed, max_train_cells=max_train_cells) == yte[j]))
+        lifts.append(max(0.0, lift(acc, base)))
+    finite = [x for x in lifts if np.isfinite(x)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
 _DECLARE = {"computed_by": score_disentanglement, "needs": EMB}
 declare("acc", "predictive", True, "probe accuracy of concept c from its own embedding",
         qualified=True, headline=True, **_DECLARE)
@@ -199,6 +245,12 @@ declare("exclusivity_dag", "predictive", True,
 # a diagnostic, not scored: the negative control's random u is ideal here, so control scaling is void
 declare("u_leak", "predictive", False,
         "mean lift of the unexplained embedding u over all concepts (0 = independent, the paper's claim)",
+        aggregate=False, headline=True, **_DECLARE)
+declare("leak_nl", "predictive", False,
+        "kNN-probe lift from z_c to concepts other than c and its ancestors, beyond c's own label "
+        "(non-linear leakage; 0 = none); a diagnostic", aggregate=False, qualified=True, headline=True, **_DECLARE)
+declare("u_leak_nl", "predictive", False,
+        "kNN-probe lift from the unexplained embedding u to every concept (non-linear leakage; 0 = none)",
         aggregate=False, headline=True, **_DECLARE)
 declare("nmi_fine", "granularity", True, "NMI of Ward clusters of z_c vs fine labels", qualified=True,
         headline=True, **_DECLARE)

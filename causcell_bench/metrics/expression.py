@@ -85,6 +85,37 @@ def mse(real: Any, gen: Any) -> float:
     return paired_stats(real, gen)[0][1]
 
 
+def mean_level(real: Any, gen: Any) -> dict[str, float]:
+    """Whether generated cells sit at the real cells' level, gene by gene (log1p CP10k both).
+
+    ``slope``, ``intercept`` and ``r2`` of the generated gene means against the real ones (least
+    squares; R^2 = 1 - SS_res / SS_tot of the real means by the generated means, no refit), and
+    ``total_ratio``: the mean total expression per cell, sum(expm1(x)), generated over real (1 for
+    CP10k-normalised data at the right level). Per-cell PCC cannot see a change of level; these can
+    (docs/causcell.md, "Level on real data"). The rows need not be paired.
+    """
+    real = as_matrix(real, "real")
+    gen = as_matrix(gen, "generated")
+    if real.shape[1] != gen.shape[1]:
+        raise BenchError(f"real has {real.shape[1]} genes but generated has {gen.shape[1]}; use the same genes")
+    mr = np.asarray(real.mean(axis=0), dtype=np.float64).ravel()
+    mg = np.asarray(gen.mean(axis=0), dtype=np.float64).ravel()
+    dr = mr - mr.mean()
+    ss = float(dr @ dr)
+    slope = float(dr @ (mg - mg.mean()) / ss) if ss > 0 else float("nan")
+
+    def total(x: Matrix) -> float:  # mean over cells of sum(expm1(x)), densified in row blocks
+        return sum(float(np.expm1(dense(x, sl).astype(np.float64)).sum()) for sl in row_chunks(x.shape[0])) / x.shape[0]
+
+    t_real = total(real)
+    return {
+        "slope": slope,
+        "intercept": float(mg.mean() - slope * mr.mean()) if ss > 0 else float("nan"),
+        "r2": 1.0 - float(((mr - mg) ** 2).sum()) / ss if ss > 0 else float("nan"),
+        "total_ratio": total(gen) / t_real if t_real > 0 else float("nan"),
+    }
+
+
 # --- Wilcoxon rank-sum marker genes -----------------------------------------------------------
 
 
