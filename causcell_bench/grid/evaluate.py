@@ -134,8 +134,9 @@ def fit_and_score(config: RunConfig, key: CellKey, method: Method, train: AnnDat
             extra["part_metrics_error"] = f"{type(e).__name__}: {e}"
         t["score_parts_s"] = time.perf_counter() - t0
     degenerate = M.degenerate_metrics(test.obs, spec.concepts, spec.fine_labels)
-    if values.get("n_populations") == 1.0 and "pop_rank" in values:
-        degenerate["pop_rank"] = "degenerate: one held-out population (a rank needs two)"
+    if values.get("n_populations") == 1.0:
+        for name in (*M.NEEDS_TWO_POPULATIONS, *(f"{m}_ceiling" for m in M.NEEDS_TWO_POPULATIONS)):
+            degenerate[name] = "degenerate: one held-out population (comparing populations needs two)"
     degenerate = {m: why for m, why in degenerate.items() if m in values}
     values.update({m: float("nan") for m in degenerate})
     return {
@@ -301,8 +302,9 @@ def heldout_outputs(method: Method, train: AnnData, test: AnnData, spec: Dataset
 
 def score_heldout(populations: dict[str, list[Population]], test: AnnData, rows: np.ndarray | None = None, *,
                   seed: int) -> dict[str, float]:
-    """Population-level scores (:func:`metrics.score_populations`) of :func:`heldout_outputs`; with ``rows``
-    each real population keeps only those test cells (populations left under MIN_POPULATION are dropped).
+    """Population-level scores (:func:`metrics.population_scores`) of :func:`heldout_outputs`, and on the whole
+    fold their replicate ceilings (``<metric>_ceiling``); with ``rows`` each real population keeps only those
+    test cells (populations left under MIN_POPULATION are dropped).
     With one intervened concept the metrics carry plain names; when every concept is scored in turn
     they are qualified by it (``edist:condition``)."""
     from causcell_bench import metrics as M
@@ -317,7 +319,9 @@ def score_heldout(populations: dict[str, list[Population]], test: AnnData, rows:
             preds.append(pop.pred)
             reals.append(test.X[real])
             sources.append(pop.source)
-        scores = M.score_populations(preds, reals, sources, list(test.var_names), seed=seed)
+        scores = M.population_scores(preds, reals, sources, list(test.var_names), seed=seed)
+        if rows is None and preds:  # the ceiling is the real cells' own noise: the whole fold only, not its parts
+            scores.update(M.replicate_ceiling(reals, sources, list(test.var_names), seed=seed))
         suffix = "" if len(populations) == 1 else f":{c}"
         out.update({f"{k}{suffix}": v for k, v in scores.items()})
     return out

@@ -7,6 +7,7 @@ counterfactual and distribution metrics are added. The high-level scorers return
 ``{full_metric_name: value}`` dicts; :data:`METRICS` says what each name means.
 """
 
+from causcell_bench.metrics.ceiling import population_scores, replicate_ceiling
 from causcell_bench.metrics.clustering import geometry_scores, granularity_scores, ward_labels
 from causcell_bench.metrics.counterfactual import (
     effect_pcc,
@@ -26,6 +27,17 @@ from causcell_bench.metrics.distribution import (
     score_populations,
 )
 from causcell_bench.metrics.expression import marker_overlap, mean_level, mse, pearson_per_cell, wilcoxon_z
+from causcell_bench.metrics.perturbation import (
+    NEEDS_TWO_POPULATIONS,
+    centroid_scores,
+    de_genes,
+    de_weights,
+    des,
+    discrimination,
+    pseudobulk_mae,
+    score_perturbation,
+    weighted_scores,
+)
 from causcell_bench.metrics.predictive import (
     classification_scores,
     exclusivity_gap,
@@ -49,14 +61,20 @@ __all__ = [
     "CATEGORIES",
     "GROUPS",
     "METRICS",
+    "NEEDS_TWO_POPULATIONS",
     "MetricInfo",
     "base_name",
+    "centroid_scores",
     "change_scores",
     "classification_scores",
     "dci",
     "dci_from_importance",
+    "de_genes",
+    "de_weights",
     "deg_overlap",
     "degenerate_metrics",
+    "des",
+    "discrimination",
     "e_distance",
     "effect_pcc",
     "exclusivity_gap",
@@ -74,14 +92,19 @@ __all__ = [
     "mse",
     "pearson_per_cell",
     "population_rank",
+    "population_scores",
     "predict_labels",
     "probe_predict",
+    "pseudobulk_mae",
     "realism_scores",
+    "replicate_ceiling",
     "score_counterfactual",
     "score_disentanglement",
     "score_distribution",
+    "score_perturbation",
     "score_populations",
     "score_reconstruction",
     "ward_labels",
+    "weighted_scores",
     "wilcoxon_z",
 ]
