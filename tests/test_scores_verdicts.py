@@ -112,12 +112,12 @@ def test_realism_perfect_vs_blurred() -> None:
     groups = np.repeat(["a", "b", "c"], 100)
     real = rng.gamma(2.0, 1.0, size=(300, 40)) + (groups == "b")[:, None] * 2.0
     same = realism_scores(real, real, groups)
-    assert same["edist_group"] == pytest.approx(0.0, abs=1e-9) and same["var_ratio"] == pytest.approx(0.0)
+    assert same["edist_group"] == pytest.approx(0.0, abs=1e-9) and same["spread_ratio"] == pytest.approx(0.0)
     resampled = real[np.concatenate([rng.permutation(np.flatnonzero(groups == g)) for g in "abc"])]
     blurred = np.vstack([np.repeat(real[groups == g].mean(0, keepdims=True), 100, axis=0) for g in "abc"])
     r, b = realism_scores(real, resampled, groups), realism_scores(real, blurred, groups)
     # a group mean predicted for every cell: no spread, far from the real distribution
-    assert b["var_log2ratio"] < -3 and b["var_ratio"] > 3 and r["var_ratio"] < 0.01
+    assert b["var_log2ratio"] < -3 and b["spread_ratio"] > 3 and r["spread_ratio"] < 0.01
     assert b["edist_group"] > r["edist_group"] + 1.0
     assert np.isnan(realism_scores(real[:5], real[:5], groups[:5])["edist_group"])  # groups too small
 
@@ -250,9 +250,9 @@ def test_a_category_one_setting_lacks_does_not_unrank_the_other() -> None:
     metrics = lambda v: {"acc:age": v, "pcc": v, "cf_pcc": v}
     ctrl = {"positive_control": metrics(1.0), "negative_control": metrics(0.0)}
     tid, _ = _summary({**ctrl, "A": metrics(0.8), "B": metrics(0.4)})
-    tood, _ = _summary({**{k: {**v, "var_ratio": 0.0 if k == "positive_control" else 2.0}
-                           for k, v in ctrl.items()}, "A": {**metrics(0.8), "var_ratio": 0.5},
-                        "B": {**metrics(0.4), "var_ratio": 1.0}})
+    tood, _ = _summary({**{k: {**v, "spread_ratio": 0.0 if k == "positive_control" else 2.0}
+                           for k, v in ctrl.items()}, "A": {**metrics(0.8), "spread_ratio": 0.5},
+                        "B": {**metrics(0.4), "spread_ratio": 1.0}})
     tidy = pd.concat([tid, tood.assign(setting="OOD")], ignore_index=True)
     sc = scores(summarize(tidy)).set_index(["setting", "method"])
     assert sc.at[("ID", "A"), "rank"] == 1 and sc.at[("ID", "B"), "rank"] == 2
