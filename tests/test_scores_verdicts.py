@@ -12,6 +12,7 @@ from causcell_bench.leaderboard import scale, scores, summarize, violations
 from causcell_bench.metrics import (
     change_scores,
     degenerate_metrics,
+    exclusivity_gap,
     metric_info,
     population_rank,
     realism_scores,
@@ -272,3 +273,22 @@ def test_a_metric_the_parts_cannot_measure_keeps_its_fold_value() -> None:
     assert sc.at["A", "rank"] == 1
     # the counterfactual category stays in the parts' overall at its fold value: A stays first
     assert (sc.at["A", "rank_lo"], sc.at["A", "rank_hi"], sc.at["B", "rank_lo"]) == (1, 1, 2)
+
+
+def test_exclusivity_stays_in_the_unit_interval_when_a_probe_is_worse_than_chance() -> None:
+    # OOD-like folds: the training fold ties age to domain one way, the test fold the other way,
+    # so a probe from the age embedding predicts domain worse than the test's majority guess
+    rng = np.random.default_rng(0)
+    n = 300
+    age_tr, age_te = rng.integers(0, 2, n), rng.integers(0, 2, n)
+    tr = pd.DataFrame({"age": age_tr.astype(str), "domain": age_tr.astype(str)})
+    te = pd.DataFrame({"age": age_te.astype(str), "domain": (1 - age_te).astype(str)})
+    emb = lambda obs: {c: _onehot(obs[c]) for c in ("age", "domain")}  # the positive control's embeddings
+    out = score_disentanglement(emb(tr), tr, emb(te), te, ["age", "domain"], ancestors={"age": [], "domain": []})
+    assert out["offdiag_acc:age|domain"] < 0.1  # the adversarial case: far below chance
+    for key in ("exclusivity:age", "exclusivity:domain", "exclusivity_dag:age", "exclusivity_dag:domain"):
+        assert 0.0 <= out[key] <= 1.0
+        assert out[key] == pytest.approx(1.0)  # own concept perfect, the other below chance counts as chance
+    # an embedding that predicts another concept better than its own is floored at 0, not negative
+    assert exclusivity_gap(0.2, [0.9, 0.7]) == 0.0
+    assert exclusivity_gap(1.0, [-0.8]) == 1.0 and exclusivity_gap(0.5, [0.1, -3.0]) == pytest.approx(0.45)
