@@ -137,6 +137,18 @@ def test_change_scores_and_population_rank() -> None:
     wrong = change_scores(source + np.roll(shift, 1), real, source)  # shifts mostly the wrong genes
     assert wrong["deg_overlap_lfc"] < 0.5 and wrong["delta_pcc"] < 0.5
 
+    # effect-size calibration: the slope of predicted on real change; r cannot see a damped effect
+    half = change_scores(source + 0.5 * (real - source), real, source)
+    assert half["delta_slope"] == pytest.approx(0.5) and half["delta_slope_deg"] == pytest.approx(0.5)
+    assert half["delta_pcc"] == pytest.approx(1.0)
+    assert perfect["delta_slope"] == pytest.approx(1.0) and perfect["delta_slope_deg"] == pytest.approx(1.0)
+    assert unchanged["delta_slope"] == 0.0 and unchanged["delta_slope_deg"] == 0.0
+    damped = change_scores(source + 0.3 * shift, real, source)  # right genes, 0.3 of the effect
+    assert damped["delta_slope"] == pytest.approx(0.3, abs=0.02)
+    assert damped["delta_slope_deg"] == pytest.approx(0.3, abs=0.02)
+    assert abs(wrong["delta_slope"]) < 0.3
+    assert not metric_info("delta_slope").aggregate and not metric_info("delta_slope_deg").aggregate
+
     means = rng.normal(size=(5, 30)) * 3
     assert population_rank(means, means) == 0.0
     assert population_rank(means[::-1], means) > 0.5  # each prediction nearer another population

@@ -142,6 +142,15 @@ def _pcc(a: np.ndarray, b: np.ndarray) -> float:
     return float(pcc_rows(a[None], b[None])[0])
 
 
+def _slope(real_change: np.ndarray, pred_change: np.ndarray) -> float:
+    """Least-squares slope of ``pred_change`` on ``real_change`` through the origin (no change
+    predicts no change; NaN when nothing changes). A correlation is blind to scale; this says how
+    much of the effect is moved. No intercept: on top DEGs of similar effect size the real changes
+    barely vary, and a fitted intercept would absorb the whole effect."""
+    ss = float(np.sum(real_change**2))
+    return float("nan") if ss <= 0 else float(np.sum(real_change * pred_change) / ss)
+
+
 def change_scores(pred: Any, real: Any, source: Any, *, k: int | None = None) -> dict[str, float]:
     """The field's mean-level counterfactual metrics (scGen, CPA, PerturBench) of a predicted vs a
     real population, both against the source population they were made from (log1p space):
@@ -150,6 +159,10 @@ def change_scores(pred: Any, real: Any, source: Any, *, k: int | None = None) ->
     - ``r2_mean_deg``: the same on the top-k DEGs (largest |real mean - source mean|);
     - ``delta_pcc``: Pearson r of predicted vs real changes (mean - source mean), all genes;
       ``delta_pcc_deg`` on the top-k DEGs;
+    - ``delta_slope``: least-squares slope (through 0) of the predicted change on the real change,
+      all genes (1 = calibrated effect size; 0.5 = the model moves half of the real change; 0 = no change);
+      ``delta_slope_deg`` on the top-k DEGs. A calibration diagnostic, not scored: r misses a model
+      that gets the direction of every gene right but the size of the effect wrong;
     - ``deg_overlap_lfc``: |top-k by |predicted change| ∩ top-k by |real change|| / k. Ranking genes
       by mean change, not by a Wilcoxon test, keeps smooth (mean-like) predictions from turning
       arbitrary low-variance genes into "DEGs".
@@ -167,6 +180,7 @@ def change_scores(pred: Any, real: Any, source: Any, *, k: int | None = None) ->
     return {
         "r2_mean": _r2(mr, mp), "r2_mean_deg": _r2(mr[top_real], mp[top_real]),
         "delta_pcc": _pcc(dp, dr), "delta_pcc_deg": _pcc(dp[top_real], dr[top_real]),
+        "delta_slope": _slope(dr, dp), "delta_slope_deg": _slope(dr[top_real], dp[top_real]),
         "deg_overlap_lfc": float(np.intersect1d(top_real, top_pred).size / k),
     }
 
@@ -258,6 +272,13 @@ declare("delta_pcc", "distribution", True, "Pearson r of predicted vs real chang
         **_DECLARE)
 declare("delta_pcc_deg", "distribution", True, "Pearson r of predicted vs real change on the top DEGs",
         headline=True, **_DECLARE)
+declare("delta_slope", "distribution", True,
+        "least-squares slope (through 0) of predicted on real change from the source, all genes (1 = calibrated effect "
+        "size, 0.5 = half the real change, 0 = none); a calibration diagnostic, not scored",
+        aggregate=False, **_DECLARE)
+declare("delta_slope_deg", "distribution", True,
+        "delta_slope on the top DEGs (real vs source); a calibration diagnostic, not scored",
+        aggregate=False, **_DECLARE)
 declare("deg_overlap_lfc", "distribution", True,
         "overlap of the top DEGs by mean change vs the source, predicted vs real", headline=True, **_DECLARE)
 declare("deg_overlap", "distribution", True,
