@@ -12,6 +12,7 @@ from causcell_bench.leaderboard import scale, scores, summarize, violations
 from causcell_bench.metrics import (
     change_scores,
     degenerate_metrics,
+    exclusivity_gap,
     metric_info,
     population_rank,
     realism_scores,
@@ -112,12 +113,12 @@ def test_realism_perfect_vs_blurred() -> None:
     groups = np.repeat(["a", "b", "c"], 100)
     real = rng.gamma(2.0, 1.0, size=(300, 40)) + (groups == "b")[:, None] * 2.0
     same = realism_scores(real, real, groups)
-    assert same["edist_group"] == pytest.approx(0.0, abs=1e-9) and same["var_ratio"] == pytest.approx(0.0)
+    assert same["edist_group"] == pytest.approx(0.0, abs=1e-9) and same["spread_ratio"] == pytest.approx(0.0)
     resampled = real[np.concatenate([rng.permutation(np.flatnonzero(groups == g)) for g in "abc"])]
     blurred = np.vstack([np.repeat(real[groups == g].mean(0, keepdims=True), 100, axis=0) for g in "abc"])
     r, b = realism_scores(real, resampled, groups), realism_scores(real, blurred, groups)
     # a group mean predicted for every cell: no spread, far from the real distribution
-    assert b["var_log2ratio"] < -3 and b["var_ratio"] > 3 and r["var_ratio"] < 0.01
+    assert b["var_log2ratio"] < -3 and b["spread_ratio"] > 3 and r["spread_ratio"] < 0.01
     assert b["edist_group"] > r["edist_group"] + 1.0
     assert np.isnan(realism_scores(real[:5], real[:5], groups[:5])["edist_group"])  # groups too small
 
@@ -138,6 +139,18 @@ def test_change_scores_and_population_rank() -> None:
     assert unchanged["deg_overlap_lfc"] < 0.5 and unchanged["r2_mean"] < perfect["r2_mean"]
     wrong = change_scores(source + np.roll(shift, 1), real, source)  # shifts mostly the wrong genes
     assert wrong["deg_overlap_lfc"] < 0.5 and wrong["delta_pcc"] < 0.5
+
+    # effect-size calibration: the slope of predicted on real change; r cannot see a damped effect
+    half = change_scores(source + 0.5 * (real - source), real, source)
+    assert half["delta_slope"] == pytest.approx(0.5) and half["delta_slope_deg"] == pytest.approx(0.5)
+    assert half["delta_pcc"] == pytest.approx(1.0)
+    assert perfect["delta_slope"] == pytest.approx(1.0) and perfect["delta_slope_deg"] == pytest.approx(1.0)
+    assert unchanged["delta_slope"] == 0.0 and unchanged["delta_slope_deg"] == 0.0
+    damped = change_scores(source + 0.3 * shift, real, source)  # right genes, 0.3 of the effect
+    assert damped["delta_slope"] == pytest.approx(0.3, abs=0.02)
+    assert damped["delta_slope_deg"] == pytest.approx(0.3, abs=0.02)
+    assert abs(wrong["delta_slope"]) < 0.3
+    assert not metric_info("delta_slope").aggregate and not metric_info("delta_slope_deg").aggregate
 
     means = rng.normal(size=(5, 30)) * 3
     assert population_rank(means, means) == 0.0
@@ -253,9 +266,9 @@ def test_a_category_one_setting_lacks_does_not_unrank_the_other() -> None:
     metrics = lambda v: {"acc:age": v, "pcc": v, "cf_pcc": v}
     ctrl = {"positive_control": metrics(1.0), "negative_control": metrics(0.0)}
     tid, _ = _summary({**ctrl, "A": metrics(0.8), "B": metrics(0.4)})
-    tood, _ = _summary({**{k: {**v, "var_ratio": 0.0 if k == "positive_control" else 2.0}
-                           for k, v in ctrl.items()}, "A": {**metrics(0.8), "var_ratio": 0.5},
-                        "B": {**metrics(0.4), "var_ratio": 1.0}})
+    tood, _ = _summary({**{k: {**v, "spread_ratio": 0.0 if k == "positive_control" else 2.0}
+                           for k, v in ctrl.items()}, "A": {**metrics(0.8), "spread_ratio": 0.5},
+                        "B": {**metrics(0.4), "spread_ratio": 1.0}})
     tidy = pd.concat([tid, tood.assign(setting="OOD")], ignore_index=True)
     sc = scores(summarize(tidy)).set_index(["setting", "method"])
     assert sc.at[("ID", "A"), "rank"] == 1 and sc.at[("ID", "B"), "rank"] == 2
@@ -275,3 +288,22 @@ def test_a_metric_the_parts_cannot_measure_keeps_its_fold_value() -> None:
     assert sc.at["A", "rank"] == 1
     # the counterfactual category stays in the parts' overall at its fold value: A stays first
     assert (sc.at["A", "rank_lo"], sc.at["A", "rank_hi"], sc.at["B", "rank_lo"]) == (1, 1, 2)
+
+
+def test_exclusivity_stays_in_the_unit_interval_when_a_probe_is_worse_than_chance() -> None:
+    # OOD-like folds: the training fold ties age to domain one way, the test fold the other way,
+    # so a probe from the age embedding predicts domain worse than the test's majority guess
+    rng = np.random.default_rng(0)
+    n = 300
+    age_tr, age_te = rng.integers(0, 2, n), rng.integers(0, 2, n)
+    tr = pd.DataFrame({"age": age_tr.astype(str), "domain": age_tr.astype(str)})
+    te = pd.DataFrame({"age": age_te.astype(str), "domain": (1 - age_te).astype(str)})
+    emb = lambda obs: {c: _onehot(obs[c]) for c in ("age", "domain")}  # the positive control's embeddings
+    out = score_disentanglement(emb(tr), tr, emb(te), te, ["age", "domain"], ancestors={"age": [], "domain": []})
+    assert out["offdiag_acc:age|domain"] < 0.1  # the adversarial case: far below chance
+    for key in ("exclusivity:age", "exclusivity:domain", "exclusivity_dag:age", "exclusivity_dag:domain"):
+        assert 0.0 <= out[key] <= 1.0
+        assert out[key] == pytest.approx(1.0)  # own concept perfect, the other below chance counts as chance
+    # an embedding that predicts another concept better than its own is floored at 0, not negative
+    assert exclusivity_gap(0.2, [0.9, 0.7]) == 0.0
+    assert exclusivity_gap(1.0, [-0.8]) == 1.0 and exclusivity_gap(0.5, [0.1, -3.0]) == pytest.approx(0.45)

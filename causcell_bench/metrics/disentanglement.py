@@ -62,11 +62,13 @@ def score_disentanglement(
     With ``off_diagonal``: ``offdiag_acc:c|j`` (probe z_c -> y_j) and ``exclusivity:c``. With
     b_j the test-fold frequency of concept j's commonest label (best constant predictor) and
     lift(c, j) = (acc(z_c -> y_j) - b_j) / (1 - b_j) (0 = chance, 1 = perfect),
-    exclusivity:c = lift(c, c) - mean_{j != c} lift(c, j). Concepts with b_j = 1 (one label in
-    the test fold) are left out of the mean; NaN with a single concept. Chance-level off-diagonal
-    lifts scatter around 0, so the gap can sit slightly above 1 or below 0. Note that causally
-    dependent concepts (celltype <- age) are legitimately predictable from each other, so even a
-    perfect embedding need not reach 1.
+    exclusivity:c = max(0, lift(c, c) - mean_{j != c} lift(c, j)) with every lift clipped to [0, 1]
+    (:func:`exclusivity_gap`), so it lies in [0, 1]: 1 = own concept perfectly predicted, every
+    other at chance. A below-chance lift (a probe worse than the test fold's majority guess, e.g.
+    OOD, where held-out combinations reverse the training associations) counts as 0, no
+    information. Concepts with b_j = 1 (one label in the test fold) are left out of the mean; NaN
+    with a single concept. Note that causally dependent concepts (celltype <- age) are
+    legitimately predictable from each other, so even a perfect embedding need not reach 1.
 
     ``fine_labels`` maps a concept to a fine-label column of ``test_obs``: ``nmi_fine:c`` and
     ``ari_fine:c`` of Ward clusters of test z_c (n_clusters = fine labels present) vs those labels;
@@ -151,7 +153,9 @@ def score_disentanglement(
                 own = lift(out[f"acc:{c}"], base[c])
                 leaks = [lift(out[f"offdiag_acc:{c}|{j}"], base[j]) for j in concepts if j != c and j not in anc]
                 finite = [x for x in leaks if np.isfinite(x)]
-                out[f"exclusivity_dag:{c}"] = exclusivity_gap(own, finite) if finite else own
+                # every other concept an ancestor: nothing can leak, the own lift (in [0, 1]) alone
+                alone = float(np.clip(own, 0.0, 1.0)) if np.isfinite(own) else float("nan")
+                out[f"exclusivity_dag:{c}"] = exclusivity_gap(own, finite) if finite else alone
     if UNEXPLAINED in train_emb and UNEXPLAINED in test_emb:
         utr = _embedding(train_emb, UNEXPLAINED, n_tr, "train_emb")
         ute = _embedding(test_emb, UNEXPLAINED, n_te, "test_emb")
@@ -237,10 +241,11 @@ declare("offdiag_acc", "predictive", False,
         "accuracy of the probe from embedding c to another concept j (name 'offdiag_acc:c|j'); a diagnostic",
         aggregate=False, qualified=True, **_DECLARE)
 declare("exclusivity", "predictive", True,
-        "own-concept lift over the majority baseline minus the mean lift on every other concept",
+        "own-concept lift over the majority baseline minus the mean lift on every other concept, lifts "
+        "clipped to [0, 1] and the gap floored at 0 (in [0, 1])",
         qualified=True, headline=True, **_DECLARE)
 declare("exclusivity_dag", "predictive", True,
-        "own-concept lift minus the mean lift on concepts that are not ancestors of c in the DAG",
+        "as exclusivity, the mean lift taken on concepts that are not ancestors of c in the DAG (in [0, 1])",
         qualified=True, headline=True, **_DECLARE)
 # a diagnostic, not scored: the negative control's random u is ideal here, so control scaling is void
 declare("u_leak", "predictive", False,

@@ -45,25 +45,38 @@ def _sample(x: Matrix, max_cells: int | None, seed: int) -> np.ndarray:
     return dense(x, slice(None) if idx is None else idx)
 
 
-def _mean_dist(a: np.ndarray, b: np.ndarray | None) -> float:
-    """Mean Euclidean distance over all pairs (rows of a) x (rows of b, or of a when b is None)."""
+def _mean_dist(a: np.ndarray, b: np.ndarray | None, *, self_pairs: bool = True) -> float:
+    """Mean Euclidean distance over all pairs (rows of a) x (rows of b, or of a when b is None;
+    without ``self_pairs``, the zero distances of a row to itself are left out of the mean)."""
     other = a if b is None else b
     total = 0.0
     for start in range(0, a.shape[0], _BLOCK):
         blk = a[start : start + _BLOCK]
         total += float(euclidean_distances(blk, other).sum())
-    return total / (a.shape[0] * other.shape[0])
+    n_self = a.shape[0] if b is None and not self_pairs else 0
+    return total / (a.shape[0] * other.shape[0] - n_self)
 
 
-def e_distance(a: Any, b: Any, *, max_cells: int | None = MAX_CELLS, seed: int = 0) -> float:
+def e_distance(a: Any, b: Any, *, max_cells: int | None = MAX_CELLS, seed: int = 0,
+               unbiased: bool = False) -> float:
     """Energy distance between the populations of rows of ``a`` and ``b`` (seeded subsample of
-    ``max_cells`` rows from each above that size)."""
+    ``max_cells`` rows from each above that size), floored at 0.
+
+    ``unbiased``: the within-population means leave out self-pairs (a U-statistic). The default
+    V-statistic counts them, which inflates E by about E|X-X'| (1/n_a + 1/n_b): negligible for
+    large populations, but on groups of a few dozen cells it dominates the score of a sampler of
+    the right distribution. Identical inputs score 0 either way.
+    """
     a = as_matrix(a, "a")
     b = as_matrix(b, "b")
     _check_genes(a, b, "a", "b")
     xa = _sample(a, max_cells, seed)
     xb = _sample(b, max_cells, seed)
-    return float(max(0.0, 2.0 * _mean_dist(xa, xb) - _mean_dist(xa, None) - _mean_dist(xb, None)))
+    if unbiased and min(xa.shape[0], xb.shape[0]) < 2:
+        raise BenchError("the unbiased E-distance needs at least 2 cells in each population")
+    sp_ = not unbiased
+    return float(max(0.0, 2.0 * _mean_dist(xa, xb) - _mean_dist(xa, None, self_pairs=sp_)
+                     - _mean_dist(xb, None, self_pairs=sp_)))
 
 
 def _col_mean(x: Matrix) -> np.ndarray:
@@ -129,6 +142,15 @@ def _pcc(a: np.ndarray, b: np.ndarray) -> float:
     return float(pcc_rows(a[None], b[None])[0])
 
 
+def _slope(real_change: np.ndarray, pred_change: np.ndarray) -> float:
+    """Least-squares slope of ``pred_change`` on ``real_change`` through the origin (no change
+    predicts no change; NaN when nothing changes). A correlation is blind to scale; this says how
+    much of the effect is moved. No intercept: on top DEGs of similar effect size the real changes
+    barely vary, and a fitted intercept would absorb the whole effect."""
+    ss = float(np.sum(real_change**2))
+    return float("nan") if ss <= 0 else float(np.sum(real_change * pred_change) / ss)
+
+
 def change_scores(pred: Any, real: Any, source: Any, *, k: int | None = None) -> dict[str, float]:
     """The field's mean-level counterfactual metrics (scGen, CPA, PerturBench) of a predicted vs a
     real population, both against the source population they were made from (log1p space):
@@ -139,6 +161,10 @@ def change_scores(pred: Any, real: Any, source: Any, *, k: int | None = None) ->
       r^2 that scGen and CPA report beside R^2);
     - ``delta_pcc``: Pearson r of predicted vs real changes (mean - source mean), all genes;
       ``delta_pcc_deg`` on the top-k DEGs;
+    - ``delta_slope``: least-squares slope (through 0) of the predicted change on the real change,
+      all genes (1 = calibrated effect size; 0.5 = the model moves half of the real change; 0 = no change);
+      ``delta_slope_deg`` on the top-k DEGs. A calibration diagnostic, not scored: r misses a model
+      that gets the direction of every gene right but the size of the effect wrong;
     - ``deg_overlap_lfc``: |top-k by |predicted change| ∩ top-k by |real change|| / k. Ranking genes
       by mean change, not by a Wilcoxon test, keeps smooth (mean-like) predictions from turning
       arbitrary low-variance genes into "DEGs".
@@ -157,6 +183,7 @@ def change_scores(pred: Any, real: Any, source: Any, *, k: int | None = None) ->
         "r2_mean": _r2(mr, mp), "r2_mean_deg": _r2(mr[top_real], mp[top_real]),
         "mean_pcc_deg": _pcc(mp[top_real], mr[top_real]),
         "delta_pcc": _pcc(dp, dr), "delta_pcc_deg": _pcc(dp[top_real], dr[top_real]),
+        "delta_slope": _slope(dr, dp), "delta_slope_deg": _slope(dr[top_real], dp[top_real]),
         "deg_overlap_lfc": float(np.intersect1d(top_real, top_pred).size / k),
     }
 
@@ -251,6 +278,13 @@ declare("delta_pcc", "distribution", True, "Pearson r of predicted vs real chang
         **_DECLARE)
 declare("delta_pcc_deg", "distribution", True, "Pearson r of predicted vs real change on the top DEGs",
         headline=True, **_DECLARE)
+declare("delta_slope", "distribution", True,
+        "least-squares slope (through 0) of predicted on real change from the source, all genes (1 = calibrated effect "
+        "size, 0.5 = half the real change, 0 = none); a calibration diagnostic, not scored",
+        aggregate=False, **_DECLARE)
+declare("delta_slope_deg", "distribution", True,
+        "delta_slope on the top DEGs (real vs source); a calibration diagnostic, not scored",
+        aggregate=False, **_DECLARE)
 declare("deg_overlap_lfc", "distribution", True,
         "overlap of the top DEGs by mean change vs the source, predicted vs real", headline=True, **_DECLARE)
 declare("deg_overlap", "distribution", True,

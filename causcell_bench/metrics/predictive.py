@@ -113,8 +113,15 @@ def lift(acc: float, baseline: float) -> float:
 
 
 def exclusivity_gap(own: float, others: list[float]) -> float:
-    """``own`` lift minus the mean of the finite ``others`` lifts (NaN when either side is undefined)."""
-    finite = [o for o in others if np.isfinite(o)]
+    """``own`` lift minus the mean of the finite ``others`` lifts, each lift clipped to [0, 1] and the
+    gap floored at 0, so the score lies in [0, 1] (NaN when either side is undefined).
+
+    A probe fit on the training fold can score below the test fold's majority guess (OOD: the
+    test combinations reverse the training associations), a negative lift that is no information,
+    not anti-leakage: unclipped, it pushed the positive control's gap to 1.33. A gap below 0 (the
+    embedding predicts other concepts better than its own) is as exclusive as none at all.
+    """
+    finite = [float(np.clip(o, 0.0, 1.0)) for o in others if np.isfinite(o)]
     if not np.isfinite(own) or not finite:
         return float("nan")
-    return float(own - np.mean(finite))
+    return float(max(0.0, float(np.clip(own, 0.0, 1.0)) - np.mean(finite)))
