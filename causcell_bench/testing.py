@@ -37,7 +37,7 @@ from anndata import AnnData
 
 from causcell_bench.datasets.spec import DatasetSpec
 from causcell_bench.errors import BenchError
-from causcell_bench.methods.base import MANIFEST_FILE, UNEXPLAINED, Method, Progress, class_path
+from causcell_bench.methods.base import MANIFEST_FILE, UNEXPLAINED, Method, Progress, class_path, dense_rows
 
 
 def tiny_dataset(
@@ -231,6 +231,11 @@ def check_method(
         assert np.isfinite(gen).all(), "generate() returned non-finite values"
         if check_output_scale:
             check_scale(gen, test)
+        # the leaderboard leaves a reference's reconstruction metrics unscored on this declaration
+        echoes = np.allclose(gen, dense_rows(test.X, slice(None)), rtol=0, atol=1e-6)
+        assert echoes == caps.reconstruction_is_input, (
+            "generate() returns the input cells: declare capabilities.reconstruction_is_input=True" if echoes else
+            "capabilities.reconstruction_is_input is True but generate() does not return the input cells")
         if check_determinism:
             again = m.generate(test, seed=0)
             np.testing.assert_allclose(gen, again, rtol=1e-4, atol=1e-4, err_msg="generate() not deterministic under a seed")

@@ -25,7 +25,10 @@ def _name(m: MetricInfo) -> str:
 
 
 def _role(m: MetricInfo) -> str:
-    return ("scored" if m.aggregate else "diagnostic") + (", headline" if m.headline else "")
+    role = "scored" if m.aggregate else "diagnostic"
+    if m.aggregate and m.superseded_by:
+        role = f"scored without a DAG (a diagnostic where `{m.superseded_by}` is measured)"
+    return role + (", headline" if m.headline else "")
 
 
 def table() -> str:

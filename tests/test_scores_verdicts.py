@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from causcell_bench.leaderboard import scale, scores, summarize, violations
+from causcell_bench.leaderboard import scale, scores, summarize, tidy_table, violations
 from causcell_bench.metrics import (
     change_scores,
     degenerate_metrics,
@@ -177,21 +177,21 @@ def test_degenerate_metrics_name_the_reason() -> None:
 
 # --- scores --------------------------------------------------------------------------------------------
 
+def _records(values: dict[str, dict[str, float]], *, folds: int = 1, noise: float = 0.0, seed: int = 0,
+             dataset: str = "d", setting: str = "ID") -> list[dict]:
+    """Cell records for method -> {metric: value} over ``folds`` folds (plus noise). Kinds and
+    capabilities come from the names: the built-in controls and references are what they are."""
+    rng = np.random.default_rng(seed)
+    return [{"status": "ok", "dataset": dataset, "method": method, "setting": setting, "fold": f, "seed": 0,
+             "capabilities": {"embedding": "per_concept"},
+             "metrics": {m: v + noise * rng.normal() for m, v in metrics.items()}}
+            for method, metrics in values.items() for f in range(folds)]
+
+
 def _summary(values: dict[str, dict[str, float]], *, folds: int = 1, noise: float = 0.0,
              seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A tidy table for method -> {metric: value} over ``folds`` folds (plus noise) and its summary."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for method, metrics in values.items():
-        kind = "control" if method.endswith("_control") else "method"
-        for metric, v in metrics.items():
-            info = metric_info(metric)
-            for f in range(folds):
-                rows.append({"dataset": "d", "method": method, "setting": "ID", "fold": f, "seed": 0,
-                             "metric": metric, "value": v + noise * rng.normal(), "group": info.group,
-                             "higher_is_better": info.higher_is_better, "aggregate": info.aggregate,
-                             "embedding": "per_concept", "kind": kind})
-    tidy = pd.DataFrame(rows)
+    tidy = tidy_table(_records(values, folds=folds, noise=noise, seed=seed))
     return tidy, summarize(tidy)
 
 
@@ -238,7 +238,6 @@ def test_uninformative_lists_metrics_a_trivial_reference_wins() -> None:
                            "negative_control": {"pcc": 0.5, "cf_pcc": 0.5},
                            "A": {"pcc": 0.8, "cf_pcc": 0.7}, "no_change": {"pcc": 1.0, "cf_pcc": 0.6},
                            "group_mean": {"pcc": 0.7, "cf_pcc": 0.75}})
-    summary.loc[summary["method"].isin(["no_change", "group_mean"]), "kind"] = "reference"
     u = uninformative(summary)
     # group_mean beats every method on cf_pcc; no_change's perfect pcc is the input itself, not evidence
     assert list(zip(u["metric"], u["reference"])) == [("cf_pcc", "group_mean")]
@@ -307,3 +306,112 @@ def test_exclusivity_stays_in_the_unit_interval_when_a_probe_is_worse_than_chanc
     # an embedding that predicts another concept better than its own is floored at 0, not negative
     assert exclusivity_gap(0.2, [0.9, 0.7]) == 0.0
     assert exclusivity_gap(1.0, [-0.8]) == 1.0 and exclusivity_gap(0.5, [0.1, -3.0]) == pytest.approx(0.45)
+
+
+def test_a_reference_gets_no_overall_and_no_score_from_its_input_as_reconstruction() -> None:
+    from causcell_bench.leaderboard import uninformative
+
+    metrics = lambda v, cf: {"acc:age": v, "pcc": v, "spread_ratio": 1.0 - v, "cf_pcc": cf}
+    values = {"positive_control": metrics(1.0, 1.0), "negative_control": metrics(0.0, 0.0),
+              "A": metrics(0.6, 0.6), "B": metrics(0.5, 0.5),
+              # the cell itself as reconstruction: perfect fidelity and realism by construction
+              "additive_shift": {"pcc": 1.0, "spread_ratio": 0.0, "cf_pcc": 0.9},
+              "no_change": {"pcc": 1.0, "spread_ratio": 0.0, "cf_pcc": 0.2},
+              "group_mean": {"pcc": 0.7, "spread_ratio": 0.9, "cf_pcc": 0.7}}
+    tidy, summary = _summary(values)
+    roles = tidy.set_index(["method", "metric"])["role"]
+    assert roles[("additive_shift", "pcc")] == "trivial" and roles[("no_change", "spread_ratio")] == "trivial"
+    assert roles[("additive_shift", "cf_pcc")] == "scored" and roles[("group_mean", "pcc")] == "scored"
+    assert roles[("positive_control", "pcc")] == "scored"  # a control still anchors the scale
+    sc = scores(summary).set_index("method")
+    for ref in ("additive_shift", "no_change", "group_mean"):
+        assert np.isnan(sc.at[ref, "overall"]) and np.isnan(sc.at[ref, "rank"]), ref
+        assert "reference: no overall" in sc.at[ref, "note"]
+    assert np.isnan(sc.at["additive_shift", "fidelity"]) and np.isnan(sc.at["additive_shift", "realism"])
+    assert sc.at["additive_shift", "counterfactual"] == pytest.approx(0.9)
+    assert sc.at["group_mean", "fidelity"] == pytest.approx(0.7)  # its group means are a real prediction
+    assert (sc.at["A", "rank"], sc.at["B", "rank"]) == (1, 2) and np.isfinite(sc.at["A", "overall"])
+    # its trivial pcc is no evidence that the metric is uninformative either
+    u = uninformative(summary)
+    assert ("pcc", "no_change") not in set(zip(u["metric"], u["reference"]))
+    assert ("pcc", "group_mean") in set(zip(u["metric"], u["reference"]))
+
+
+@pytest.mark.parametrize("dag", [True, False])
+def test_plain_disentanglement_metrics_are_scored_only_without_a_dag(dag: bool) -> None:
+    # A is exclusive only under the DAG rule (its child embedding carries the parents), B the other way
+    def metrics(plain: float, aware: float) -> dict[str, float]:
+        out = {"exclusivity:celltype": plain, "dci_d": plain, "pcc": 0.5, "cf_pcc": 0.5}
+        return {**out, "exclusivity_dag:celltype": aware, "dci_d_dag": aware} if dag else out
+
+    values = {"positive_control": metrics(1.0, 1.0), "negative_control": metrics(0.0, 0.0),
+              "A": metrics(0.2, 0.9), "B": metrics(0.6, 0.4)}
+    tidy, summary = _summary(values)
+    roles = tidy.drop_duplicates("metric").set_index("metric")["role"]
+    assert roles["exclusivity:celltype"] == roles["dci_d"] == ("superseded" if dag else "scored")
+    sc = scores(summary).set_index("method")
+    assert sc.at["A", "predictive"] == pytest.approx(0.9 if dag else 0.2)
+    assert sc.at["A", "rank"] == (1 if dag else 2)
+    # the plain ones stay in the tables
+    assert {"exclusivity:celltype", "dci_d"} <= set(summary["metric"])
+
+
+# --- held-out verdict ---------------------------------------------------------------------------------
+
+def test_heldout_verdict_says_a_model_beats_additive_shift_but_not_group_mean(tmp_path) -> None:
+    import html as _html
+    import re
+
+    from causcell_bench.leaderboard import heldout_verdict, markdown, status_table, write_index_html
+
+    r2 = lambda v, deg: {"r2_mean": v, "r2_mean_deg": deg, "pcc": 0.8}
+    values = {"positive_control": {"pcc": 1.0}, "negative_control": {**r2(0.2, 0.1), "pcc": 0.5},
+              "A": r2(0.7, 0.6), "group_mean": r2(0.9, 0.8), "additive_shift": r2(0.5, 0.4),
+              "no_change": r2(0.7, 0.2)}
+    records = _records(values, folds=5, noise=0.02, setting="OOD") + _records(values, folds=5, setting="ID")
+    a_r2 = {r["fold"]: r["metrics"]["r2_mean"] for r in records if r["method"] == "A" and r["setting"] == "OOD"}
+    for r in records:  # no_change: A's value give or take 0.03, either way
+        if r["method"] == "no_change" and r["setting"] == "OOD":
+            r["metrics"]["r2_mean"] = a_r2[r["fold"]] + [0.03, -0.03, 0.02, -0.02, 0.0][r["fold"]]
+    tidy = tidy_table(records)
+    summary = summarize(tidy)
+    v = heldout_verdict(tidy)
+    assert set(v["setting"]) == {"OOD"}  # only held-out populations
+    a = v[v["method"] == "A"].set_index(["metric", "reference"])
+    assert a.at[("r2_mean", "additive_shift"), "verdict"] == ">"
+    assert a.at[("r2_mean", "group_mean"), "verdict"] == "<"
+    assert a.at[("r2_mean", "no_change"), "verdict"] == "="  # within the interval over folds
+    assert a.at[("r2_mean_deg", "no_change"), "verdict"] == ">"
+    assert a.at[("r2_mean", "group_mean"), "mean"] == pytest.approx(0.7, abs=0.03)
+    assert a.at[("r2_mean", "group_mean"), "n"] == 5 and a.at[("r2_mean", "group_mean"), "basis"] == "folds x seeds"
+    assert a.at[("r2_mean", "group_mean"), "diff_hi"] < 0 < a.at[("r2_mean", "additive_shift"), "diff_lo"]
+    # the same cells in the markdown and the HTML report: trained models first
+    row = "| A | method | "
+    md = markdown(summary, scores(summary), verdict=v)
+    line = next(ln for ln in md.splitlines() if ln.startswith(row))
+    assert line.endswith("| < / < | > / > | = / > |"), line
+    header = next(ln for ln in md.splitlines() if ln.startswith("| method | kind | r2_mean |"))
+    assert header.endswith("| vs group_mean | vs additive_shift | vs no_change |")
+    assert md.index(row) < md.index("| group_mean | reference")
+    page = write_index_html(tmp_path, tmp_path, tidy, summary, scores(summary), status_table(records),
+                            verdict=v).read_text()
+    verdict_html = page[page.index("Held-out verdict"):]
+    cells = re.search(r"<tr><td>A</td>(.*?)</tr>", verdict_html).group(1)
+    texts = [_html.unescape(t) for t in re.findall(r"<td[^>]*>(.*?)</td>", cells)]
+    assert texts[-3:] == ["< / <", "> / >", "= / >"], texts
+
+
+def test_heldout_verdict_with_one_fold_takes_its_interval_from_the_cell_parts() -> None:
+    from causcell_bench.leaderboard import heldout_verdict
+
+    values = {"A": {"r2_mean": 0.7}, "additive_shift": {"r2_mean": 0.69}, "group_mean": {"r2_mean": 0.9}}
+    tidy = tidy_table(_records(values, setting="OOD"))
+    point = heldout_verdict(tidy).set_index(["method", "reference"])
+    assert point.at[("A", "additive_shift"), "verdict"] == ">"
+    assert "no interval" in point.at[("A", "additive_shift"), "basis"]
+    parts = tidy_table(_records(values, folds=5, noise=0.05, seed=3, setting="OOD"))
+    parts = parts.rename(columns={"fold": "part"}).assign(fold=0)
+    v = heldout_verdict(tidy, parts).set_index(["method", "reference"])
+    assert v.at[("A", "additive_shift"), "verdict"] == "=" and v.at[("A", "group_mean"), "verdict"] == "<"
+    assert v.at[("A", "additive_shift"), "diff"] == pytest.approx(0.01)  # the whole fold's value, parts' spread
+    assert v.at[("A", "additive_shift"), "basis"] == "5 cell parts of one fold"

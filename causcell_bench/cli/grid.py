@@ -326,11 +326,13 @@ def list_(
         from causcell_bench.metrics import list_metrics
 
         t = Table("metric", "category / group", "better", "scored", "computed by", "description",
-                  caption="scored: enters the overall score (others are CT controls and diagnostics); "
+                  caption="scored: enters the overall score (others are CT controls and diagnostics; "
+                          "'no DAG': scored unless its DAG-aware variant is measured); "
                           "computed by: the function in causcell_bench.metrics that emits it")
         for m in list_metrics():
             t.add_row(m.name, f"{m.category} / {m.group}", "higher" if m.higher_is_better else "lower",
-                      "yes" if m.aggregate else "-", m.defined_in.removeprefix("causcell_bench.metrics."),
+                      ("no DAG" if m.superseded_by else "yes") if m.aggregate else "-",
+                      m.defined_in.removeprefix("causcell_bench.metrics."),
                       m.description)
         console.print(t)
     else:

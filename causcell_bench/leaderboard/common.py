@@ -24,6 +24,12 @@ CATEGORY_ORDER: tuple[str, ...] = tuple(_metrics.CATEGORIES)
 HEATMAP_METRICS: tuple[str, ...] = tuple(_metrics.headline_metrics())
 
 EMBEDDING_FLAG = {"label_lookup": " †", "shared": " *"}
+#: how the tables show a reference's ``trivial`` value (its reconstruction is the input cell: no evidence)
+TRIVIAL_LABEL = "input"
+
+
+#: the order of kinds in every table and figure: methods, then references, then controls (anchors last)
+KIND_ORDER = {"method": 0, "reference": 1, "control": 2}
 
 
 def kind_by_name(method: str) -> str:

@@ -29,10 +29,15 @@ from causcell_bench.leaderboard.common import (
     GROUP_ORDER,
     HEATMAP_METRICS,
     KEYS,
+    KIND_ORDER,
+    TRIVIAL_LABEL,
     finite,
     kind_by_name,
 )
 from causcell_bench.leaderboard.scoring import cross_dataset_overall
+from causcell_bench.leaderboard.tables import scored_rows, trivial_values
+from causcell_bench.leaderboard.verdict import LEGEND as VERDICT_LEGEND
+from causcell_bench.leaderboard.verdict import verdict_tables
 from causcell_bench.metrics import CATEGORIES
 
 CATEGORY_OF = {g: cat for cat, groups in CATEGORIES.items() for g in groups}
@@ -56,6 +61,11 @@ def _num(v: Any, digits: int = 3, sd: Any = None) -> str:
     if finite(sd):
         text += f' <span class="sd">± {float(sd):.{digits}f}</span>'
     return f'<td class="num" data-v="{float(v)!r}">{text}</td>'
+
+
+# a reference's trivial value: shown as what it is, sorted with the n/a cells
+_TRIVIAL_CELL = (f'<td class="na" data-v="" title="the reference returns the input cell as its reconstruction: '
+                 f'perfect by construction, not scored">{TRIVIAL_LABEL}</td>')
 
 
 def _cell(v: Any) -> str:
@@ -98,7 +108,7 @@ def _order(score_table: pd.DataFrame, methods: Iterable[str], kinds: Mapping[str
         return float(v) if finite(v) else math.nan
 
     def key(m: str) -> tuple[int, float, float, str]:
-        tier = {"method": 1, "reference": 2, "control": 3}.get(kinds.get(m, "method"), 1)
+        tier = 1 + KIND_ORDER.get(kinds.get(m, "method"), 0)
         rank, overall = num(m, "rank"), num(m, "overall")
         if math.isfinite(rank):
             tier = 0
@@ -276,12 +286,14 @@ def _metric_table(block: pd.DataFrame, order: list[str], kinds: Mapping[str, str
     sub += "</tr>"
     mean = block.pivot_table(index="method", columns="metric", values="mean", aggfunc="first", dropna=False)
     sd = block.pivot_table(index="method", columns="metric", values="sd", aggfunc="first", dropna=False)
+    trivial = trivial_values(block)
     body = []
     for m in order:
         if m not in mean.index:
             continue
         row = _row_open(m, kinds, emb.get(m, ""))
-        row += "".join(_num(mean.at[m, k] if k in mean.columns else np.nan,
+        row += "".join(_TRIVIAL_CELL if (m, k) in trivial else
+                       _num(mean.at[m, k] if k in mean.columns else np.nan,
                             sd=sd.at[m, k] if k in sd.columns else np.nan) for k in metrics)
         body.append(row + "</tr>")
     return (f'<div class="wrap"><table class="sortable metrics"><thead>{top}{sub}</thead>'
@@ -291,7 +303,7 @@ def _metric_table(block: pd.DataFrame, order: list[str], kinds: Mapping[str, str
 def fold_headline(tidy: pd.DataFrame, dataset: str, setting: str) -> pd.DataFrame:
     """Per fold (and seed), per-concept metrics averaged into one headline value per base metric:
     the points behind the bar charts' means and error bars."""
-    t = tidy[(tidy.dataset == dataset) & (tidy.setting == setting) & tidy["aggregate"].astype(bool)].copy()
+    t = tidy[(tidy.dataset == dataset) & (tidy.setting == setting) & scored_rows(tidy)].copy()
     if t.empty:
         return pd.DataFrame(columns=["method", "fold", "seed", "metric", "value", "group", "higher_is_better"])
     t["base"] = t["metric"].str.split(":").str[0]
@@ -534,9 +546,13 @@ LEGEND = (
 def write_index_html(out_dir: str | Path, run_dir: str | Path, tidy: pd.DataFrame, summary: pd.DataFrame,
                      score_table: pd.DataFrame, status: pd.DataFrame,
                      figures: Mapping[str, Path] | None = None,
-                     records: Iterable[Mapping[str, Any]] | None = None) -> Path:
-    """Write ``out_dir/index.html``: heatmaps, per dataset and setting the scores, every metric and
-    bar charts, the cross-dataset overview, violations, failed cells and provenance. Returns its path."""
+                     records: Iterable[Mapping[str, Any]] | None = None,
+                     verdict: pd.DataFrame | None = None) -> Path:
+    """Write ``out_dir/index.html``: heatmaps, per dataset and setting the scores, the held-out verdict
+    against the references (``verdict``: :func:`~causcell_bench.leaderboard.verdict.heldout_verdict`),
+    every metric and bar charts, the cross-dataset overview, violations, failed cells and provenance.
+    Returns its path."""
+    verdicts = {(d, s): (t, note) for d, s, t, note in verdict_tables(verdict)} if verdict is not None else {}
     out_dir, run_dir = Path(out_dir), Path(run_dir)
     figures = dict(figures or {})
     ids = _Ids()
@@ -570,6 +586,11 @@ def write_index_html(out_dir: str | Path, run_dir: str | Path, tidy: pd.DataFram
             parts = []
             if not sc.empty:
                 parts.append("<h4>Scores</h4>" + _scores_table(sc, order, kinds))
+            if (dataset, setting) in verdicts:
+                table, basis = verdicts[(dataset, setting)]
+                parts.append("<h4>Held-out verdict: R^2 of the held-out mean against the references</h4>"
+                             + _generic_table(table, cls="sortable verdict")
+                             + f'<p class="note">{_e(VERDICT_LEGEND)} {_e(basis)}</p>')
             parts.append("<h4>Every metric (mean ± sd over folds)</h4>" + _metric_table(block, order, kinds, emb))
             try:
                 uri = bar_chart(tidy, dataset, setting, order, kinds)

@@ -20,18 +20,25 @@ from causcell_bench.leaderboard.common import (
     EMBEDDING_FLAG,
     GROUP_ORDER,
     HEATMAP_METRICS,
+    KIND_ORDER,
+    TRIVIAL_LABEL,
     overall_label,
 )
 from causcell_bench.leaderboard.scoring import cross_dataset_overall
-from causcell_bench.leaderboard.tables import headline
+from causcell_bench.leaderboard.tables import headline, trivial_values
+from causcell_bench.leaderboard.verdict import LEGEND as VERDICT_LEGEND
+from causcell_bench.leaderboard.verdict import verdict_tables
 
 
 def markdown(summary: pd.DataFrame, score_table: pd.DataFrame, status: pd.DataFrame | None = None,
              violation_table: pd.DataFrame | None = None, degenerate: pd.DataFrame | None = None,
-             uninformative_table: pd.DataFrame | None = None, left_out: Iterable[str] = ()) -> str:
+             uninformative_table: pd.DataFrame | None = None, left_out: Iterable[str] = (),
+             verdict: pd.DataFrame | None = None) -> str:
     """A markdown leaderboard: per dataset and setting, ranked methods by overall score (with rank
-    intervals), then partial methods, references and controls; headline metrics; notes on what the
-    references show, bracketing violations, degenerate metrics and failed cells."""
+    intervals), then partial methods, references and controls; headline metrics; on held-out settings
+    the verdict against the references (``verdict``: :func:`~causcell_bench.leaderboard.verdict.heldout_verdict`);
+    notes on what the references show, bracketing violations, degenerate metrics and failed cells."""
+    verdicts = {(d, s): (t, note) for d, s, t, note in verdict_tables(verdict)} if verdict is not None else {}
     head = headline(summary, scored_only=False)
     head = head[head["metric"].isin(HEATMAP_METRICS)]
     parts = ["# causcell-bench leaderboard", ""]
@@ -49,6 +56,7 @@ def markdown(summary: pd.DataFrame, score_table: pd.DataFrame, status: pd.DataFr
         metrics = [m for m in HEATMAP_METRICS if m in present]
         table = block.pivot_table(index="method", columns="metric", values="mean", aggfunc="first")
         sds = block.pivot_table(index="method", columns="metric", values="sd", aggfunc="first")
+        trivial = trivial_values(block)
         order = _display_order(sc, list(table.index))
         cats = [c for c in CATEGORY_ORDER if c in sc.columns]
         parts += [f"## {dataset} — {setting}", ""]
@@ -66,10 +74,14 @@ def markdown(summary: pd.DataFrame, score_table: pd.DataFrame, status: pd.DataFr
             for m in metrics:
                 v = table.at[method, m] if method in table.index and m in table.columns else np.nan
                 sd = sds.at[method, m] if method in sds.index and m in sds.columns else np.nan
-                cells.append(_fmt(v, sd))
+                cells.append(TRIVIAL_LABEL if (method, m) in trivial else _fmt(v, sd))
             parts.append("| " + " | ".join(cells) + " |")
         parts.append("")
         parts += _reference_note(block, sc)
+        if (dataset, setting) in verdicts:
+            table, basis = verdicts[(dataset, setting)]
+            parts += ["Held-out populations: does each model beat the references on R^2 of the held-out mean?", "",
+                      *_md_table(table), "", f"{VERDICT_LEGEND} {basis}", ""]
         partial = [f"{m}: {n.split(';')[0]}" for m, n in sc.get("note", pd.Series(dtype=str)).items()
                    if isinstance(n, str) and n.startswith("partial overall") and sc.at[m, "kind"] == "method"]
         if partial:
@@ -88,8 +100,9 @@ def markdown(summary: pd.DataFrame, score_table: pd.DataFrame, status: pd.DataFr
         ("† label-lookup embeddings (identical within a label): not ranked on disentanglement. "
          "* one shared latent for every concept: the probe measures informativeness, not disentanglement. "
          "Controls anchor the scale; references (group_mean, additive_shift, no_change) are the field's "
-         "simple baselines: shown, never ranked; additive_shift and no_change return the cell itself as "
-         "their reconstruction, so only their counterfactual columns say anything."),
+         "simple baselines: shown after the methods, never ranked, with category scores only where they make "
+         f"a real prediction and no overall. `{TRIVIAL_LABEL}`: additive_shift and no_change return the cell "
+         "itself as their reconstruction, a value that is perfect by construction and not scored."),
         "",
     ]
     if violation_table is not None and not violation_table.empty:
@@ -144,10 +157,17 @@ def _display_order(sc: pd.DataFrame, methods: list[str]) -> list[str]:
             return (4, 0.0)
         r = sc.loc[m]
         kind = str(r.get("kind", "method"))
-        tier = 0 if np.isfinite(r.get("rank", np.nan)) else 1 if kind == "method" else 2 if kind == "reference" else 3
+        tier = 0 if np.isfinite(r.get("rank", np.nan)) else 1 + KIND_ORDER.get(kind, 0)
         overall = r.get("overall", np.nan)
         return (tier, -(overall if np.isfinite(overall) else -1.0))
     return sorted(dict.fromkeys([*sc.index, *methods]), key=key)
+
+
+def _md_table(table: pd.DataFrame) -> list[str]:
+    """A table of text cells as markdown lines."""
+    cell = lambda v: str(v).replace("|", "\\|")
+    return ["| " + " | ".join(map(cell, table.columns)) + " |", "|" + "---|" * len(table.columns),
+            *("| " + " | ".join(map(cell, row)) + " |" for row in table.itertuples(index=False))]
 
 
 def _fmt_rank(r: pd.Series) -> str:
@@ -243,7 +263,7 @@ def heatmap(summary: pd.DataFrame, score_table: pd.DataFrame, path: str | Path) 
         df = pd.DataFrame.from_dict(data, orient="index")
         # ranked methods by overall, then unranked ones, references, controls (as in the tables)
         mean = df.reindex(columns=rank_cols).astype(float).mean(axis=1).fillna(-1.0)
-        tier = pd.Series([_TIER.get(kinds.get(m, "method"), 0) + (0.5 if m in partial else 0.0) for m in df.index],
+        tier = pd.Series([KIND_ORDER.get(kinds.get(m, "method"), 0) + (0.5 if m in partial else 0.0) for m in df.index],
                          index=df.index)
         order = pd.DataFrame({"tier": tier, "neg": -mean}).sort_values(["tier", "neg"], kind="stable").index
         df = df.loc[order].reset_index(names="id")
@@ -348,9 +368,6 @@ def heatmap(summary: pd.DataFrame, score_table: pd.DataFrame, path: str | Path) 
                 groups_seen.append({"group": gid, "level1": f"{dataset} {setting}", "palette": "overall"})
         draw(data, col_rows, groups_seen, ["all_overall"], "all")
     return written
-
-
-_TIER = {"method": 0, "reference": 1, "control": 2}
 
 
 def _emb(score_table: pd.DataFrame, method: str) -> str:

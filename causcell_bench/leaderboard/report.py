@@ -14,6 +14,7 @@ from causcell_bench.leaderboard.html import write_index_html
 from causcell_bench.leaderboard.rendering import heatmap, markdown
 from causcell_bench.leaderboard.scoring import scores, uninformative, violations
 from causcell_bench.leaderboard.tables import degenerate_table, part_table, status_table, summarize, tidy_table
+from causcell_bench.leaderboard.verdict import heldout_verdict
 from causcell_bench.store import RunContents, read_run
 
 
@@ -30,13 +31,17 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, figure:
     records = contents.records  # readable and current: unreadable and stale cells are left out, and listed
     tidy, status = tidy_table(records), status_table(records, contents.claims)
     summary = summarize(tidy)
-    score_table = scores(summary, tidy=tidy, parts=part_table(records))
+    parts = part_table(records)
+    score_table = scores(summary, tidy=tidy, parts=parts)
     viol, degenerate, uninf = violations(summary), degenerate_table(records), uninformative(summary)
+    verdict = heldout_verdict(tidy, parts)
     paths = {
         "results": out / "results.csv", "summary": out / "summary.csv", "scores": out / "scores.csv",
         "status": out / "status.csv", "markdown": out / "leaderboard.md", "violations": out / "violations.csv",
         "degenerate": out / "degenerate.csv", "uninformative": out / "uninformative.csv",
+        "heldout_verdict": out / "heldout_verdict.csv",
     }
+    verdict.to_csv(paths["heldout_verdict"], index=False)
     uninf.to_csv(paths["uninformative"], index=False)
     viol.to_csv(paths["violations"], index=False)
     degenerate.to_csv(paths["degenerate"], index=False)
@@ -50,7 +55,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, figure:
     score_table.to_csv(paths["scores"], index=False)
     status.to_csv(paths["status"], index=False)
     paths["markdown"].write_text(markdown(summary, score_table, status, viol, degenerate, uninf,
-                                          left_out=left_out_lines(contents, run_dir)))
+                                          left_out=left_out_lines(contents, run_dir), verdict=verdict))
     if figure and not summary.empty:
         try:
             for p in heatmap(summary, score_table, out / "heatmap"):
@@ -58,7 +63,8 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, figure:
         except Exception as e:  # the figure must never cost the user the tables
             (out / "heatmap_error.txt").write_text(f"{type(e).__name__}: {e}\n")
             paths["heatmap_error"] = out / "heatmap_error.txt"
-    paths["html"] = write_index_html(out, run_dir, tidy, summary, score_table, status, dict(paths), records=records)
+    paths["html"] = write_index_html(out, run_dir, tidy, summary, score_table, status, dict(paths), records=records,
+                                     verdict=verdict)
     return paths
 
 

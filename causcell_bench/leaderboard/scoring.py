@@ -24,6 +24,8 @@ from causcell_bench.leaderboard.common import CONTROL_NAMES, KEYS, NEG, POS
 from causcell_bench.leaderboard.tables import headline, summarize
 
 N_BOOTSTRAP = 200
+#: the note of every reference's row in the score table
+REFERENCE_NOTE = "reference: no overall, scored only where it makes a real prediction"
 
 
 def scale(vals: dict[str, float], hib: bool, references: Iterable[str] = ()) -> tuple[dict[str, float], list[str]]:
@@ -86,13 +88,11 @@ def violations(summary: pd.DataFrame) -> pd.DataFrame:
                                        "control_value", "violation"])
 
 
-#: references whose reconstruction is the input cell (only their counterfactuals predict anything)
-_INPUT_AS_RECONSTRUCTION = ("no_change", "additive_shift")
-
-
 def uninformative(summary: pd.DataFrame, references: Iterable[str] = ("no_change", "group_mean")) -> pd.DataFrame:
     """Scored metrics on which a trivial reference (``no_change``, ``group_mean``) beats every method:
-    on this dataset the metric cannot show that any model learned more than the reference."""
+    on this dataset the metric cannot show that any model learned more than the reference. A
+    reference's ``trivial`` values (:func:`~causcell_bench.leaderboard.tables.metric_role`: its
+    reconstruction is the input cell) are not scored, so they are no evidence here either."""
     head = headline(summary)
     rows = []
     for (dataset, setting, metric), block in head.groupby(["dataset", "setting", "metric"], sort=False):
@@ -101,10 +101,7 @@ def uninformative(summary: pd.DataFrame, references: Iterable[str] = ("no_change
         if methods.empty:
             continue
         best = methods.loc[methods["mean"].idxmax() if hib else methods["mean"].idxmin()]
-        category = _metrics.metric_info(metric).category
         for ref in references:
-            if ref in _INPUT_AS_RECONSTRUCTION and category in ("fidelity", "realism"):
-                continue  # its "reconstruction" is the cell itself: no evidence about the metric
             r = block[block["method"] == ref]
             if r.empty or not np.isfinite(r["mean"].iloc[0]):
                 continue
@@ -125,7 +122,7 @@ def scores(summary: pd.DataFrame, *, tidy: pd.DataFrame | None = None, parts: pd
     category that any method of that dataset and setting has: a method lacking one (scVI has no
     counterfactuals; label-lookup embeddings are not ranked on disentanglement) keeps its partial
     overall, marked ``complete = False``, and gets no rank. Controls and references are shown, never
-    ranked. With ``tidy`` holding several folds or seeds, ``rank_lo``/``rank_hi`` give a 95% bootstrap
+    ranked; a reference gets category scores only where it makes a real prediction and no overall. With ``tidy`` holding several folds or seeds, ``rank_lo``/``rank_hi`` give a 95% bootstrap
     interval of each ranked method's rank (folds x seeds resampled ``n_boot`` times) and ``tied``
     lists the neighbours whose intervals overlap. With a single fold x seed, ``parts``
     (:func:`~causcell_bench.leaderboard.tables.part_table`: the fold's test cells scored in disjoint
@@ -174,6 +171,10 @@ def _scores_once(summary: pd.DataFrame) -> pd.DataFrame:
             per_group[cat] = per_group[present].mean(axis=1, skipna=True)  # a one-group category keeps its name
             cats.append(cat)
     per_group["overall"] = per_group[cats].mean(axis=1, skipna=True)
+    # a reference is scored only where it predicts (metric_role drops its trivial values): an average
+    # over those few categories would not compare with a method's, so it gets no overall
+    reference = per_group["kind"] == "reference"
+    per_group.loc[reference, "overall"] = np.nan
     # the categories a ranked method must have: those any ranked method of its dataset and setting has
     per_group["complete"] = True
     missing = pd.Series([[] for _ in range(len(per_group))], index=per_group.index, dtype=object)
@@ -196,6 +197,7 @@ def _scores_once(summary: pd.DataFrame) -> pd.DataFrame:
     notes = scaled_df.groupby(KEYS, sort=False)["note"].apply(lambda s: "; ".join(sorted({n for n in s if n})))
     per_group = per_group.join(notes.rename("note"))
     partial = missing.map(lambda m: f"partial overall: no {', '.join(m)}" if m else "")
+    partial[reference.to_numpy()] = REFERENCE_NOTE
     per_group["note"] = [("; ".join(x for x in (p, n) if x)) for p, n in zip(partial, per_group["note"].fillna(""))]
     return per_group.reset_index()
 

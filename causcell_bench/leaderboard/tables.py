@@ -1,12 +1,13 @@
 """The leaderboard's tables from cell records: one row per metric value (:func:`tidy_table`), per
 cell (:func:`status_table`), per metric of a part of a fold's cells (:func:`part_table`) and per
 unmeasurable metric (:func:`degenerate_table`); fold means
-(:func:`summarize`) and headline metrics (:func:`headline`).
+(:func:`summarize`) and headline metrics (:func:`headline`). :func:`metric_role` is the one place
+deciding which values enter the scores (the ``role`` column).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 import numpy as np
@@ -29,14 +30,57 @@ def _kind(record: dict[str, Any]) -> str:
     return str(record.get("kind") or kind_by_name(str(record.get("method"))))
 
 
+def _reconstruction_is_input(record: dict[str, Any], kind: str) -> bool:
+    """The method's ``Capabilities.reconstruction_is_input`` as its record has it; records written
+    before the field existed ask the method's class (only references: the flag matters for no other)."""
+    caps = record.get("capabilities") or {}
+    if "reconstruction_is_input" in caps:
+        return bool(caps["reconstruction_is_input"])
+    if kind != "reference":
+        return False
+    from causcell_bench.registry import get_method
+
+    try:
+        return bool(get_method(str(record.get("method"))).capabilities.reconstruction_is_input)
+    except Exception:  # noqa: BLE001 - a plugin no longer installed: score it as it is
+        return False
+
+
+#: values of the ``role`` column; only ``scored`` values enter scores, ranks and verdicts
+ROLES = ("scored", "diagnostic", "superseded", "trivial")
+
+
+def metric_role(metric: str, *, measured: Collection[str] = (), kind: str = "method",
+                reconstruction_is_input: bool = False) -> str:
+    """Whether a value enters the scores: ``scored``, or why not.
+
+    ``diagnostic``: declared so (CT controls, counts, flagged variants; unknown metrics too).
+    ``superseded``: the metric's DAG-aware variant (``MetricInfo.superseded_by``) is among the cell's
+    ``measured`` metrics, i.e. the dataset has a DAG: the variant is scored, this one is shown only.
+    ``trivial``: a reference whose reconstruction is its input cell, on a metric computed from the
+    reconstruction alone: perfect by construction, no evidence (controls keep theirs: they anchor the scale).
+    """
+    from causcell_bench.metrics import base_name
+
+    info = _info(metric)
+    if info is None or not info.aggregate:
+        return "diagnostic"
+    if info.superseded_by and info.superseded_by in {base_name(m) for m in measured}:
+        return "superseded"
+    if kind == "reference" and reconstruction_is_input and info.from_reconstruction:
+        return "trivial"
+    return "scored"
+
 
 _COLS = ["dataset", "method", "setting", "fold", "seed", "metric", "value", "group", "higher_is_better",
-         "aggregate", "embedding", "kind"]
+         "aggregate", "role", "embedding", "kind"]
 
 
 def _metric_rows(r: dict[str, Any], metrics: dict[str, Any], **extra: Any) -> list[dict[str, Any]]:
     emb = (r.get("capabilities") or {}).get("embedding", "none")
     kind = _kind(r)
+    echo = _reconstruction_is_input(r, kind)
+    measured = {*(r.get("metrics") or {}), *(metrics or {})}
     rows = []
     for metric, value in (metrics or {}).items():
         info = _info(metric)
@@ -46,6 +90,7 @@ def _metric_rows(r: dict[str, Any], metrics: dict[str, Any], **extra: Any) -> li
             "group": info.group if info else "other",
             "higher_is_better": info.higher_is_better if info else True,
             "aggregate": info.aggregate if info else False,
+            "role": metric_role(metric, measured=measured, kind=kind, reconstruction_is_input=echo),
             "embedding": emb, "kind": kind,
         })
     return rows
@@ -100,7 +145,7 @@ def status_table(records: Iterable[dict[str, Any]], claims: Iterable[tuple[Any, 
                                        "fit_s", "total_s", "peak_rss_mb", "threads", "note"])
 
 
-SUMMARY_META = ["group", "higher_is_better", "aggregate", "embedding", "kind"]
+SUMMARY_META = ["group", "higher_is_better", "aggregate", "role", "embedding", "kind"]
 
 
 def summarize(tidy: pd.DataFrame) -> pd.DataFrame:
@@ -114,16 +159,34 @@ def summarize(tidy: pd.DataFrame) -> pd.DataFrame:
     return first.merge(out, on=[*KEYS, "metric"])[[*KEYS, "metric", *meta, "mean", "sd", "n"]]
 
 
+def scored_rows(table: pd.DataFrame) -> pd.Series:
+    """Which rows of a tidy table or summary enter the scores (``role == "scored"``; tables from before
+    the column existed: the declared ``aggregate``)."""
+    if "role" in table.columns:
+        return table["role"] == "scored"
+    return table["aggregate"].astype(bool)
+
+
+def trivial_values(table: pd.DataFrame) -> set[tuple[str, str]]:
+    """The (method, metric) pairs whose value is ``trivial`` (the tables show them as such)."""
+    if "role" not in table.columns:
+        return set()
+    t = table[table["role"] == "trivial"]
+    return set(zip(t["method"], t["metric"]))
+
+
 def headline(summary: pd.DataFrame, *, scored_only: bool = True) -> pd.DataFrame:
-    """Per-concept metrics (``acc:age``...) averaged into one value per base metric; with
-    ``scored_only`` only the metrics that enter the overall score (not diagnostics or CT controls)."""
-    s = summary[summary["aggregate"].astype(bool)].copy() if scored_only else summary.copy()
+    """Per-concept metrics (``acc:age``...) averaged into one value per base metric, with its
+    :func:`metric_role`; with ``scored_only`` only the values that enter the scores."""
+    s = summary[scored_rows(summary)].copy() if scored_only else summary.copy()
     s["base"] = s["metric"].str.split(":").str[0]
     if "kind" not in s.columns:
         s["kind"] = "method"
+    if "role" not in s.columns:
+        s["role"] = np.where(s["aggregate"].astype(bool), "scored", "diagnostic")
     g = s.groupby([*KEYS, "base"], sort=False)
     out = g.agg(mean=("mean", "mean"), sd=("sd", "mean"), group=("group", "first"),
                 higher_is_better=("higher_is_better", "first"), embedding=("embedding", "first"),
-                kind=("kind", "first")).reset_index()
+                kind=("kind", "first"), role=("role", "first")).reset_index()
     return out.rename(columns={"base": "metric"})
 

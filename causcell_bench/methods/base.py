@@ -72,6 +72,11 @@ class Capabilities:
         an expected profile (the simulator's noiseless counterfactuals), it scores the mean of
         several draws (:meth:`Method.expected_generate`); a deterministic decoder's mean is its
         single output. Controls keep it False: their outputs define the scale.
+
+    reconstruction_is_input:
+        ``generate`` without ``do`` returns the input cells unchanged (no_change, additive_shift,
+        the positive control). Its fidelity and realism are then perfect by construction, so a
+        reference that declares it is not scored on them (a control still anchors the scale).
     """
 
     embedding: EmbeddingKind = "none"
@@ -80,6 +85,7 @@ class Capabilities:
     counterfactual: bool = False
     uses_dag: bool = False
     stochastic: bool = False
+    reconstruction_is_input: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

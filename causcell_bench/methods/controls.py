@@ -21,7 +21,8 @@ class PositiveControl(Method):
 
     name = "positive_control"
     kind = "control"
-    capabilities = Capabilities(embedding="per_concept", unexplained=False, reconstruct=True, counterfactual=False)
+    capabilities = Capabilities(embedding="per_concept", unexplained=False, reconstruct=True, counterfactual=False,
+                                reconstruction_is_input=True)
     presets = {"quick": {}, "paper": {}}
 
     def fit(self, train: AnnData, spec: DatasetSpec, *, seed: int) -> None:

@@ -15,6 +15,7 @@ only per-combination means (not the training cells).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,6 +29,8 @@ from causcell_bench.errors import BenchError
 from causcell_bench.methods.base import Capabilities, Method, dense_rows
 
 _CAPS = Capabilities(embedding="none", unexplained=False, reconstruct=True, counterfactual=True, uses_dag=False)
+# additive_shift and no_change reconstruct a cell as itself: only their counterfactuals predict anything
+_INPUT_CAPS = dataclasses.replace(_CAPS, reconstruction_is_input=True)
 _BLOCK = 4096  # rows per block: bounds the dense (block x genes) temporaries of the shifts
 _MAX_KEY = 2**62  # mixed-radix combination keys must fit in int64
 
@@ -175,7 +178,7 @@ class AdditiveShift(_ComboMeans):
 
     name = "additive_shift"
     kind = "reference"
-    capabilities = _CAPS
+    capabilities = _INPUT_CAPS
     presets = {"quick": {"min_cells": 5}, "paper": {"min_cells": 5}}
 
     def generate(self, adata: AnnData, do: Mapping[str, str] | None = None, *, seed: int) -> np.ndarray:
@@ -216,7 +219,7 @@ class NoChange(Method):
 
     name = "no_change"
     kind = "reference"
-    capabilities = _CAPS
+    capabilities = _INPUT_CAPS
     presets = {"quick": {}, "paper": {}}
 
     def fit(self, train: AnnData, spec: DatasetSpec, *, seed: int) -> None:

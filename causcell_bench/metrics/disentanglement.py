@@ -240,10 +240,12 @@ declare("f1_w", "predictive", True, "probe F1 (weighted by class support)", qual
 declare("offdiag_acc", "predictive", False,
         "accuracy of the probe from embedding c to another concept j (name 'offdiag_acc:c|j'); a diagnostic",
         aggregate=False, qualified=True, **_DECLARE)
+# with a DAG the DAG-aware variants are scored and the plain ones kept as diagnostics: in a causal
+# model a child's embedding must carry its parents, which the plain ones charge as leakage
 declare("exclusivity", "predictive", True,
         "own-concept lift over the majority baseline minus the mean lift on every other concept, lifts "
         "clipped to [0, 1] and the gap floored at 0 (in [0, 1])",
-        qualified=True, headline=True, **_DECLARE)
+        qualified=True, headline=True, superseded_by="exclusivity_dag", **_DECLARE)
 declare("exclusivity_dag", "predictive", True,
         "as exclusivity, the mean lift taken on concepts that are not ancestors of c in the DAG (in [0, 1])",
         qualified=True, headline=True, **_DECLARE)
@@ -263,7 +265,8 @@ declare("ari_fine", "granularity", True, "ARI of Ward clusters of z_c vs fine la
         headline=True, **_DECLARE)
 declare("n_cells_fine", "granularity", True, "test cells clustered for nmi_fine/ari_fine", aggregate=False,
         qualified=True, **_DECLARE)
-declare("dci_d", "dci_mig", True, "DCI disentanglement (Eastwood & Williams 2018)", headline=True, **_DECLARE)
+declare("dci_d", "dci_mig", True, "DCI disentanglement (Eastwood & Williams 2018)", headline=True,
+        superseded_by="dci_d_dag", **_DECLARE)
 declare("dci_d_dag", "dci_mig", True,
         "DCI disentanglement with a concept's own dimensions excused for importance on its ancestors",
         headline=True, **_DECLARE)

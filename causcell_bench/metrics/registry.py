@@ -38,6 +38,8 @@ class MetricInfo:
     """One metric.
 
     ``aggregate=False`` marks CT controls and diagnostics kept out of the overall score;
+    ``superseded_by`` names a DAG-aware variant that, where a run measured it (the dataset has a
+    DAG), is scored instead of this metric (which stays in the tables as a diagnostic);
     ``headline`` metrics are the leaderboard's and the heatmap's columns (every metric stays in
     the tables); ``defined_in`` names the function that computes it.
     """
@@ -51,6 +53,7 @@ class MetricInfo:
     qualified: bool = False  # carries a ":concept" qualifier
     headline: bool = False
     defined_in: str = ""
+    superseded_by: str | None = None
 
     def __post_init__(self) -> None:
         if self.group not in GROUPS:
@@ -61,6 +64,12 @@ class MetricInfo:
     @property
     def category(self) -> str:
         return CATEGORY_OF[self.group]
+
+    @property
+    def from_reconstruction(self) -> bool:
+        """Computed from a method's reconstruction alone (fidelity, realism): says nothing about a
+        method whose reconstruction is its input cell."""
+        return self.needs == GEN
 
 
 METRICS: dict[str, MetricInfo] = {}
@@ -82,12 +91,13 @@ def declare(
     aggregate: bool = True,
     qualified: bool = False,
     headline: bool = False,
+    superseded_by: str | None = None,
 ) -> MetricInfo:
     """Register one metric; called by the module that computes it, below the scorer ``computed_by``."""
     if name in METRICS:
         raise ValueError(f"metric {name!r} declared twice ({METRICS[name].defined_in})")
     info = MetricInfo(name, group, higher_is_better, needs, description, aggregate=aggregate,
-                      qualified=qualified, headline=headline,
+                      qualified=qualified, headline=headline, superseded_by=superseded_by,
                       defined_in=f"{computed_by.__module__}.{computed_by.__qualname__}")
     METRICS[name] = info
     return info
