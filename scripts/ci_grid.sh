@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The CI regression grid (run by .ci/run with CAUSCELL_BENCH_THREADS=1): a small quick-preset grid on `synthetic`, checked against the
 # committed reference table (two budgets capped to keep CI short: scVI at 30 epochs, MichiGAN's GAN at 1,000
-# steps, where quick early stopping would run it ~4,000 steps, 10 minutes here). Regenerate the reference after an intended change with
+# steps; since MichiGAN quick budgets its GAN by passes over the cells, 500 steps here, the latter cap no longer
+# binds). Regenerate the reference after an intended change with
 #   bash scripts/ci_grid.sh --update
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -8,7 +8,7 @@ import pytest
 
 from causcell_bench.errors import BenchError
 from causcell_bench.methods.michigan import MichiGAN
-from causcell_bench.models.michigan import estimate_total_correlation
+from causcell_bench.models.michigan import estimate_total_correlation, gan_step_budget
 from causcell_bench.testing import tiny_dataset, tiny_split
 
 
@@ -56,6 +56,41 @@ def test_training_is_deterministic_under_a_seed() -> None:
     assert not np.allclose(fits[0][0], fits[2][0])
 
 
+def test_gan_budget_is_epochs_of_the_training_cells_within_floor_and_cap() -> None:
+    assert gan_step_budget(1080, 64, 10, floor=0, cap=15000) == 169  # ceil(10 x 1080 / 64)
+    assert gan_step_budget(2160, 64, 10, floor=0, cap=15000) == 338  # twice the cells, twice the steps
+    assert gan_step_budget(100, 64, 10, floor=500, cap=15000) == 500  # few cells: the floor
+    assert gan_step_budget(10**6, 64, 10, floor=500, cap=15000) == 15000  # many: the cap
+    assert gan_step_budget(10**6, 64, 10, floor=500, cap=6) == 6  # a cap below the floor wins
+    assert gan_step_budget(40, 64, 10, floor=0, cap=15000) == 10  # batch larger than the data: one per epoch
+    assert gan_step_budget(1080, 64, None, floor=500, cap=30000) == 30000  # no epochs: the fixed budget
+
+
+def test_quick_gan_runs_and_reports_its_data_sized_budget() -> None:
+    """The GAN's progress total is the budget for these cells, not the cap, so the bar's ETA is honest."""
+    train, _, spec = tiny_split()
+    m = MichiGAN(preset="quick", device="cpu", vae_epochs=2, gan_epochs=3, gan_min_steps=0, gan_steps=500,
+                 gan_batch_size=32, gan_patience=1000)
+    reports = []
+    m.progress_callback = reports.append
+    m.fit(train, spec, seed=0)
+    n_fit = train.n_obs - round(0.1 * train.n_obs)  # the validation tenth trains neither stage
+    budget = gan_step_budget(n_fit, 32, 3, floor=0, cap=500)
+    assert budget == int(np.ceil(3 * n_fit / 32)) < 500
+    rec = m.convergence_["GAN"]
+    assert rec["cap"] == rec["last"] == budget and not rec["stopped"]
+    gan = [r for r in reports if r.what == "GAN training"]
+    assert gan and {r.total for r in gan} == {budget} and gan[-1].done == budget
+
+
+def test_presets_budget_the_gan() -> None:
+    quick, paper = MichiGAN.presets["quick"], MichiGAN.presets["paper"]
+    assert quick["gan_epochs"] is not None and quick["early_stopping"]
+    assert 0 < quick["gan_min_steps"] < quick["gan_steps"]
+    # the paper preset keeps its fixed budget
+    assert paper["gan_epochs"] is None and paper["gan_steps"] == 30000 and not paper["early_stopping"]
+
+
 def test_bad_parameters_are_refused() -> None:
     adata, spec = tiny_dataset(n_cells=60, n_genes=20)
     with pytest.raises(BenchError, match="lambda_tc"):
@@ -64,6 +99,8 @@ def test_bad_parameters_are_refused() -> None:
         MichiGAN(preset="quick", vae_epochs=-1).fit(adata, spec, seed=0)
     with pytest.raises(BenchError, match="hidden"):
         MichiGAN(preset="quick", hidden=[]).fit(adata, spec, seed=0)
+    with pytest.raises(BenchError, match="gan_epochs"):
+        MichiGAN(preset="quick", gan_epochs=0).fit(adata, spec, seed=0)
     with pytest.raises(BenchError, match="no parameter"):
         MichiGAN(preset="quick", beta=4.0)
     with pytest.raises(BenchError, match="preset"):

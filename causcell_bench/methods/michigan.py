@@ -18,6 +18,9 @@ With ``early_stopping`` (the quick preset) a seeded ``val_fraction`` of the trai
 out of both stages: the VAE stops on their negative ELBO, the GAN on the energy distance between
 its cells for their codes and the cells themselves (:mod:`causcell_bench.models.michigan`), each
 keeping its best weights. ``convergence_`` records both stages' curves and where they stopped.
+The GAN's budget (and the total its progress reports) is ``gan_epochs`` passes of ``gan_batch_size``
+over the cells it trains on, within [``gan_min_steps``, ``gan_steps``]
+(:func:`causcell_bench.models.michigan.gan_step_budget`); without ``gan_epochs``, ``gan_steps``.
 """
 
 from __future__ import annotations
@@ -47,14 +50,19 @@ _COMMON: dict[str, Any] = {
     "gan_batch_size": 32,
     "n_critic": 5,
     "gp_weight": 10.0,
+    # the GAN's budget in generator updates: gan_epochs passes of gan_batch_size over the training
+    # cells, within [gan_min_steps, gan_steps]; gan_epochs None: gan_steps itself (the paper preset)
+    "gan_epochs": None,
+    "gan_min_steps": 0,
     # early stopping on held-out cells (off in the paper preset: fixed budgets); the caps are
-    # vae_epochs and gan_steps, the GAN is checked every gan_check_every generator updates
+    # vae_epochs and the GAN budget, the GAN is checked every gan_check_every generator updates
     "early_stopping": False,
     "val_fraction": 0.1,
     "vae_patience": 10,  # epochs without improvement
     "gan_patience": 10,  # checks without improvement
     "gan_check_every": 50,
-    "min_delta": 0.0,  # relative
+    "min_delta": 0.0,  # relative, the VAE's
+    "gan_min_delta": 0.0,  # relative, the GAN's
 }
 
 
@@ -68,13 +76,18 @@ class MichiGAN(Method):
     )
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         # Same architecture; larger learning rates and GAN batch. Both stages stop on held-out cells
-        # (benchmarks/convergence.py, docs/convergence.md). On synthetic 5,000 x 2,000 the VAE's
-        # validation loss creeps down by < 0.3% after epoch ~100: it stops when 10 epochs gain
-        # < 0.1% (min_delta; ~111 epochs, 80 CPU s). The GAN's energy distance falls from 10 to
-        # 0.26 by step ~6,750 and then drifts up: 20 checks of 50 steps stop it at ~7,750
-        # (~35 CPU min on one core: the old 400-step budget stopped at an energy distance of ~8)
+        # (docs/convergence.md). The VAE's validation loss creeps down by < 0.3% after epoch ~100 on
+        # synthetic 5,000 x 2,000: it stops when 10 epochs gain < 0.1% (min_delta). The GAN's budget
+        # is 60 passes over the training cells (>= 500, <= 15,000 generator updates; a GAN step costs
+        # ~0.25 CPU s at 300 genes, ~0.65 at 2,000) and it stops early when 10 checks of 50 steps gain
+        # < 1% (gan_min_delta): its energy distance on ~100 held-out cells wobbles by 10-30% from
+        # check to check, so a dip below the best keeps counting as progress while the curve trends
+        # down and the former fixed 15,000-step cap was reached on a 2,000-gene Kang PBMC fold (hours):
+        # the budget, not the stopping rule, bounds the cost. 60 passes: 1.4x CausCell quick's fit on
+        # the README demo, where the GAN is still improving at its end (docs/convergence.md)
         "quick": {**_COMMON, "vae_epochs": 300, "vae_lr": 1e-3, "gan_steps": 15000, "gan_lr": 5e-4, "gan_batch_size": 64,
-                  "early_stopping": True, "vae_patience": 10, "gan_patience": 20, "min_delta": 1e-3},
+                  "gan_epochs": 60, "gan_min_steps": 500, "early_stopping": True, "vae_patience": 10,
+                  "gan_patience": 10, "min_delta": 1e-3, "gan_min_delta": 0.01},
         # the authors' settings: ~100 VAE epochs, Adam 1e-4, batch 128; GAN batch 32, lr 1e-4,
         # 5 critic steps per generator step, GP 10 (gan_steps = generator updates, our choice)
         "paper": {**_COMMON, "vae_epochs": 100, "gan_steps": 30000},
@@ -112,11 +125,12 @@ class MichiGAN(Method):
         p = self.params
         try:
             check_stopping_params(p["val_fraction"], p["gan_patience"], p["min_delta"])
+            check_stopping_params(p["val_fraction"], p["gan_patience"], p["gan_min_delta"])
             val_idx, vae_stop = plan_early_stopping(
                 train.n_obs, enabled=bool(p["early_stopping"]), val_fraction=p["val_fraction"],
                 patience=p["vae_patience"], min_delta=p["min_delta"], seed=seed,
             )
-            gan_stop = None if vae_stop is None else EarlyStopping(p["gan_patience"], p["min_delta"])
+            gan_stop = None if vae_stop is None else EarlyStopping(p["gan_patience"], p["gan_min_delta"])
         except ValueError as e:
             raise BenchError(f"MichiGAN: {e}") from None
 
@@ -140,12 +154,16 @@ class MichiGAN(Method):
         codes, _ = mm.encode_rows(vae, rows, n, device=device)
         t1, c1 = time.perf_counter(), time.process_time()
 
+        # the budget counts the cells the GAN trains on (the validation cells are held out of it)
+        n_fit = n - (0 if val_idx is None else len(val_idx))
+        gan_steps = mm.gan_step_budget(n_fit, int(p["gan_batch_size"]), p["gan_epochs"],
+                                       floor=int(p["gan_min_steps"]), cap=int(p["gan_steps"]))
         gen = mm.CodeGenerator(g, int(p["n_latent"]), int(p["n_noise"]), p["generator_hidden"])
         gene_means = sum(rows(np.arange(s, min(s + 4096, n))).sum(0) for s in range(0, n, 4096)) / n
         gen.init_output_bias(gene_means)
         critic = mm.ProjectionCritic(g, int(p["n_latent"]), p["critic_hidden"])
         gan_hist = mm.train_wgan_gp(
-            gen, critic, rows, codes, steps=int(p["gan_steps"]), batch_size=int(p["gan_batch_size"]),
+            gen, critic, rows, codes, steps=gan_steps, batch_size=int(p["gan_batch_size"]),
             lr=float(p["gan_lr"]), n_critic=int(p["n_critic"]), gp_weight=float(p["gp_weight"]),
             rng=rng, device=device, callback=self.progress_hook("GAN training"), log_every=int(p["gan_check_every"]),
             val_idx=val_idx, early_stopping=gan_stop, val_seed=seed,
@@ -158,13 +176,13 @@ class MichiGAN(Method):
             last_gan = gan_hist["step"][-1] if gan_hist["step"] else 0
             self.convergence_ = {
                 "VAE": vae_stop.summary(p["vae_epochs"], "epoch", vae_monitor, len(vae_hist["loss"])),
-                "GAN": gan_stop.summary(p["gan_steps"], "generator step", gan_monitor, last_gan),
+                "GAN": gan_stop.summary(gan_steps, "generator step", gan_monitor, last_gan),
             }
         else:
             self.convergence_ = {
                 "VAE": no_stopping_summary(p["vae_epochs"], "epoch", vae_monitor, [
                     {"step": i + 1, "train": v, "val": float("nan")} for i, v in enumerate(vae_hist["loss"])]),
-                "GAN": no_stopping_summary(p["gan_steps"], "generator step", gan_monitor, [
+                "GAN": no_stopping_summary(gan_steps, "generator step", gan_monitor, [
                     {"step": s, "train": v, "val": float("nan")} for s, v in zip(gan_hist["step"], gan_hist["critic"])]),
             }
 
@@ -187,7 +205,7 @@ class MichiGAN(Method):
     def _check_params(self) -> None:
         """Refuse out-of-range hyperparameters before any training starts."""
         p = self.params
-        minimum = {"vae_epochs": 0, "gan_steps": 0, "n_latent": 1, "n_noise": 1,
+        minimum = {"vae_epochs": 0, "gan_steps": 0, "gan_min_steps": 0, "n_latent": 1, "n_noise": 1,
                    "vae_batch_size": 2, "gan_batch_size": 2, "n_critic": 1, "gan_check_every": 1}
         for key, low in minimum.items():
             v = p[key]
@@ -197,6 +215,9 @@ class MichiGAN(Method):
             v = p[key]
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
                 raise BenchError(f"MichiGAN parameter {key}={v!r} is invalid; give a number >= 0")
+        v = p["gan_epochs"]
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v <= 0):
+            raise BenchError(f"MichiGAN parameter gan_epochs={v!r} is invalid; give a number > 0, or None for gan_steps")
         if not p["dropout"] < 1:
             raise BenchError(f"MichiGAN parameter dropout={p['dropout']!r} must be < 1")
         for key in ("hidden", "generator_hidden", "critic_hidden"):

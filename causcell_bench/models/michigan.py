@@ -295,6 +295,18 @@ class ProjectionCritic(nn.Module):
         return self.psi(h).squeeze(1) + (code * h).sum(1)
 
 
+def gan_step_budget(n_cells: int, batch_size: int, epochs: float | None, *, floor: int, cap: int) -> int:
+    """Generator updates for ``epochs`` passes over ``n_cells`` training cells in minibatches of
+    ``batch_size``, at least ``floor`` and at most ``cap`` (the cap wins); ``epochs=None``: ``cap``.
+
+    A budget that grows with the data instead of one fixed step count: a fixed count sized for
+    thousands of cells is many passes over a few hundred, and the cost of a step grows with the genes.
+    """
+    if epochs is None:
+        return int(cap)
+    return int(min(cap, max(floor, math.ceil(epochs * n_cells / max(1, min(batch_size, n_cells))))))
+
+
 def gradient_penalty(critic: ProjectionCritic, real: torch.Tensor, fake: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
     """(||grad_x critic(x_hat, c)|| - 1)^2 on random interpolates x_hat (Gulrajani et al. 2017)."""
     eps = torch.rand(real.shape[0], 1, device=real.device)
