@@ -142,4 +142,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from causcell_bench.errors import BenchError
+
+    try:
+        main()
+    except BenchError as e:  # one line, as the CLI gives
+        raise SystemExit(f"Error: {e}") from None
