@@ -42,6 +42,15 @@ def test_truth_samples_enter_the_hash_of_stochastic_methods_only(cfg: RunConfig)
         assert (cell_hash(cfg, key) != cell_hash(more, key)) is changes, method
 
 
+def test_cell_parts_enter_the_hash_of_cells_they_change(cfg: RunConfig) -> None:
+    # parts are scored only where a setting runs one fold x seed: another count recomputes those cells
+    # (the default keeps the hash above); with two folds, parts are not scored and the hash stays
+    one_fold = cfg.model_copy(update={"folds": [0]})
+    for parts in (0, 3):
+        assert cell_hash(one_fold.model_copy(update={"cell_parts": parts}), KEY) != cell_hash(one_fold, KEY)
+        assert cell_hash(cfg.model_copy(update={"cell_parts": parts}), KEY) == cell_hash(cfg, KEY)
+
+
 def test_each_kind_of_record_has_its_keys(cfg: RunConfig) -> None:
     h = cell_hash(cfg, KEY)
     assert CellRecord.failed(cfg, KEY, "cannot split", threads=1).to_dict() == {

@@ -66,6 +66,11 @@ def cell_hash(config: RunConfig, key: CellKey, threads: int | None = None) -> st
         "threads": threads or config.effective_threads(), **config.data_key(),
         **({"cf_concept": config.cf_concept} if config.cf_concept else {}),
         **({"truth_samples": config.truth_samples} if _averages_for_truth(key.method) else {}),
+        # parts are scored only where the setting runs one fold x seed; the default keeps the hashes
+        # of records written before cell_parts was hashed
+        **({"cell_parts": config.cell_parts}
+           if config.cell_parts != type(config).model_fields["cell_parts"].default
+           and config.single_unit(key.setting) else {}),
     }
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
