@@ -63,6 +63,30 @@ def test_label_lookup_and_inferred_unexplained(fitted, split):
     assert err < err_zero
 
 
+def test_training_cells_keep_their_trained_codes(fitted, split, tmp_path):
+    """As biolord's compute_prediction_adata does for a source subset of the training data: a trained
+    cell's code is its row of the code table; a validation cell (untrained code) or a cell that only
+    shares a name is inferred; a saved and loaded model does the same."""
+    train, _, _ = split
+    table = fitted.model_.module.latent_codes.embedding.weight.detach().numpy()
+    rows, known = fitted._training_rows(train)
+    n_val = train.n_obs - len(fitted.trained_cells_)
+    assert n_val > 0 and known.sum() == train.n_obs - n_val  # early stopping held a tenth out
+    z = fitted.embed(train)[UNEXPLAINED]
+    np.testing.assert_array_equal(z[known], table[rows[known]])
+    assert np.abs(z[known]).mean() > 0 and np.abs(table[~np.isin(np.arange(train.n_obs), rows[known])]).sum() == 0
+    # same names, other expression: inferred, not looked up
+    other = train.copy()
+    other.X = other.X * 1.5
+    assert not fitted._training_rows(other)[1].any()
+    fitted.save(tmp_path / "m")
+    loaded = Biolord.load(tmp_path / "m", device="cpu")
+    np.testing.assert_array_equal(loaded._training_rows(train)[0], rows)
+    do = {"age": "age0"}
+    np.testing.assert_allclose(loaded.generate(train, do=do, seed=0), fitted.generate(train, do=do, seed=0),
+                               rtol=1e-4, atol=1e-4)
+
+
 def test_unseen_label_is_refused(fitted, split):
     _, test, _ = split
     bad = test.copy()
