@@ -292,3 +292,30 @@ def test_the_installed_command_and_debug(inputs: Path, tmp_path: Path) -> None:
     cf = subprocess.run([CLI, "counterfactual", str(inputs / "badpickle"), "--do", "age=age_1", "--out",
                          str(tmp_path / "cf.h5ad")], capture_output=True, text=True, env=env, timeout=120, check=False)
     assert cf.returncode == 2 and cf.stderr.count("\n") == 1 and "truncated" in cf.stderr, cf.stderr
+
+
+# --- issue 31: --out at a folder of the user's, the heatmap of one method, lists in a pipe, quoting --------------
+def test_a_run_with_one_method_draws_its_heatmap_and_a_failed_one_is_named(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # one method whose overall score is 1: funkyheatmappy 0.7 failed with KeyError 'x' (every score >= 0.8)
+    out = tmp_path / "one"
+    r = CliRunner().invoke(app, [*[a for a in RUN if a != "--no-report"], *TINY, "--out", str(out)])
+    assert r.exit_code == 0, r.stderr
+    report = out / "report"
+    assert (report / "heatmap_synthetic.png").is_file() and (report / "heatmap_synthetic.svg").is_file()
+    assert not (report / "heatmap_error.txt").exists() and "warning" not in r.stderr, r.stderr
+    # any other failure of the figure: the tables are written, and the terminal says so in one line
+    import causcell_bench.leaderboard.report as report_module
+
+    def broken(*a, **k):
+        raise KeyError("x")
+
+    monkeypatch.setattr(report_module, "heatmap", broken)
+    r = CliRunner().invoke(app, ["report", str(out)])
+    assert r.exit_code == 0 and (report / "leaderboard.md").is_file()
+    warnings = [line for line in r.stderr.splitlines() if line.startswith("warning: ")]
+    assert warnings == [f"warning: no heatmap was drawn (KeyError: 'x', kept in {report / 'heatmap_error.txt'}); "
+                        "the tables and leaderboard are complete"], r.stderr
+    monkeypatch.undo()
+    r = CliRunner().invoke(app, ["report", str(out)])  # drawn again: the old error file goes
+    assert r.exit_code == 0 and not (report / "heatmap_error.txt").exists()

@@ -169,6 +169,11 @@ def _report(run_dir: Path, out: Path | None, strict: bool = False) -> None:
     paths = build_report(run_dir, out, contents=contents)
     typer.echo(paths["markdown"].read_text())  # plain: a markdown table must not be re-wrapped
     err_console.print("written: " + ", ".join(str(p) for p in paths.values()), highlight=False, soft_wrap=True)
+    if "heatmap_error" in paths:  # the tables are complete without it, but the user must not miss the gap
+        why = " ".join(paths["heatmap_error"].read_text().split())[:200]
+        err_console.print(Text.assemble(("warning: ", "yellow"), f"no heatmap was drawn ({why}, kept in "
+                                        f"{paths['heatmap_error']}); the tables and leaderboard are complete"),
+                          soft_wrap=True, highlight=False)
     _warn_left_out(run_dir, contents)
     bad = len(contents.unreadable) + len(contents.stale)
     if strict and bad:
