@@ -216,6 +216,7 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("experiment-param-not-in-run", ["experiment", "small_sample_trends", "--out", "{o}/x", "--param", "scVI.n_latent=3"],
      2, "not among this run's methods"),
     ("list-unknown", ["list", "things"], 2, "cannot list"),
+    ("list-unknown-format", ["list", "metrics", "--format", "xml"], 2, "--format 'xml': choose table, csv or json"),
 ]
 if not torch.cuda.is_available():
     CASES.append(("cuda-without-gpu", [*RUN, "--device", "cuda", *TINY, "--out", "{o}/r"], 2, "sees no CUDA GPU"))
@@ -319,3 +320,35 @@ def test_a_run_with_one_method_draws_its_heatmap_and_a_failed_one_is_named(tmp_p
     monkeypatch.undo()
     r = CliRunner().invoke(app, ["report", str(out)])  # drawn again: the old error file goes
     assert r.exit_code == 0 and not (report / "heatmap_error.txt").exists()
+
+
+def test_lists_are_whole_outside_a_terminal_and_readable_as_csv_and_json() -> None:
+    import csv
+    import io
+    import json
+
+    from causcell_bench.metrics import list_metrics
+    from causcell_bench.registry import method_names
+
+    names = [m.name for m in list_metrics()]
+    for what in ("methods", "datasets", "metrics"):
+        r = CliRunner().invoke(app, ["list", what])  # CliRunner's stdout is not a terminal
+        assert r.exit_code == 0 and "…" not in r.stdout, r.stdout
+    table = CliRunner().invoke(app, ["list", "metrics"]).stdout
+    cells = {c.strip() for line in table.splitlines() for c in line.split("│")}
+    assert set(names) <= cells, set(names) - cells  # every name whole, in a cell of its own row
+    rows = list(csv.DictReader(io.StringIO(CliRunner().invoke(app, ["list", "metrics", "--format", "csv"]).stdout)))
+    assert [r["metric"] for r in rows] == names and {r["better"] for r in rows} == {"higher", "lower"}
+    methods = json.loads(CliRunner().invoke(app, ["list", "methods", "--format", "json", "--verbose"]).stdout)
+    assert [m["method"] for m in methods] == method_names()
+    causcell = next(m for m in methods if m["method"] == "CausCell")
+    assert causcell["counterfactual"] is True and "n_steps" in causcell["presets"]["quick"]
+    datasets = json.loads(CliRunner().invoke(app, ["list", "datasets", "--format", "json"]).stdout)
+    assert {"synthetic", "ICI_response"} <= {d["dataset"] for d in datasets}
+
+
+def test_list_metrics_in_a_real_pipe_finds_exclusivity_dag() -> None:
+    out = subprocess.run(f"'{CLI}' list metrics | grep exclusivity_dag", shell=True, capture_output=True, text=True,
+                         timeout=120, check=False, env={**os.environ, "COLUMNS": "60"})
+    assert out.returncode == 0, out.stderr
+    assert any(line.split("│")[1].strip() == "exclusivity_dag" for line in out.stdout.splitlines()), out.stdout
