@@ -100,6 +100,8 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pkl.write_bytes(pkl.read_bytes()[:100])
     (d / "listmanifest/manifest.json").write_text("[1, 2]")
     (d / "nomanifest").mkdir()
+    (d / "foreignconfig").mkdir()  # a config.json, but not a run's
+    (d / "foreignconfig/config.json").write_text('{"colour": "red"}\n')
     return d
 
 
@@ -170,6 +172,8 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("param-malformed", [*RUN, "--param", "n_latent", *TINY, "--out", "{o}/r"], 2, "Method.name=value"),
     ("out-is-a-file", [*RUN, *TINY, "--out", "{d}/afile"], 2, "is a file"),
     ("out-parent-is-a-file", [*RUN, *TINY, "--out", "{d}/afile/run"], 2, "is a file"),
+    ("out-holds-other-files", [*RUN, *TINY, "--out", "{d}/usedmodel"], 2, "holds other files (notes.txt)"),
+    ("out-holds-a-foreign-config", [*RUN, *TINY, "--out", "{d}/foreignconfig"], 2, "--force-out"),
     # train
     ("train-out-is-a-file", ["train", "--method", "group_mean", *TINY, "--out", "{d}/afile"], 2, "is a file"),
     ("train-out-not-empty", ["train", "--method", "group_mean", *TINY, "--out", "{d}/usedmodel"], 2, "--overwrite"),
@@ -296,6 +300,37 @@ def test_the_installed_command_and_debug(inputs: Path, tmp_path: Path) -> None:
 
 
 # --- issue 31: --out at a folder of the user's, the heatmap of one method, lists in a pipe, quoting --------------
+def test_run_out_at_a_folder_that_is_not_a_run_is_refused_unless_forced(tmp_path: Path) -> None:
+    folder = tmp_path / "my_data"
+    folder.mkdir()
+    (folder / "counts.csv").write_text("keep me\n")
+    args = [*RUN, *TINY, "--out", str(folder)]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert f"--out {folder} holds other files (counts.csv)" in r.stderr and "pass --force-out" in r.stderr
+    assert [p.name for p in folder.iterdir()] == ["counts.csv"]  # nothing written among the user's files
+    r = CliRunner().invoke(app, [*args, "--force-out"])
+    assert r.exit_code == 0, r.stderr
+    assert (folder / "config.json").is_file() and (folder / "counts.csv").read_text() == "keep me\n"
+    r = CliRunner().invoke(app, args)  # now a run directory: resumed without the flag
+    assert r.exit_code == 0 and "1 skipped" in r.stderr, r.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    from causcell_bench.store import check_run_out
+
+    check_run_out(empty, flag="--out", force="pass --force-out")  # an empty folder is fine
+
+
+def test_benchmark_refuses_an_out_folder_that_is_not_a_run(tmp_path: Path) -> None:
+    import causcell_bench as cb
+    from causcell_bench.errors import BenchError
+
+    (tmp_path / "notes.txt").write_text("mine\n")
+    with pytest.raises(BenchError, match=r"out= .* holds other files \(notes.txt\).*pass force_out=True"):
+        cb.benchmark(_adata(), concepts=["age", "kind"], methods=["positive_control"], out=tmp_path, progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
 def test_a_run_with_one_method_draws_its_heatmap_and_a_failed_one_is_named(tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     # one method whose overall score is 1: funkyheatmappy 0.7 failed with KeyError 'x' (every score >= 0.8)

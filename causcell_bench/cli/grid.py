@@ -66,6 +66,8 @@ def run(
     ray_address: Annotated[str | None, typer.Option(help="address of an existing Ray cluster (default: start a local one)")] = None,
     start_method: Annotated[str, typer.Option(help="how local cell processes start: fork (shares loaded data), spawn or forkserver (each cell loads its data)")] = "fork",
     out: Annotated[Path | None, typer.Option(help="run directory (default runs/<dataset>)")] = None,
+    force_out: Annotated[bool, typer.Option(help="write into an --out folder that holds other files and no run "
+                         "(refused by default: the run's folders would be spread among them)")] = False,
     n_cells: NCells = None,
     n_genes: NGenes = None,
     n_hvg: NHvg = None,
@@ -93,6 +95,7 @@ def run(
     from causcell_bench.datasets.spec import parse_edges
     from causcell_bench.registry import resolve_methods
     from causcell_bench.runner import dataset_names, run_grid, summarize_outcomes
+    from causcell_bench.store import check_run_out
 
     # every option is checked before any data is loaded or anything written
     if ray_address and executor != "ray":
@@ -139,6 +142,8 @@ def run(
     stored = dataset_names(config)  # spec names; two specs with one name fail here
     run_dir = out or Path("runs") / "_".join(dict.fromkeys(stored.values()))
     check_out_dir(run_dir)
+    if not force_out:
+        check_run_out(run_dir, flag="--out", force="pass --force-out")
     err_console.print(f"run directory: {run_dir}", highlight=False)
     try:
         outcomes = run_grid(config, run_dir, retry_failed=retry_failed, executor=executor, ray_address=ray_address,
