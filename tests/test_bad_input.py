@@ -174,6 +174,7 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("out-parent-is-a-file", [*RUN, *TINY, "--out", "{d}/afile/run"], 2, "is a file"),
     ("out-holds-other-files", [*RUN, *TINY, "--out", "{d}/usedmodel"], 2, "holds other files (notes.txt)"),
     ("out-holds-a-foreign-config", [*RUN, *TINY, "--out", "{d}/foreignconfig"], 2, "--force-out"),
+    ("holdout-unclosed-quote", [*RUN, "--holdout", 'age="age_1', *TINY, "--out", "{o}/r"], 2, "is not closed"),
     # train
     ("train-out-is-a-file", ["train", "--method", "group_mean", *TINY, "--out", "{d}/afile"], 2, "is a file"),
     ("train-out-not-empty", ["train", "--method", "group_mean", *TINY, "--out", "{d}/usedmodel"], 2, "--overwrite"),
@@ -206,6 +207,10 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("cf-manifest-is-a-list", ["counterfactual", "{d}/listmanifest", "--do", "age=age_1", "--out", "{o}/cf.h5ad"], 2,
      "not a causcell-bench model manifest"),
     ("cf-malformed-do", ["counterfactual", "{d}/model", "--do", "age", "--out", "{o}/cf.h5ad"], 2, "concept=value"),
+    ("cf-do-unclosed-quote", ["counterfactual", "{d}/model", "--do", 'age="age_1', "--out", "{o}/cf.h5ad"], 2,
+     "is not closed"),
+    ("cf-cells-unclosed-quote", ["counterfactual", "{d}/model", "--do", "age=age_1", "--cells", 'age=age_0,"age_1',
+                                 "--out", "{o}/cf.h5ad"], 2, "is not closed"),
     ("cf-unknown-concept", ["counterfactual", "{d}/model", "--do", "tissue=x", "--out", "{o}/cf.h5ad"], 2,
      "cannot intervene on 'tissue'"),
     ("cf-out-not-h5ad", ["counterfactual", "{d}/model", "--do", "age=age_1", "--out", "{o}/cf.csv"], 2, ".h5ad"),
@@ -387,3 +392,19 @@ def test_list_metrics_in_a_real_pipe_finds_exclusivity_dag() -> None:
                          timeout=120, check=False, env={**os.environ, "COLUMNS": "60"})
     assert out.returncode == 0, out.stderr
     assert any(line.split("│")[1].strip() == "exclusivity_dag" for line in out.stdout.splitlines()), out.stdout
+
+
+def test_labels_with_commas_and_equals_signs_can_be_quoted(tmp_path: Path) -> None:
+    a = _adata()
+    a.obs["kind"] = pd.Categorical(np.repeat(["T, CD4", "B=1", "NK"], a.n_obs // 3))
+    a.write_h5ad(tmp_path / "quoted.h5ad")
+    model, cf = tmp_path / "model", tmp_path / "cf.h5ad"
+    r = CliRunner().invoke(app, ["train", "--method", "group_mean", "--dataset", str(tmp_path / "quoted.h5ad"),
+                                 "--concepts", "age,kind", "--dag", "", "--device", "cpu", "--out", str(model)])
+    assert r.exit_code == 0, r.stderr
+    r = CliRunner().invoke(app, ["counterfactual", str(model), "--do", 'kind="T, CD4"', "--cells", 'kind="B=1",NK',
+                                 "--out", str(cf)])
+    assert r.exit_code == 0, r.stderr
+    made = anndata.read_h5ad(cf)
+    assert made.uns["counterfactual"]["intervention"] == {"kind": "T, CD4"}
+    assert made.uns["counterfactual"]["do"] == 'kind="T, CD4"'
