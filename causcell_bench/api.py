@@ -89,6 +89,7 @@ def benchmark(
     start_method: str = "spawn",
     progress: bool = True,
     report: bool = True,
+    force_out: bool = False,
 ) -> BenchmarkResult:
     """Benchmark ``methods`` on ``adata`` (raw counts in ``X`` or ``layers[counts_layer]``; ``concepts``
     are obs columns, ``dag`` their causal edges as ``(parent, child)`` pairs or ``"a->b"`` strings).
@@ -96,14 +97,15 @@ def benchmark(
     The data is written once to ``out/data/<name>.h5ad`` so that every cell process (and a Ray worker)
     reads the same cells; a later call with another AnnData in the same ``out`` is refused. Cells start
     with ``start_method="spawn"`` by default: forking a notebook process that already ran threaded
-    code can hang. Everything else is as ``causcell-bench run`` (see its ``--help``).
+    code can hang. An ``out`` folder that holds other files and no run is refused unless ``force_out``.
+    Everything else is as ``causcell-bench run`` (see its ``--help``).
     """
     from causcell_bench.config import RunConfig
     from causcell_bench.datasets.loaders import as_edges
     from causcell_bench.leaderboard import build_report, part_table, scores, status_table, summarize, tidy_table
     from causcell_bench.registry import resolve_methods
     from causcell_bench.runner import run_grid
-    from causcell_bench.store import read_run
+    from causcell_bench.store import check_run_out, read_run
 
     if not isinstance(adata, AnnData):
         raise BenchError(f"benchmark() needs an AnnData, got {type(adata).__name__}")
@@ -113,6 +115,8 @@ def benchmark(
     if counts_layer is not None and counts_layer not in adata.layers:
         raise BenchError(f"counts_layer {counts_layer!r} not in adata.layers; layers are {list(adata.layers)}")
     run_dir = Path(out)
+    if not force_out:
+        check_run_out(run_dir, flag="out=", force="pass force_out=True")
     data_dir = run_dir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     h5ad, stamp = (data_dir / f"{name}.h5ad").resolve(), data_dir / f"{name}.fingerprint"

@@ -136,8 +136,12 @@ def parse_filters(items: str | Sequence[str] | None) -> dict[str, list[str]]:
 
 
 def format_do(do: Mapping[str, str]) -> str:
-    """``{"age": "a", "domain": "b"}`` -> ``"age=a,domain=b"``."""
-    return ",".join(f"{c}={v}" for c, v in do.items())
+    """``{"age": "a", "domain": "b"}`` -> ``"age=a,domain=b"``, quoted where --do needs it to read it back."""
+    def quote(text: str) -> str:
+        needs = not text or text != text.strip() or any(ch in text for ch in ',="')
+        return '"' + text.replace('"', '""') + '"' if needs else text
+
+    return ",".join(f"{quote(str(c))}={quote(str(v))}" for c, v in do.items())
 
 
 def check_intervention(method: Any, do: Mapping[str, str]) -> None:

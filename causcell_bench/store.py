@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from causcell_bench.errors import BenchError
 # the atomic writers live in a leaf module that the method base class can import without this one;
 # atomic_write_json is importable from here too, as are CellKey and key_of, which live with the record
 from causcell_bench.fileio import atomic_write_json
@@ -165,6 +166,34 @@ def read_run(run_dir: str | Path) -> RunContents:
     # a dead process's claim on a cell whose record it did write is a harmless leftover
     out.claims = [(p, c) for p, c in ClaimStore(run_dir).all() if not (c.get("stale") and c.get("cell") in done)]
     return out
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """Whether ``path`` holds a run of ours: a config.json that ``run`` wrote (a JSON object naming its
+    datasets and methods), a cells/ folder, or the data/*.fingerprint that :func:`causcell_bench.api.benchmark`
+    writes before its first cell."""
+    path = Path(path)
+    if (path / "cells").is_dir() or any((path / "data").glob("*.fingerprint")):
+        return True
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(config, dict) and {"datasets", "methods"} <= set(config)
+
+
+def check_run_out(path: str | Path, *, flag: str, force: str) -> None:
+    """Refuse to spread a run's folders (cells/, claims/, logs/, splits/, report/, config.json) among a
+    user's files: a BenchError when ``path`` is a folder that holds files but no run. A new or empty
+    folder, or a run directory (to resume), passes. ``flag`` names the option, ``force`` how to allow it."""
+    path = Path(path)
+    if not path.is_dir() or is_run_dir(path):
+        return
+    names = sorted(p.name for p in path.iterdir())
+    if names:
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        raise BenchError(f"{flag} {path} holds other files ({shown}) and is not a run directory (no config.json "
+                         f"or cells/); give a new or empty folder, or {force} to write the run among them")
 
 
 # --- claims -------------------------------------------------------------------------------

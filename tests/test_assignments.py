@@ -104,3 +104,37 @@ def test_the_flags_wrappers() -> None:
         parse_filters(["celltype"])
     with pytest.raises(BenchError, match="key=value, e.g. --set n_cells=1000"):
         parse_options(["n_cells"])
+
+
+def test_quoted_keys_and_values_hold_commas_equals_signs_and_spaces() -> None:
+    assert parse_do('cell_type="T, CD4"') == {"cell_type": "T, CD4"}
+    assert parse_do(' cell_type = "T, CD4" , condition=stim') == {"cell_type": "T, CD4", "condition": "stim"}
+    assert parse_holdout('"cell, type"="a=b",condition=" stim "') == {"cell, type": "a=b", "condition": " stim "}
+    assert parse_filters(['celltype="T, CD4",B', 'celltype="B"']) == {"celltype": ["T, CD4", "B"]}
+    assert parse_do('label="say ""hi"""') == {"label": 'say "hi"'}  # "" inside quotes: one quote
+    # a quote opens only at the start of a key or value: labels with a quote inside read as before
+    assert parse_do('label=say "hi"') == {"label": 'say "hi"'}
+    assert parse_do('label="a"b') == {"label": '"a"b'}
+
+
+def test_a_quote_left_open_or_an_empty_quoted_value_is_an_error() -> None:
+    with pytest.raises(BenchError, match=r"""cannot read --do 'cell_type="T, CD4': the double quote at '"T, CD4' is """
+                                         r"""not closed \(inside quotes, write a " as ""\)"""):
+        parse_do('cell_type="T, CD4')
+    with pytest.raises(BenchError, match="no value after '='"):
+        parse_do('cell_type=""')
+    with pytest.raises(BenchError, match="an empty value"):
+        parse_filters(['celltype=a,""'])
+
+
+def test_typed_flags_leave_quotes_to_json() -> None:
+    assert parse_options(['s="5"', "n=5", 'e=""', 'v=["a,b", "c"]']) == {"s": "5", "n": 5, "e": "", "v": ["a,b", "c"]}
+    assert parse_params(['CausCell.mode="exogenous"']) == {"CausCell": {"mode": "exogenous"}}
+
+
+def test_format_do_reads_back() -> None:
+    from causcell_bench.counterfactual import format_do
+
+    for do in ({"age": "a", "domain": "b"}, {"cell_type": "T, CD4", "x": "a=b", "q": 'say "hi"', "s": " NK "}):
+        assert parse_do(format_do(do)) == do
+    assert format_do({"age": "a", "domain": "b"}) == "age=a,domain=b"

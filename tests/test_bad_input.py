@@ -100,6 +100,8 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pkl.write_bytes(pkl.read_bytes()[:100])
     (d / "listmanifest/manifest.json").write_text("[1, 2]")
     (d / "nomanifest").mkdir()
+    (d / "foreignconfig").mkdir()  # a config.json, but not a run's
+    (d / "foreignconfig/config.json").write_text('{"colour": "red"}\n')
     return d
 
 
@@ -170,6 +172,9 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("param-malformed", [*RUN, "--param", "n_latent", *TINY, "--out", "{o}/r"], 2, "Method.name=value"),
     ("out-is-a-file", [*RUN, *TINY, "--out", "{d}/afile"], 2, "is a file"),
     ("out-parent-is-a-file", [*RUN, *TINY, "--out", "{d}/afile/run"], 2, "is a file"),
+    ("out-holds-other-files", [*RUN, *TINY, "--out", "{d}/usedmodel"], 2, "holds other files (notes.txt)"),
+    ("out-holds-a-foreign-config", [*RUN, *TINY, "--out", "{d}/foreignconfig"], 2, "--force-out"),
+    ("holdout-unclosed-quote", [*RUN, "--holdout", 'age="age_1', *TINY, "--out", "{o}/r"], 2, "is not closed"),
     # train
     ("train-out-is-a-file", ["train", "--method", "group_mean", *TINY, "--out", "{d}/afile"], 2, "is a file"),
     ("train-out-not-empty", ["train", "--method", "group_mean", *TINY, "--out", "{d}/usedmodel"], 2, "--overwrite"),
@@ -202,6 +207,10 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("cf-manifest-is-a-list", ["counterfactual", "{d}/listmanifest", "--do", "age=age_1", "--out", "{o}/cf.h5ad"], 2,
      "not a causcell-bench model manifest"),
     ("cf-malformed-do", ["counterfactual", "{d}/model", "--do", "age", "--out", "{o}/cf.h5ad"], 2, "concept=value"),
+    ("cf-do-unclosed-quote", ["counterfactual", "{d}/model", "--do", 'age="age_1', "--out", "{o}/cf.h5ad"], 2,
+     "is not closed"),
+    ("cf-cells-unclosed-quote", ["counterfactual", "{d}/model", "--do", "age=age_1", "--cells", 'age=age_0,"age_1',
+                                 "--out", "{o}/cf.h5ad"], 2, "is not closed"),
     ("cf-unknown-concept", ["counterfactual", "{d}/model", "--do", "tissue=x", "--out", "{o}/cf.h5ad"], 2,
      "cannot intervene on 'tissue'"),
     ("cf-out-not-h5ad", ["counterfactual", "{d}/model", "--do", "age=age_1", "--out", "{o}/cf.csv"], 2, ".h5ad"),
@@ -216,6 +225,7 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("experiment-param-not-in-run", ["experiment", "small_sample_trends", "--out", "{o}/x", "--param", "scVI.n_latent=3"],
      2, "not among this run's methods"),
     ("list-unknown", ["list", "things"], 2, "cannot list"),
+    ("list-unknown-format", ["list", "metrics", "--format", "xml"], 2, "--format 'xml': choose table, csv or json"),
 ]
 if not torch.cuda.is_available():
     CASES.append(("cuda-without-gpu", [*RUN, "--device", "cuda", *TINY, "--out", "{o}/r"], 2, "sees no CUDA GPU"))
@@ -292,3 +302,109 @@ def test_the_installed_command_and_debug(inputs: Path, tmp_path: Path) -> None:
     cf = subprocess.run([CLI, "counterfactual", str(inputs / "badpickle"), "--do", "age=age_1", "--out",
                          str(tmp_path / "cf.h5ad")], capture_output=True, text=True, env=env, timeout=120, check=False)
     assert cf.returncode == 2 and cf.stderr.count("\n") == 1 and "truncated" in cf.stderr, cf.stderr
+
+
+# --- issue 31: --out at a folder of the user's, the heatmap of one method, lists in a pipe, quoting --------------
+def test_run_out_at_a_folder_that_is_not_a_run_is_refused_unless_forced(tmp_path: Path) -> None:
+    folder = tmp_path / "my_data"
+    folder.mkdir()
+    (folder / "counts.csv").write_text("keep me\n")
+    args = [*RUN, *TINY, "--out", str(folder)]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert f"--out {folder} holds other files (counts.csv)" in r.stderr and "pass --force-out" in r.stderr
+    assert [p.name for p in folder.iterdir()] == ["counts.csv"]  # nothing written among the user's files
+    r = CliRunner().invoke(app, [*args, "--force-out"])
+    assert r.exit_code == 0, r.stderr
+    assert (folder / "config.json").is_file() and (folder / "counts.csv").read_text() == "keep me\n"
+    r = CliRunner().invoke(app, args)  # now a run directory: resumed without the flag
+    assert r.exit_code == 0 and "1 skipped" in r.stderr, r.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    from causcell_bench.store import check_run_out
+
+    check_run_out(empty, flag="--out", force="pass --force-out")  # an empty folder is fine
+
+
+def test_benchmark_refuses_an_out_folder_that_is_not_a_run(tmp_path: Path) -> None:
+    import causcell_bench as cb
+    from causcell_bench.errors import BenchError
+
+    (tmp_path / "notes.txt").write_text("mine\n")
+    with pytest.raises(BenchError, match=r"out= .* holds other files \(notes.txt\).*pass force_out=True"):
+        cb.benchmark(_adata(), concepts=["age", "kind"], methods=["positive_control"], out=tmp_path, progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_a_run_with_one_method_draws_its_heatmap_and_a_failed_one_is_named(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # one method whose overall score is 1: funkyheatmappy 0.7 failed with KeyError 'x' (every score >= 0.8)
+    out = tmp_path / "one"
+    r = CliRunner().invoke(app, [*[a for a in RUN if a != "--no-report"], *TINY, "--out", str(out)])
+    assert r.exit_code == 0, r.stderr
+    report = out / "report"
+    assert (report / "heatmap_synthetic.png").is_file() and (report / "heatmap_synthetic.svg").is_file()
+    assert not (report / "heatmap_error.txt").exists() and "warning" not in r.stderr, r.stderr
+    # any other failure of the figure: the tables are written, and the terminal says so in one line
+    import causcell_bench.leaderboard.report as report_module
+
+    def broken(*a, **k):
+        raise KeyError("x")
+
+    monkeypatch.setattr(report_module, "heatmap", broken)
+    r = CliRunner().invoke(app, ["report", str(out)])
+    assert r.exit_code == 0 and (report / "leaderboard.md").is_file()
+    warnings = [line for line in r.stderr.splitlines() if line.startswith("warning: ")]
+    assert warnings == [f"warning: no heatmap was drawn (KeyError: 'x', kept in {report / 'heatmap_error.txt'}); "
+                        "the tables and leaderboard are complete"], r.stderr
+    monkeypatch.undo()
+    r = CliRunner().invoke(app, ["report", str(out)])  # drawn again: the old error file goes
+    assert r.exit_code == 0 and not (report / "heatmap_error.txt").exists()
+
+
+def test_lists_are_whole_outside_a_terminal_and_readable_as_csv_and_json() -> None:
+    import csv
+    import io
+    import json
+
+    from causcell_bench.metrics import list_metrics
+    from causcell_bench.registry import method_names
+
+    names = [m.name for m in list_metrics()]
+    for what in ("methods", "datasets", "metrics"):
+        r = CliRunner().invoke(app, ["list", what])  # CliRunner's stdout is not a terminal
+        assert r.exit_code == 0 and "…" not in r.stdout, r.stdout
+    table = CliRunner().invoke(app, ["list", "metrics"]).stdout
+    cells = {c.strip() for line in table.splitlines() for c in line.split("│")}
+    assert set(names) <= cells, set(names) - cells  # every name whole, in a cell of its own row
+    rows = list(csv.DictReader(io.StringIO(CliRunner().invoke(app, ["list", "metrics", "--format", "csv"]).stdout)))
+    assert [r["metric"] for r in rows] == names and {r["better"] for r in rows} == {"higher", "lower"}
+    methods = json.loads(CliRunner().invoke(app, ["list", "methods", "--format", "json", "--verbose"]).stdout)
+    assert [m["method"] for m in methods] == method_names()
+    causcell = next(m for m in methods if m["method"] == "CausCell")
+    assert causcell["counterfactual"] is True and "n_steps" in causcell["presets"]["quick"]
+    datasets = json.loads(CliRunner().invoke(app, ["list", "datasets", "--format", "json"]).stdout)
+    assert {"synthetic", "ICI_response"} <= {d["dataset"] for d in datasets}
+
+
+def test_list_metrics_in_a_real_pipe_finds_exclusivity_dag() -> None:
+    out = subprocess.run(f"'{CLI}' list metrics | grep exclusivity_dag", shell=True, capture_output=True, text=True,
+                         timeout=120, check=False, env={**os.environ, "COLUMNS": "60"})
+    assert out.returncode == 0, out.stderr
+    assert any(line.split("│")[1].strip() == "exclusivity_dag" for line in out.stdout.splitlines()), out.stdout
+
+
+def test_labels_with_commas_and_equals_signs_can_be_quoted(tmp_path: Path) -> None:
+    a = _adata()
+    a.obs["kind"] = pd.Categorical(np.repeat(["T, CD4", "B=1", "NK"], a.n_obs // 3))
+    a.write_h5ad(tmp_path / "quoted.h5ad")
+    model, cf = tmp_path / "model", tmp_path / "cf.h5ad"
+    r = CliRunner().invoke(app, ["train", "--method", "group_mean", "--dataset", str(tmp_path / "quoted.h5ad"),
+                                 "--concepts", "age,kind", "--dag", "", "--device", "cpu", "--out", str(model)])
+    assert r.exit_code == 0, r.stderr
+    r = CliRunner().invoke(app, ["counterfactual", str(model), "--do", 'kind="T, CD4"', "--cells", 'kind="B=1",NK',
+                                 "--out", str(cf)])
+    assert r.exit_code == 0, r.stderr
+    made = anndata.read_h5ad(cf)
+    assert made.uns["counterfactual"]["intervention"] == {"kind": "T, CD4"}
+    assert made.uns["counterfactual"]["do"] == 'kind="T, CD4"'

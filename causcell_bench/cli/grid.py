@@ -4,6 +4,9 @@ dataset's files."""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -63,6 +66,8 @@ def run(
     ray_address: Annotated[str | None, typer.Option(help="address of an existing Ray cluster (default: start a local one)")] = None,
     start_method: Annotated[str, typer.Option(help="how local cell processes start: fork (shares loaded data), spawn or forkserver (each cell loads its data)")] = "fork",
     out: Annotated[Path | None, typer.Option(help="run directory (default runs/<dataset>)")] = None,
+    force_out: Annotated[bool, typer.Option(help="write into an --out folder that holds other files and no run "
+                         "(refused by default: the run's folders would be spread among them)")] = False,
     n_cells: NCells = None,
     n_genes: NGenes = None,
     n_hvg: NHvg = None,
@@ -90,6 +95,7 @@ def run(
     from causcell_bench.datasets.spec import parse_edges
     from causcell_bench.registry import resolve_methods
     from causcell_bench.runner import dataset_names, run_grid, summarize_outcomes
+    from causcell_bench.store import check_run_out
 
     # every option is checked before any data is loaded or anything written
     if ray_address and executor != "ray":
@@ -136,6 +142,8 @@ def run(
     stored = dataset_names(config)  # spec names; two specs with one name fail here
     run_dir = out or Path("runs") / "_".join(dict.fromkeys(stored.values()))
     check_out_dir(run_dir)
+    if not force_out:
+        check_run_out(run_dir, flag="--out", force="pass --force-out")
     err_console.print(f"run directory: {run_dir}", highlight=False)
     try:
         outcomes = run_grid(config, run_dir, retry_failed=retry_failed, executor=executor, ray_address=ray_address,
@@ -169,6 +177,11 @@ def _report(run_dir: Path, out: Path | None, strict: bool = False) -> None:
     paths = build_report(run_dir, out, contents=contents)
     typer.echo(paths["markdown"].read_text())  # plain: a markdown table must not be re-wrapped
     err_console.print("written: " + ", ".join(str(p) for p in paths.values()), highlight=False, soft_wrap=True)
+    if "heatmap_error" in paths:  # the tables are complete without it, but the user must not miss the gap
+        why = " ".join(paths["heatmap_error"].read_text().split())[:200]
+        err_console.print(Text.assemble(("warning: ", "yellow"), f"no heatmap was drawn ({why}, kept in "
+                                        f"{paths['heatmap_error']}); the tables and leaderboard are complete"),
+                          soft_wrap=True, highlight=False)
     _warn_left_out(run_dir, contents)
     bad = len(contents.unreadable) + len(contents.stale)
     if strict and bad:
@@ -279,15 +292,95 @@ def check_validity(
                       f"method (best {u.best_method} {u.best_value:.4g})", highlight=False, soft_wrap=True)
 
 
+LIST_FORMATS = ("table", "csv", "json")
+
+
+def _print_table(t: Table) -> None:
+    """A rich table on stdout; outside a terminal as wide as its longest row, so that no name is cut to
+    an ellipsis or wrapped (``list metrics | grep exclusivity_dag`` finds it)."""
+    if getattr(console.file, "isatty", lambda: False)():  # not is_terminal: FORCE_COLOR would make a pipe one
+        console.print(t)
+        return
+    from rich.console import Console
+
+    natural = console.measure(t, options=console.options.update_width(100_000)).maximum  # unbounded: whole cells
+    wide = Console(width=max(80, natural), no_color=True, highlight=False)
+    wide.print(t, crop=False)
+
+
+def _print_rows(rows: list[dict[str, Any]], fmt: str) -> None:
+    """``rows`` as CSV (a header, then one line per row) or a JSON list of objects, for scripts."""
+    if fmt == "json":
+        typer.echo(json.dumps(rows, indent=2, default=str))
+        return
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), lineterminator="\n")
+    writer.writeheader()
+    # nested values (presets) as JSON text; booleans as true/false, the spelling JSON uses
+    writer.writerows({k: json.dumps(v, default=str) if isinstance(v, (dict, list, bool)) else v for k, v in r.items()} for r in rows)
+    typer.echo(buffer.getvalue(), nl=False)
+
+
+def _method_rows(verbose: bool) -> list[dict[str, Any]]:
+    from causcell_bench import registry
+
+    rows: list[dict[str, Any]] = []
+    for name in registry.method_names():
+        try:
+            cls = registry.get_method(name)
+        except BenchError as e:
+            rows.append({"method": name, "available": False, "error": str(e)})
+            continue
+        c = cls.capabilities
+        row: dict[str, Any] = {"method": name, "available": True, "error": "", "kind": getattr(cls, "kind", "method"),
+                               "embedding": c.embedding, "unexplained": c.unexplained, "reconstruct": c.reconstruct,
+                               "counterfactual": c.counterfactual, "uses_dag": c.uses_dag, "stochastic": c.stochastic}
+        if verbose:
+            row["presets"] = {preset: dict(params) for preset, params in cls.presets.items()}
+        rows.append(row)
+    return rows
+
+
+def _dataset_rows() -> list[dict[str, Any]]:
+    from causcell_bench import registry
+    from causcell_bench.datasets import BUILTIN_DATASETS, PAPER_DATASETS
+
+    rows = []
+    for name in registry.dataset_names():
+        kind = "built-in" if name in BUILTIN_DATASETS else "paper (local files)" if name in PAPER_DATASETS else "plugin"
+        desc = BUILTIN_DATASETS.get(name) or PAPER_DATASETS.get(name) or ""
+        rows.append({"dataset": name, "kind": kind, "description": str(getattr(desc, "description", desc))})
+    return rows
+
+
+def _metric_rows() -> list[dict[str, Any]]:
+    from causcell_bench.metrics import list_metrics
+
+    return [{"metric": m.name, "category": m.category, "group": m.group,
+             "better": "higher" if m.higher_is_better else "lower",
+             "scored": ("no DAG" if m.superseded_by else "yes") if m.aggregate else "no",
+             "computed_by": m.defined_in.removeprefix("causcell_bench.metrics."), "description": m.description}
+            for m in list_metrics()]
+
+
 @app.command("list")
 @friendly
 def list_(
     what: Annotated[str, typer.Argument(help="methods, datasets or metrics")] = "methods",
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="methods: every preset's settings")] = False,
+    fmt: Annotated[str, typer.Option("--format", help="table (for reading), csv or json (for scripts)")] = "table",
 ) -> None:
-    """Show the available methods (with capabilities), datasets or metrics (with where each is computed)."""
-    from causcell_bench import registry
-
+    """Show the available methods (with capabilities), datasets or metrics (with where each is computed).
+    Outside a terminal the table is printed whole (no name cut short); --format csv or json for scripts."""
+    if fmt not in LIST_FORMATS:
+        raise BenchError(f"--format {fmt!r}: choose table, csv or json")
+    rows_of = {"methods": lambda: _method_rows(verbose), "datasets": _dataset_rows, "metrics": _metric_rows}
+    if what not in rows_of:
+        raise BenchError(f"cannot list {what!r}; choose methods, datasets or metrics")
+    rows = rows_of[what]()
+    if fmt != "table":
+        _print_rows(rows, fmt)
+        return
     if what == "methods":
         t = Table("method", "embedding", "u", "recon", "cf", "DAG", "samples",
                   caption="u: unexplained-concept embedding; recon: reconstruction; cf: counterfactuals; "
@@ -295,48 +388,34 @@ def list_(
                           "against the expected truth on the mean of --truth-samples draws)")
         t.columns[0].no_wrap = True
         t.columns[1].no_wrap = True
-        for name in registry.method_names():
-            try:
-                c = registry.get_method(name).capabilities
-                t.add_row(name, c.embedding, *("yes" if v else "-" for v in
-                          (c.unexplained, c.reconstruct, c.counterfactual, c.uses_dag, c.stochastic)))
-            except BenchError as e:
-                t.add_row(name, f"[red]unavailable: {e}[/red]", "", "", "", "", "")
-        console.print(t)
-        if verbose:
-            for name in registry.method_names():
-                try:
-                    cls = registry.get_method(name)
-                except BenchError:
-                    continue
-                console.print(f"[bold]{name}[/bold] ({getattr(cls, 'kind', 'method')})")
-                for preset, params in cls.presets.items():
-                    text = ", ".join(f"{k}={v!r}" for k, v in params.items()) or "(no parameters)"
-                    console.print(f"  {preset}: {text}", highlight=False, soft_wrap=True)
+        for r in rows:
+            if not r["available"]:
+                t.add_row(r["method"], Text(f"unavailable: {r['error']}", style="red"), "", "", "", "", "")
+                continue
+            t.add_row(r["method"], r["embedding"], *("yes" if r[k] else "-" for k in
+                      ("unexplained", "reconstruct", "counterfactual", "uses_dag", "stochastic")))
+        _print_table(t)
+        for r in rows if verbose else []:
+            if not r["available"]:
+                continue
+            console.print(f"[bold]{r['method']}[/bold] ({r['kind']})")
+            for preset, params in r["presets"].items():
+                text = ", ".join(f"{k}={v!r}" for k, v in params.items()) or "(no parameters)"
+                console.print(f"  {preset}: {text}", highlight=False, soft_wrap=True)
     elif what == "datasets":
-        from causcell_bench.datasets import BUILTIN_DATASETS, PAPER_DATASETS
-
         t = Table("dataset", "kind", "description")
-        for name in registry.dataset_names():
-            kind = "built-in" if name in BUILTIN_DATASETS else "paper (local files)" if name in PAPER_DATASETS else "plugin"
-            desc = BUILTIN_DATASETS.get(name) or PAPER_DATASETS.get(name) or ""
-            t.add_row(name, kind, str(getattr(desc, "description", desc))[:90])
-        console.print(t)
-    elif what == "metrics":
-        from causcell_bench.metrics import list_metrics
-
+        for r in rows:
+            t.add_row(r["dataset"], r["kind"], r["description"][:90])
+        _print_table(t)
+    else:
         t = Table("metric", "category / group", "better", "scored", "computed by", "description",
                   caption="scored: enters the overall score (others are CT controls and diagnostics; "
                           "'no DAG': scored unless its DAG-aware variant is measured); "
                           "computed by: the function in causcell_bench.metrics that emits it")
-        for m in list_metrics():
-            t.add_row(m.name, f"{m.category} / {m.group}", "higher" if m.higher_is_better else "lower",
-                      ("no DAG" if m.superseded_by else "yes") if m.aggregate else "-",
-                      m.defined_in.removeprefix("causcell_bench.metrics."),
-                      m.description)
-        console.print(t)
-    else:
-        raise BenchError(f"cannot list {what!r}; choose methods, datasets or metrics")
+        for r in rows:
+            t.add_row(r["metric"], f"{r['category']} / {r['group']}", r["better"],
+                      "-" if r["scored"] == "no" else r["scored"], r["computed_by"], r["description"])
+        _print_table(t)
 
 
 @app.command()

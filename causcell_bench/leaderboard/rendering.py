@@ -282,7 +282,7 @@ def heatmap(summary: pd.DataFrame, score_table: pd.DataFrame, path: str | Path) 
         df[labels] = df[labels].fillna("n/a")
         position = {**position_arguments(), "col_annot_offset": 3, "col_annot_angle": 30, "expand_xmax": 3}
         # funkyheatmappy prints what it infers about legends: keep a grid's log readable
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), _funkyrects_sized_like_circles():
             warnings.simplefilter("ignore")
             fig = funkyheatmappy.funky_heatmap(
                 df, column_info=column_info, column_groups=column_groups, palettes=palettes,
@@ -334,8 +334,9 @@ def heatmap(summary: pd.DataFrame, score_table: pd.DataFrame, path: str | Path) 
                     finite = np.array([v for v in vals.values() if math.isfinite(v)])
                     lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
                     for method, v in vals.items():
-                        s = 0.0 if hi == lo else (v - lo) / (hi - lo)
-                        data.setdefault(method, {})[cid] = s if hib else 1.0 - s
+                        # tied (one method): every value is the best, a full bar in either direction
+                        s = np.nan if not math.isfinite(v) else 1.0 if hi == lo else (v - lo) / (hi - lo)
+                        data.setdefault(method, {})[cid] = s if hib or hi == lo else 1.0 - s
                     col_rows.append({"id": cid, "name": metric, "geom": "bar", "group": f"{setting}_{category}",
                                      "palette": category, "options": {}})
                 groups_seen.append({"group": f"{setting}_{category}", "palette": category,
@@ -368,6 +369,35 @@ def heatmap(summary: pd.DataFrame, score_table: pd.DataFrame, path: str | Path) 
                 groups_seen.append({"group": gid, "level1": f"{dataset} {setting}", "palette": "overall"})
         draw(data, col_rows, groups_seen, ["all_overall"], "all")
     return written
+
+
+@contextlib.contextmanager
+def _funkyrects_sized_like_circles() -> Any:
+    """While drawing: give every funky rectangle the circle's x, y, r, start and end columns.
+
+    funkyheatmappy (0.7) sizes the figure from the ``x``/``r`` of its funky rectangles, which only
+    values under 0.8 (drawn as circles) carry: a figure whose every overall score is 0.8 or more (a
+    run with one good method) failed with ``KeyError: 'x'``. A rectangle gets its centre and r = 0,
+    inside its cell, so the bounds do not change; start/end NaN keep it drawn as a rectangle."""
+    from funkyheatmappy import calculate_positions as positions
+
+    original = getattr(positions, "score_to_funkyrectangle", None)
+    if original is None:  # another funkyheatmappy layout: nothing to mend
+        yield
+        return
+
+    def shape(*args: Any, **kwargs: Any) -> pd.DataFrame | None:
+        out = original(*args, **kwargs)
+        if out is not None and "x" not in out.columns:
+            out = out.assign(x=(out["xmin"] + out["xmax"]) / 2, y=(out["ymin"] + out["ymax"]) / 2, r=0.0,
+                             start=np.nan, end=np.nan)
+        return out
+
+    positions.score_to_funkyrectangle = shape
+    try:
+        yield
+    finally:
+        positions.score_to_funkyrectangle = original
 
 
 def _emb(score_table: pd.DataFrame, method: str) -> str:

@@ -60,6 +60,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, figure:
         try:
             for p in heatmap(summary, score_table, out / "heatmap"):
                 paths[p.name] = p
+            (out / "heatmap_error.txt").unlink(missing_ok=True)  # an earlier report's failure no longer holds
         except Exception as e:  # the figure must never cost the user the tables
             (out / "heatmap_error.txt").write_text(f"{type(e).__name__}: {e}\n")
             paths["heatmap_error"] = out / "heatmap_error.txt"
