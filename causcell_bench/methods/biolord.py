@@ -72,6 +72,7 @@ def _row_totals(x: Any) -> np.ndarray:
     """Per-cell total expression (float64), dense or sparse."""
     return np.asarray(x.sum(axis=1), dtype=np.float64).ravel()
 
+
 # The authors' settings (biolord tutorials / reproducibility scripts).
 _PAPER_MODULE = {
     "n_latent": 32,
