@@ -12,7 +12,7 @@ import inspect
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from causcell_bench.errors import BenchError
 from causcell_bench.threads import resolve_threads
@@ -71,6 +71,48 @@ class RunConfig(BaseModel):
         # `--folds 0,0` would otherwise run (and store over) the same cell twice
         return None if v is None else list(dict.fromkeys(v))
 
+    @field_validator("seeds")
+    @classmethod
+    def _seed_range(cls, v: list[int]) -> list[int]:
+        bad = [x for x in v if not 0 <= x <= 2**32 - 1]
+        if bad:
+            raise ValueError(f"seed {bad[0]} is out of range; give numbers in 0..{2**32 - 1}")
+        return v
+
+    @classmethod
+    def request(cls, *, param_flag: str = "--param", check_gpu: bool = True, **fields: Any) -> RunConfig:
+        """The one checked constructor of a run request, used by ``causcell-bench run`` and
+        :func:`causcell_bench.benchmark` alike: every field validated, method parameters checked
+        against their methods (names, types, ranges), HOLDOUT added when ``holdout`` is given, fold
+        indices in range, the device present (``check_gpu``). Every refusal is a :class:`BenchError`
+        with one line; the data-dependent checks follow in :func:`causcell_bench.runner.prepare`."""
+        if fields.get("holdout") and "HOLDOUT" not in (fields.get("settings") or ["ID", "OOD"]):
+            fields["settings"] = [*(fields.get("settings") or ["ID", "OOD"]), "HOLDOUT"]
+        try:
+            config = cls(**fields)
+        except ValidationError as e:
+            raise BenchError(validation_line(e)) from None
+        config = config.model_copy(update={
+            "method_params": check_method_params(config.method_params, config.methods, config.preset, param_flag)})
+        try:
+            config.fold_indices()
+        except ValueError as e:
+            raise BenchError(f"folds: {e}; give indices below n_folds ({config.n_folds})") from None
+        check_device(config.device, visible=check_gpu)
+        return config
+
+    def oversubscription(self, cores: int | None = None) -> str | None:
+        """A warning when jobs x threads per cell exceed the CPU cores (cells then slow each other)."""
+        import os
+
+        if cores is None:
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        want = self.jobs * self.effective_threads()
+        if want <= cores:
+            return None
+        return (f"{self.jobs} jobs x {self.effective_threads()} threads = {want} threads on {cores} CPU cores: "
+                "cells will slow each other down; lower --jobs or --threads")
+
     @model_validator(mode="after")
     def _holdout_setting(self) -> RunConfig:
         if "HOLDOUT" in self.settings and not self.holdout:
@@ -127,7 +169,18 @@ class RunConfig(BaseModel):
         return cell_hash(self, CellKey(dataset, method, setting, fold, seed), threads=threads)
 
 
-# --- checks the CLI runs before any data is loaded ------------------------------------------
+# --- checks run before any data is loaded ------------------------------------------------------
+def validation_line(e: ValidationError) -> str:
+    """A pydantic error as one line: the field, what is wrong, the value given (no URLs, no tables)."""
+    err = e.errors()[0]
+    where = ".".join(str(x) for x in err.get("loc", ())) or "request"
+    msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    given = err.get("input")
+    shown = "" if isinstance(given, dict) or given is None else f" (got {given!r})"
+    more = f"; and {len(e.errors()) - 1} more problem(s)" if len(e.errors()) > 1 else ""
+    return f"{where}: {msg}{shown}{more}"
+
+
 def _close(name: str, known: list[str]) -> str:
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
     if not close:
@@ -187,11 +240,38 @@ def check_params(cls: type, preset: str, params: dict[str, Any], flag: str = "--
             raise BenchError(f"{flag} {name}.{key}: {name} has no parameter {key!r}.{_close(key, sorted(defaults))} "
                              f"Its parameters: {', '.join(sorted(defaults))}")
         kind = value_kind(defaults[key])
+        shown = json.dumps(value) if not isinstance(value, str) else value
         if not value_fits(kind, value):
-            raise BenchError(f"{flag} {name}.{key}={json.dumps(value) if not isinstance(value, str) else value}: "
+            raise BenchError(f"{flag} {name}.{key}={shown}: "
                              f"{key} takes {_TYPE_WORDS[kind]} (the {preset} preset's default is "  # type: ignore[index]
                              f"{json.dumps(defaults[key])}); give a value of that type")
+        lo, hi = param_bounds(cls, key, defaults[key])
+        if kind in (int, float) and ((lo is not None and value < lo) or (hi is not None and value >= hi)):
+            where = (f">= {lo:g}" if hi is None else f"in [{lo:g}, {hi:g})") if lo is not None else f"< {hi:g}"
+            raise BenchError(f"{flag} {name}.{key}={shown}: {key} must be {where} (the {preset} preset's default "
+                             f"is {json.dumps(defaults[key])}); give a value in that range")
     return dict(params)
+
+
+def param_bounds(cls: type, key: str, default: Any) -> tuple[float | None, float | None]:
+    """The range [lo, hi) a numeric parameter must lie in (None: open), so that a value no model can use
+    (``n_latent=-5``, ``z_d_dim=0``, ``val_fraction=1.5``) is refused before any training.
+
+    A method's ``param_bounds`` class attribute declares its exceptions; otherwise: fractions, dropout
+    rates and decays lie in [0, 1); a count whose default is >= 1 (sizes, steps, epochs, patience,
+    batch sizes) must be >= 1 unless it is a floor (``min_*``); any other parameter with a non-negative
+    default (rates, weights, floors) must be >= 0."""
+    declared = getattr(cls, "param_bounds", {}) or {}
+    if key in declared:
+        return declared[key]
+    kind = value_kind(default)
+    if kind not in (int, float):
+        return None, None
+    if any(w in key for w in ("fraction", "dropout", "decay")):
+        return 0.0, 1.0
+    if kind is int and default >= 1 and not key.startswith("min_") and "_min_" not in key:
+        return 1, None
+    return (0, None) if default >= 0 else (None, None)
 
 
 def check_method_params(method_params: dict[str, dict[str, Any]], methods: list[str], preset: str,

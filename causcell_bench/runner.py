@@ -46,8 +46,11 @@ def expand_grid(config: RunConfig) -> list[CellKey]:
 
 # --- data preparation (parent) ---------------------------------------------
 def prepare(config: RunConfig, run_dir: Path, log: Callable[[str], None] = print) -> dict[tuple[str, str], str]:
-    """Load datasets and make (or reuse) the saved splits. Returns {(dataset name, setting): error} for
-    pairs whose splits cannot be made, so their cells are recorded as failed instead of aborting.
+    """Load datasets and make (or reuse) the saved splits. A split that cannot be made from the request
+    (more folds than cells or combinations, a HOLDOUT leaving a value untrained) or ``cell_parts`` its
+    test cells cannot fill is refused with a BenchError before anything is written. Returns
+    {(dataset name, setting): error} for splits that fail only at the locked second pass (another
+    process's saved splits), so their cells are recorded as failed instead of aborting.
 
     Nothing is written until every dataset has loaded and validated and matches what ``run_dir``
     already holds (data settings, data fingerprint, saved splits' cells): a rejected run leaves no trace.
@@ -55,6 +58,7 @@ def prepare(config: RunConfig, run_dir: Path, log: Callable[[str], None] = print
     from causcell_bench.datasets import make_holdout_split, make_splits, save_splits
 
     names = list(dict.fromkeys(dataset_names(config).values()))
+    premade: dict[tuple[str, str], Any] = {}
     for name in names:
         DATA_CACHE.data(name, config)
     for name in names:
@@ -63,8 +67,19 @@ def prepare(config: RunConfig, run_dir: Path, log: Callable[[str], None] = print
         # the user's own choices are refused outright (not recorded as failed cells): exit 2, no trace
         if config.cf_concept is not None and config.cf_concept not in spec.concepts:
             raise BenchError(f"--cf-concept {config.cf_concept!r} is not a concept of {name}; concepts are {spec.concepts}")
-        if config.holdout:
-            make_holdout_split(adata, spec, config.holdout, seed=config.split_seed)
+        # pre-flight: every requested split is made now, so that an impossible request (more folds than
+        # cells or label combinations, a HOLDOUT leaving a value untrained) is refused before any cell runs
+        for setting in config.settings:
+            if (splits_dir(run_dir, name) / f"{setting}.json").is_file():
+                continue  # saved splits are checked against this data below
+            try:
+                premade[(name, setting)] = (
+                    make_holdout_split(adata, spec, config.holdout or [], seed=config.split_seed)
+                    if setting == "HOLDOUT" else
+                    make_splits(adata, spec, setting, n_folds=config.n_folds, seed=config.split_seed))
+            except BenchError as e:
+                raise BenchError(f"cannot make the {setting} splits of {name}: {e}") from None
+            _check_cell_parts(config, name, setting, premade[(name, setting)])
     run_dir.mkdir(parents=True, exist_ok=True)
     problems: dict[tuple[str, str], str] = {}
     # several processes may share run_dir: one makes the splits, the others then load them
@@ -85,9 +100,10 @@ def prepare(config: RunConfig, run_dir: Path, log: Callable[[str], None] = print
                     if path.is_file():
                         splits = _load_checked_splits(path, adata, name, run_dir)
                     else:
-                        splits = (make_holdout_split(adata, spec, config.holdout or [], seed=config.split_seed)
-                                  if setting == "HOLDOUT" else
-                                  make_splits(adata, spec, setting, n_folds=config.n_folds, seed=config.split_seed))
+                        splits = premade.get((name, setting)) or (
+                            make_holdout_split(adata, spec, config.holdout or [], seed=config.split_seed)
+                            if setting == "HOLDOUT" else
+                            make_splits(adata, spec, setting, n_folds=config.n_folds, seed=config.split_seed))
                         save_splits(splits, path)
                     DATA_CACHE.seed_splits(name, config, setting, splits)
                 except _StaleRunDir:
@@ -104,6 +120,24 @@ class _StaleRunDir(BenchError):
 
 def _key_now(config: RunConfig) -> Any:
     return json.loads(json.dumps(config.data_key(), default=str))
+
+
+def _check_cell_parts(config: RunConfig, name: str, setting: str, splits: Any) -> None:
+    """Refuse ``cell_parts`` chosen by the user that the test cells of a single-unit setting cannot fill
+    (they would be dropped without a word, and the leaderboard would have no rank intervals)."""
+    from causcell_bench.grid.evaluate import MIN_CELLS_PER_PART
+
+    default = type(config).model_fields["cell_parts"].default
+    # the default asks for nothing: small test folds simply get no parts (and no rank intervals)
+    if config.cell_parts < 2 or config.cell_parts == default or not config.single_unit(setting):
+        return
+    folds = set(config.folds_of(setting))
+    n_test = min((len(s.test_idx) for s in splits if s.fold in folds), default=0)
+    if n_test < config.cell_parts * MIN_CELLS_PER_PART:
+        most = n_test // MIN_CELLS_PER_PART
+        raise BenchError(f"--cell-parts {config.cell_parts}: the {setting} test cells of {name} ({n_test}) make at "
+                         f"most {most} parts of {MIN_CELLS_PER_PART} cells; give --cell-parts {most if most >= 2 else 0}"
+                         f" or fewer (0: off)")
 
 
 def _check_saved(run_dir: Path, name: str, adata: Any, spec: Any, config: RunConfig) -> None:

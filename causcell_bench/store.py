@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import socket
+import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -372,3 +373,24 @@ def file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def check_out_dir(path: Path, flag: str = "--out") -> bool:
+    """Refuse an output directory that cannot be made or written, checking without leaving anything
+    behind; returns whether it exists already."""
+    if path.exists() and not path.is_dir():
+        raise BenchError(f"{flag} {path} is a file; give a directory path")
+    check_writable(path, flag)
+    return path.exists()
+
+
+def check_writable(path: Path, flag: str) -> None:
+    ancestor = path
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise BenchError(f"{flag} {path}: {ancestor} is a file, so no directory can be made under it; give another path")
+    try:  # os.access says yes to root on a read-only mount: try it
+        tempfile.TemporaryDirectory(dir=ancestor, prefix=".causcell-bench-probe-").cleanup()
+    except OSError as e:
+        raise BenchError(f"{flag} {path}: cannot write in {ancestor} ({e.strerror or e}); choose a writable location") from None

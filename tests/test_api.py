@@ -21,16 +21,22 @@ def _readme_example() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
-def test_readme_notebook_example_runs(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["script", "stdin"])
+def test_readme_notebook_example_runs(tmp_path: Path, how: str) -> None:
     code = _readme_example()
     assert "cb.benchmark(" in code
-    # run as a notebook would (no __main__ guard: spawned cells must cope), in a scratch directory
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    # unchanged, with no __main__ guard: as a script file and fed on stdin (cell processes must not
+    # re-run the caller's script), in a scratch directory
+    (tmp_path / "snippet.py").write_text(code)
+    args, stdin = ([sys.executable, "snippet.py"], None) if how == "script" else ([sys.executable, "-"], code)
+    out = subprocess.run(args, input=stdin, cwd=tmp_path, capture_output=True, text=True, timeout=600,
                          env={**os.environ, "CAUSCELL_BENCH_THREADS": "1"}, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "group_mean" in out.stdout and "overall" in out.stdout
+    assert "cell failed" not in out.stderr
     report = tmp_path / "runs" / "notebook" / "report"
     assert (report / "index.html").is_file() and list(report.glob("heatmap_*.png"))
+    assert (tmp_path / "heatmap.png").is_file()
 
 
 def test_benchmark_resumes_and_refuses_other_data(tmp_path: Path) -> None:
@@ -49,3 +55,113 @@ def test_benchmark_resumes_and_refuses_other_data(tmp_path: Path) -> None:
         cb.benchmark(adata[:200].copy(), **kw)
     with pytest.raises(BenchError, match="not in adata.obs"):
         cb.benchmark(adata, **{**kw, "concepts": ["nope"]})
+
+
+def _small(tmp_path: Path) -> tuple:
+    from causcell_bench.datasets import load
+
+    adata, spec = load("synthetic", n_cells=300, n_genes=40)
+    kw = dict(concepts=spec.concepts, dag=spec.edges, methods=["positive_control", "group_mean"], settings=["ID"],
+              folds=[0], n_folds=3, out=tmp_path / "run", progress=False, report=False)
+    return adata, kw
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"seeds": [-1]}, "seed -1 is out of range"),
+    ({"methods": ["scVI"], "params": {"scVI": {"n_latnt": 5}}}, "Did you mean n_latent"),
+    ({"methods": ["scVI"], "params": {"scVI": {"n_latent": -5}}}, "n_latent must be >= 1"),
+    ({"methods": ["scVI"], "params": {"scVI": {"val_fraction": 1.5}}}, r"val_fraction must be in \[0, 1\)"),
+    ({"jobs": 0}, "jobs: .*greater than or equal to 1"),
+    ({"preset": "fast"}, "unknown preset 'fast'"),
+    ({"settings": "XX"}, "settings"),
+    ({"folds": [7]}, r"fold\(s\) \[7\] out of range 0..2"),
+    ({"concepts": "age,nope"}, r"\['nope'\] not in adata.obs"),
+    ({"start_method": "thread"}, "start_method='thread'"),
+    ({"settings": ["OOD"], "n_folds": 50}, "cannot make the OOD splits .*fewer than the 50 folds"),
+    ({"cell_parts": 40}, "--cell-parts 40: the ID test cells"),
+])
+def test_benchmark_refuses_what_the_cli_refuses_before_writing(tmp_path: Path, change: dict, message: str) -> None:
+    import causcell_bench as cb
+
+    adata, kw = _small(tmp_path)
+    with pytest.raises(cb.BenchError, match=message):
+        cb.benchmark(adata, **{**kw, **change})
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_concept_column_of_mixed_types_is_named(tmp_path: Path) -> None:
+    import causcell_bench as cb
+
+    adata, kw = _small(tmp_path)
+    adata.obs["age"] = [1 if i % 2 else "old" for i in range(adata.n_obs)]
+    with pytest.raises(cb.BenchError, match=r"concept column 'age' mixes value types \(int, str\)"):
+        cb.benchmark(adata, **kw)
+
+
+def test_one_concept_as_a_string_is_one_concept(tmp_path: Path) -> None:
+    import causcell_bench as cb
+
+    adata, kw = _small(tmp_path)
+    res = cb.benchmark(adata, **{**kw, "concepts": "celltype", "dag": None})
+    assert len(res.failed) == 0
+    per_concept = {m.split(":", 1)[1] for m in res.results["metric"] if ":" in m}
+    assert "celltype" in per_concept and not per_concept & {"c", "e", "age", "domain"}
+
+
+def test_changed_labels_in_the_same_out_are_refused(tmp_path: Path) -> None:
+    import causcell_bench as cb
+
+    adata, kw = _small(tmp_path)
+    cb.benchmark(adata, **kw)
+    relabelled = adata.copy()
+    relabelled.obs["age"] = relabelled.obs["age"].to_numpy()[::-1]  # same counts, other labels
+    with pytest.raises(cb.BenchError, match="another dataset .*concept labels.*delete"):
+        cb.benchmark(relabelled, **kw)
+
+
+def test_failed_cells_warn_raise_and_retry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import causcell_bench as cb
+    from causcell_bench.methods.references import GroupMean
+
+    adata, kw = _small(tmp_path)
+    kw["start_method"] = "fork"  # the patched fit reaches the forked cell processes
+
+    def boom(self: object, *args: object, **kwargs: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(GroupMean, "fit", boom)
+    with pytest.warns(UserWarning, match=r"cell failed: group_mean/ID/fold0/seed0: .*boom.*retry_failed=True"):
+        res = cb.benchmark(adata, **kw)
+    assert list(res.failed["method"]) == ["group_mean"] and "failed" in repr(res)
+    assert set(res.results["method"]) == {"positive_control"}
+    with pytest.raises(cb.BenchError, match="every cell failed .*boom"):
+        cb.benchmark(adata, **{**kw, "methods": ["group_mean"]})
+    monkeypatch.undo()
+    fixed = cb.benchmark(adata, **{**kw, "retry_failed": True})
+    assert len(fixed.failed) == 0 and set(fixed.results["method"]) == {"positive_control", "group_mean"}
+
+
+def test_plot_writes_exactly_the_path_and_returns_the_figure(tmp_path: Path) -> None:
+    import matplotlib.figure
+
+    import causcell_bench as cb
+
+    adata, kw = _small(tmp_path)
+    res = cb.benchmark(adata, **kw)
+    fig = res.plot(tmp_path / "figs" / "fig.pdf")
+    assert isinstance(fig, matplotlib.figure.Figure)
+    assert [p.name for p in (tmp_path / "figs").iterdir()] == ["fig.pdf"]
+    assert (tmp_path / "figs" / "fig.pdf").read_bytes()[:4] == b"%PDF"
+    with pytest.raises(cb.BenchError, match="give a file name with an extension"):
+        res.plot(tmp_path / "figs")
+
+
+def test_the_api_is_documented_and_listed() -> None:
+    import causcell_bench as cb
+
+    assert {"benchmark", "BenchmarkResult", "BenchError"} <= set(dir(cb))
+    doc = cb.benchmark.__doc__
+    for section in ("Parameters", "Returns", "Raises", "retry_failed", "cell_parts", "truth_samples", "probe",
+                    "cf_concept"):
+        assert section in doc
+    assert "Attributes" in cb.BenchmarkResult.__doc__

@@ -219,3 +219,10 @@ def test_a_new_budget_after_numba_started_does_not_break_numba() -> None:
     out = subprocess.run([sys.executable, "-c", NUMBA_ORDER_SCRIPT], env=env, capture_output=True, text=True,
                          timeout=120, check=False)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
+def test_more_threads_than_cores_is_a_warning_not_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CAUSCELL_BENCH_THREADS", raising=False)
+    config = RunConfig(datasets=["synthetic"], methods=["scVI"], jobs=2, threads=2)
+    assert "2 jobs x 2 threads = 4 threads on 2 CPU cores" in (config.oversubscription(cores=2) or "")
+    assert config.model_copy(update={"threads": 1}).oversubscription(cores=2) is None

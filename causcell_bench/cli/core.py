@@ -12,7 +12,6 @@ import errno
 import functools
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -24,6 +23,7 @@ from rich.text import Text
 
 from causcell_bench.assignments import parse_assignments
 from causcell_bench.errors import BenchError
+from causcell_bench.store import check_out_dir, check_writable  # noqa: F401 - the commands' import point
 
 app = typer.Typer(
     name="causcell-bench",
@@ -190,32 +190,11 @@ def check_data_options(n_cells: int | None, n_genes: int | None, n_hvg: int | No
         raise BenchError(f"--data-dir {data_dir} is not a directory; give the folder holding the datasets' files")
 
 
-def check_out_dir(path: Path, flag: str = "--out") -> bool:
-    """Refuse an output directory that cannot be made or written, checking without leaving anything
-    behind; returns whether it exists already."""
-    if path.exists() and not path.is_dir():
-        raise BenchError(f"{flag} {path} is a file; give a directory path")
-    _check_writable(path, flag)
-    return path.exists()
-
-
-def _check_writable(path: Path, flag: str) -> None:
-    ancestor = path
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise BenchError(f"{flag} {path}: {ancestor} is a file, so no directory can be made under it; give another path")
-    try:  # os.access says yes to root on a read-only mount: try it
-        tempfile.TemporaryDirectory(dir=ancestor, prefix=".causcell-bench-probe-").cleanup()
-    except OSError as e:
-        raise BenchError(f"{flag} {path}: cannot write in {ancestor} ({e.strerror or e}); choose a writable location") from None
-
-
 def check_out_file(path: Path, flag: str = "--out", suffix: str | None = None) -> bool:
     """Refuse an output file path that cannot be written; returns whether its folder must be created."""
     if suffix and path.suffix.lower() != suffix:
         raise BenchError(f"{flag} {path}: the file must end in {suffix}")
     if path.is_dir():
         raise BenchError(f"{flag} {path} is a directory; give a file path ending in {suffix or 'a file name'}")
-    _check_writable(path.parent, flag)
+    check_writable(path.parent, flag)
     return not path.parent.exists()

@@ -91,7 +91,7 @@ def run(
 ) -> None:
     """Run a benchmark grid; finished cells are kept, so rerunning resumes. Several processes may run
     into one --out directory: they split the cells between them."""
-    from causcell_bench.config import RunConfig, check_device, check_method_params
+    from causcell_bench.config import RunConfig, check_device
     from causcell_bench.datasets.spec import parse_edges
     from causcell_bench.registry import resolve_methods
     from causcell_bench.runner import dataset_names, run_grid, summarize_outcomes
@@ -125,20 +125,18 @@ def run(
         kw["n_cells"] = n_cells
     if n_genes is not None:
         kw["n_genes"] = n_genes
-    config = RunConfig(
-        datasets=names, methods=resolve_methods(methods), settings=setting_list,  # type: ignore[arg-type]
+    config = RunConfig.request(
+        check_gpu=executor == "local",
+        datasets=names, methods=resolve_methods(methods), settings=setting_list,
         n_folds=n_folds, folds=fold_list, seeds=seed_list, preset=preset, device=device, jobs=jobs,
         threads=threads, dataset_kwargs=kw, method_params=parse_params(param), concepts=comma_list(concepts),
         edges=parse_edges(dag) if dag is not None else None, n_hvg=n_hvg,
-        data_dir=str(data_dir) if data_dir else None, probe=probe,  # type: ignore[arg-type]
+        data_dir=str(data_dir) if data_dir else None, probe=probe,
         holdout=[parse_holdout(h) for h in holdout] if holdout else None, cf_concept=cf_concept,
         cell_parts=cell_parts, truth_samples=truth_samples,
     )
-    config = config.model_copy(update={
-        "method_params": check_method_params(config.method_params, config.methods, config.preset)})
-    if config.holdout and "HOLDOUT" not in config.settings:
-        config = config.model_copy(update={"settings": [*config.settings, "HOLDOUT"]})
-    config.fold_indices()
+    if (crowded := config.oversubscription()) is not None:
+        err_console.print(f"warning: {crowded}", highlight=False)
     stored = dataset_names(config)  # spec names; two specs with one name fail here
     run_dir = out or Path("runs") / "_".join(dict.fromkeys(stored.values()))
     check_out_dir(run_dir)

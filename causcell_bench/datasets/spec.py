@@ -90,7 +90,7 @@ class DatasetSpec(BaseModel):
         default=None, description="concepts whose label combinations define OOD folds (default: all)"
     )
     counts_layer: str | None = Field(default="counts", description="layer with raw counts; None = X")
-    n_hvg: int | None = Field(default=2000, description="highly variable genes to keep; None = all")
+    n_hvg: int | None = Field(default=2000, ge=1, description="highly variable genes to keep (>= 1); None = all")
     description: str = ""
 
     @field_validator("concepts")

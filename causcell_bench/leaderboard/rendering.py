@@ -211,12 +211,15 @@ def _fmt(v: float, sd: float | None = None) -> str:
     return f"{v:.3f}"
 
 
-def heatmap(summary: pd.DataFrame, score_table: pd.DataFrame, path: str | Path) -> list[Path]:
+def heatmap(summary: pd.DataFrame, score_table: pd.DataFrame, path: str | Path, *, exact: bool = False,
+            figures: list[Any] | None = None) -> list[Path]:
     """A funky heatmap in the paper's style: methods as rows, metric groups as column groups per
     setting, bars proportional to direction-aware min-max normalised means, the overall score also
     written as a number (± its fold sd when the score table has ``overall_sd``). One figure per
     dataset, plus ``heatmap_all`` (datasets as column groups of their overall and group scores, and
-    an overall across datasets) when the run holds several. Writes PNG and SVG."""
+    an overall across datasets) when the run holds several. Writes PNG and SVG, named
+    ``<path stem>_<dataset>``; with ``exact``, the one figure of a one-dataset table goes to ``path``
+    itself, in the format of its extension. Figures are closed unless ``figures`` collects them."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -300,11 +303,14 @@ def heatmap(summary: pd.DataFrame, score_table: pd.DataFrame, path: str | Path) 
         leg_w = min(0.9 / max(len(fig.axes) - 1, 1), 2.6 / w)
         for i, ax in enumerate(fig.axes[1:]):
             ax.set_position([0.02 + i * (leg_w + 0.25 / w), 0.0, leg_w, 0.8 * legend_h / total])
-        for suffix in (".png", ".svg"):
-            out = path.with_name(f"{path.stem}_{stem}{suffix}")
+        targets = [path] if exact else [path.with_name(f"{path.stem}_{stem}{suffix}") for suffix in (".png", ".svg")]
+        for out in targets:
             fig.savefig(out, dpi=150, bbox_inches="tight")
             written.append(out)
-        plt.close(fig)
+        if figures is None:
+            plt.close(fig)
+        else:
+            figures.append(fig)
 
     def sd_of(sc: pd.DataFrame) -> dict[str, float]:
         return dict(zip(sc.method, sc.overall_sd)) if has_sd else {}

@@ -163,6 +163,9 @@ class Method(abc.ABC):
     presets: ClassVar[dict[str, dict[str, Any]]] = {"quick": {}, "paper": {}, "test": {}}
     test_params: ClassVar[dict[str, Any]] = {}
     """Overrides of the ``quick`` preset that make the ``test`` preset; only keys ``quick`` has."""
+    param_bounds: ClassVar[dict[str, tuple[float | None, float | None]]] = {}
+    """Ranges [lo, hi) of numeric parameters (None: open) where the general rule of
+    :func:`causcell_bench.config.param_bounds` does not fit; values outside are refused before training."""
     kind: ClassVar[str] = "method"
     """One of "method" | "control" | "reference": controls and references are shown but not ranked."""
     # heavy, fork-safe modules the runner imports once before forking grid cells

@@ -75,6 +75,8 @@ class CPA(Method):
     capabilities: ClassVar[Capabilities] = Capabilities(
         embedding="label_lookup", unexplained=True, reconstruct=True, counterfactual=True, uses_dag=False
     )
+    # 0 warm-up epochs is valid: the adversary trains from the first epoch
+    param_bounds: ClassVar[dict[str, tuple[float | None, float | None]]] = {"adv_warmup": (0, None)}
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         # CPU demo/CI: narrower network; faster-learning adversaries with a lighter penalty so
         # that they track the encoder. Stops on the validation loss (benchmarks/convergence.py,
