@@ -26,6 +26,7 @@ import pandas as pd
 from anndata import AnnData
 
 from causcell_bench.errors import BenchError
+from causcell_bench.fileio import atomic_path, atomic_write_text
 
 
 @dataclass
@@ -347,16 +348,14 @@ def benchmark(
     created = not run_dir.exists()
     fp = _fingerprint(adata, counts_layer, concept_list)
     if stamp.is_file() and stamp.read_text().strip() == _legacy_fingerprint(adata, counts_layer):
-        stamp.write_text(fp + "\n")  # stamped by an older version that did not cover labels: take it over
+        atomic_write_text(stamp, fp + "\n")  # stamped by an older version that did not cover labels: take it over
     if stamp.is_file() and stamp.read_text().strip() != fp:
         raise BenchError(f"{run_dir} already holds another dataset named {name!r} (other cells, counts or concept "
                          f"labels); pass another out= or name=, or delete {run_dir} to start afresh")
     if not h5ad.is_file() or not stamp.is_file():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        tmp = h5ad.with_name(h5ad.name + ".tmp")
-        adata.write_h5ad(tmp)
-        tmp.replace(h5ad)
-        stamp.write_text(fp + "\n")
+        with atomic_path(h5ad) as tmp:
+            adata.write_h5ad(tmp)
+        atomic_write_text(stamp, fp + "\n")
 
     try:
         run_grid(config, run_dir, progress=progress, start_method=method, retry_failed=retry_failed)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import shutil
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -40,6 +39,7 @@ from anndata import AnnData
 from causcell_bench.assignments import assignment_dict
 from causcell_bench.datasets.spec import DatasetSpec
 from causcell_bench.errors import BenchError, DataError
+from causcell_bench.fileio import atomic_path
 from causcell_bench.provenance import package_versions
 from causcell_bench.store import atomic_write_json
 
@@ -280,13 +280,16 @@ def train_model(
     fit_s = time.perf_counter() - t0
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    # replacing a model: drop the old manifest first, so a crash mid-save leaves no manifest that
-    # describes the new files (or a mix of old and new method files)
+    created = not out.exists()
+    try:
+        # the method's files go to a temporary folder renamed into place when complete (Method.save);
+        # the old manifest goes only then, so a failed save leaves the old model, or nothing
+        model.save(out / METHOD_DIR)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a folder this command made and left empty would ask the next train for --overwrite
+        raise
     (out / MANIFEST).unlink(missing_ok=True)
-    if (out / METHOD_DIR).is_dir():
-        shutil.rmtree(out / METHOD_DIR)
-    model.save(out / METHOD_DIR)
     manifest = {
         "format": MANIFEST_FORMAT,
         "version": 1,
@@ -526,8 +529,8 @@ def write_counterfactuals(adata: AnnData, path: str | Path) -> Path:
     path = Path(path)
     if path.suffix.lower() != ".h5ad":
         raise BenchError(f"--out {path}: the counterfactual file must end in .h5ad")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    adata.write_h5ad(path)
+    with atomic_path(path) as tmp:  # a full disk leaves no unreadable .h5ad behind
+        adata.write_h5ad(tmp)
     return path
 
 
@@ -566,14 +569,16 @@ def plot_counterfactuals(adata: AnnData, out_prefix: str | Path, *, n_genes: int
         fig = sc.pl.umap(view, color=colour, show=False, return_fig=True, wspace=0.35)
         fig.suptitle(f"do({view.uns['counterfactual']['do']}) — {view.uns['counterfactual']['method']}")
         written.append(prefix.with_name(prefix.name + "_umap.png"))
-        fig.savefig(written[-1], dpi=120, bbox_inches="tight")
+        with atomic_path(written[-1]) as tmp:
+            fig.savefig(tmp, dpi=120, bbox_inches="tight")
         plt.close(fig)
         genes = top_changed_genes(view, n_genes)
         axes = sc.pl.violin(view, keys=genes, groupby="type", show=False, rotation=0, stripplot=False)
         fig = (axes[0] if isinstance(axes, list) else axes).get_figure()
         fig.suptitle("genes that change most: original vs counterfactual")
         written.append(prefix.with_name(prefix.name + "_violin.png"))
-        fig.savefig(written[-1], dpi=120, bbox_inches="tight")
+        with atomic_path(written[-1]) as tmp:
+            fig.savefig(tmp, dpi=120, bbox_inches="tight")
         plt.close(fig)
     return written
 

@@ -18,3 +18,8 @@ class DataError(BenchError):
 
 class NotFittedError(BenchError):
     """A method was asked for outputs before ``fit`` was called."""
+
+
+class DiskError(BenchError):
+    """A file could not be written: the disk is full, read-only or failing. Nothing partial is left;
+    the message names the file, its folder and the free space. The CLI exits 1 (a failed run)."""

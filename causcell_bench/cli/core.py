@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.text import Text
 
 from causcell_bench.assignments import parse_assignments
-from causcell_bench.errors import BenchError
+from causcell_bench.errors import BenchError, DiskError
 from causcell_bench.store import check_out_dir, check_writable  # noqa: F401 - the commands' import point
 
 app = typer.Typer(
@@ -81,6 +81,8 @@ def explain(e: BaseException) -> tuple[int, str]:
 
     from pydantic import ValidationError
 
+    if isinstance(e, DiskError):  # the run failed for want of storage, not for its input
+        return 1, str(e)
     if isinstance(e, BenchError):
         return 2, str(e)
     if isinstance(e, ValidationError):

@@ -18,6 +18,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from causcell_bench.errors import DataError
+from causcell_bench.fileio import atomic_path
 
 ICI_METADATA_COLUMNS = ["cell.id", "patient", "treatment", "sort", "cluster"]
 _GENES_PER_BLOCK = 500
@@ -99,8 +100,8 @@ def prepare_ici_response(counts_path: str | Path, metadata_path: str | Path, out
     adata.var_names_make_unique()
     adata.layers["counts"] = adata.X.copy()
     adata.uns["source"] = "GEO GSE123813 (Yost et al. 2019), prepared by causcell_bench.datasets.prepare_ici_response"
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    adata.write_h5ad(out_path, compression="gzip")
+    with atomic_path(out_path) as tmp:  # a prepared file is whole or absent
+        adata.write_h5ad(tmp, compression="gzip")
     return out_path
 
 

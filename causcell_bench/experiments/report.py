@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from causcell_bench.fileio import atomic_write_json, atomic_write_text, jsonable
+from causcell_bench.fileio import atomic_path, atomic_write_json, atomic_write_text, jsonable
 from causcell_bench.provenance import package_versions
 
 
@@ -79,6 +79,7 @@ def pyplot() -> Any:
 
 
 def save_figure(fig: Any, out: Path, name: str) -> str:
-    fig.savefig(out / name, dpi=120, bbox_inches="tight")
+    with atomic_path(out / name) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format=Path(name).suffix.lstrip(".") or None)
     pyplot().close(fig)
     return name

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from causcell_bench.fileio import atomic_write_text
 from causcell_bench.leaderboard.common import (
     EMBEDDING_FLAG,
     GROUP_ORDER,
@@ -637,5 +638,5 @@ def write_index_html(out_dir: str | Path, run_dir: str | Path, tidy: pd.DataFram
         f'{"".join(body)}<script>{JS}</script></body></html>\n'
     )
     path = out_dir / "index.html"
-    path.write_text(page, encoding="utf-8")
+    atomic_write_text(path, page)
     return path

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from causcell_bench import metrics as _metrics
+from causcell_bench.fileio import atomic_path
 from causcell_bench.leaderboard.common import (
     CATEGORY_ORDER,
     EMBEDDING_FLAG,
@@ -305,7 +306,8 @@ def heatmap(summary: pd.DataFrame, score_table: pd.DataFrame, path: str | Path, 
             ax.set_position([0.02 + i * (leg_w + 0.25 / w), 0.0, leg_w, 0.8 * legend_h / total])
         targets = [path] if exact else [path.with_name(f"{path.stem}_{stem}{suffix}") for suffix in (".png", ".svg")]
         for out in targets:
-            fig.savefig(out, dpi=150, bbox_inches="tight")
+            with atomic_path(out) as tmp:  # a full disk leaves no truncated figure
+                fig.savefig(tmp, dpi=150, bbox_inches="tight", format=out.suffix.lstrip(".") or None)
             written.append(out)
         if figures is None:
             plt.close(fig)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from causcell_bench.errors import DiskError
+from causcell_bench.fileio import atomic_path, atomic_write_text
 from causcell_bench.leaderboard.common import KEYS
 from causcell_bench.leaderboard.html import write_index_html
 from causcell_bench.leaderboard.rendering import heatmap, markdown
@@ -41,28 +43,29 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, figure:
         "degenerate": out / "degenerate.csv", "uninformative": out / "uninformative.csv",
         "heldout_verdict": out / "heldout_verdict.csv",
     }
-    verdict.to_csv(paths["heldout_verdict"], index=False)
-    uninf.to_csv(paths["uninformative"], index=False)
-    viol.to_csv(paths["violations"], index=False)
-    degenerate.to_csv(paths["degenerate"], index=False)
-    tidy.to_csv(paths["results"], index=False)
+    # every file goes through a temporary file renamed into place: a full disk leaves none half-written
+    for key, table in (("heldout_verdict", verdict), ("uninformative", uninf), ("violations", viol),
+                       ("degenerate", degenerate), ("results", tidy), ("summary", summary), ("scores", score_table),
+                       ("status", status)):
+        with atomic_path(paths[key]) as tmp:
+            table.to_csv(tmp, index=False)
     try:
-        tidy.to_parquet(out / "results.parquet", index=False)
+        with atomic_path(out / "results.parquet") as tmp:
+            tidy.to_parquet(tmp, index=False)
         paths["parquet"] = out / "results.parquet"
     except ImportError:  # pyarrow is a dependency, but a stripped install should still get CSVs
         pass
-    summary.to_csv(paths["summary"], index=False)
-    score_table.to_csv(paths["scores"], index=False)
-    status.to_csv(paths["status"], index=False)
-    paths["markdown"].write_text(markdown(summary, score_table, status, viol, degenerate, uninf,
-                                          left_out=left_out_lines(contents, run_dir), verdict=verdict))
+    atomic_write_text(paths["markdown"], markdown(summary, score_table, status, viol, degenerate, uninf,
+                                                  left_out=left_out_lines(contents, run_dir), verdict=verdict))
     if figure and not summary.empty:
         try:
             for p in heatmap(summary, score_table, out / "heatmap"):
                 paths[p.name] = p
             (out / "heatmap_error.txt").unlink(missing_ok=True)  # an earlier report's failure no longer holds
+        except DiskError:
+            raise  # no space for the figure is no space for the rest either: say so, do not write more
         except Exception as e:  # the figure must never cost the user the tables
-            (out / "heatmap_error.txt").write_text(f"{type(e).__name__}: {e}\n")
+            atomic_write_text(out / "heatmap_error.txt", f"{type(e).__name__}: {e}\n")
             paths["heatmap_error"] = out / "heatmap_error.txt"
     paths["html"] = write_index_html(out, run_dir, tidy, summary, score_table, status, dict(paths), records=records,
                                      verdict=verdict)

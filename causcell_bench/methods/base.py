@@ -45,7 +45,7 @@ from anndata import AnnData
 
 from causcell_bench.datasets.spec import DatasetSpec
 from causcell_bench.errors import BenchError, NotFittedError
-from causcell_bench.fileio import atomic_open, atomic_write_json
+from causcell_bench.fileio import atomic_dir, atomic_open, atomic_write_json
 
 ConceptEmbeddings = dict[str, np.ndarray]
 """Concept name -> (n_cells, d) array; plus ``"unexplained"`` where a method has one."""
@@ -252,16 +252,15 @@ class Method(abc.ABC):
         """Write the fitted method into directory ``path``: its fitted state (:meth:`_save_state`), then
         the manifest ``method.json`` (class, state version, preset, parameters, spec, genes, categories).
 
-        The manifest is written last and atomically (an older one is removed first), so a directory
-        with a manifest holds a complete save.
+        The whole directory is written next to ``path`` and renamed into place when complete
+        (:func:`causcell_bench.fileio.atomic_dir`), replacing an older save only then: a failed save
+        (a full disk: :class:`~causcell_bench.errors.DiskError`) leaves the old one or nothing.
         """
         if not self.is_fitted:
             raise NotFittedError(f"{self.name} is not fitted; call fit() before save()")
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        (path / MANIFEST_FILE).unlink(missing_ok=True)
-        self._save_state(path)
-        atomic_write_json(path / MANIFEST_FILE, self._manifest())
+        with atomic_dir(Path(path)) as tmp:
+            self._save_state(tmp)
+            atomic_write_json(tmp / MANIFEST_FILE, self._manifest())
 
     def _manifest(self) -> dict[str, Any]:
         assert self.spec_ is not None
