@@ -327,6 +327,10 @@ def read_manifest(model_dir: str | Path) -> dict[str, Any]:
         raise BenchError(f"{f} is not valid JSON ({e}); train the model again") from None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise BenchError(f"{f} is not a causcell-bench model manifest; pass a directory written by `causcell-bench train`")
+    missing = [k for k in ("method", "dataset", "spec", "genes") if k not in manifest]
+    if missing:
+        raise BenchError(f"{f} lacks {', '.join(missing)} (edited or truncated?); train the model again with "
+                         "`causcell-bench train`")
     return manifest
 
 

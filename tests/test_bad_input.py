@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -76,9 +77,12 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _spec(d, "nosource", f'name = "nosource"\nsource = "missing.h5ad"\n{concepts}')
     _spec(d, "extrakey", f'name = "extrakey"\nsource = "good.h5ad"\n{concepts}colour = "red"\n')
     _spec(d, "unknowncol", 'name = "unknowncol"\nsource = "good.h5ad"\nconcepts = ["age", "tissue"]\n')
+    _spec(d, "roundstr", 'name = "roundstr"\nsource = "good.h5ad"\nconcepts = ["age", "kind"]\nround_counts = "maybe"\n')
+    _spec(d, "neghvg", 'name = "neghvg"\nsource = "good.h5ad"\nconcepts = ["age", "kind"]\nn_hvg = -10\n')
     _spec(d, "same1", f'name = "same"\nsource = "good.h5ad"\n{concepts}')
     _spec(d, "same2", f'name = "same"\nsource = "nan.h5ad"\n{concepts}')
     (d / "afile").write_text("not a directory\n")
+    (d / "plain.txt.gz").write_text("gene\tcell1\nG1\t3\n")  # named .gz, not compressed
     (d / "empty.csv").write_bytes(b"")
     (d / "binary.csv").write_bytes(bytes(range(256)) * 4)
     (d / "quote.csv").write_text('dataset,method,setting,metric,mean\n"synthetic,x,ID,pcc,0.5\n')
@@ -94,8 +98,11 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "usedmodel/notes.txt").write_text("keep me\n")
     from causcell_bench.counterfactual import train_model
 
-    for name in ("model", "badpickle", "listmanifest"):
+    for name in ("model", "badpickle", "listmanifest", "nospec"):
         train_model("group_mean", "synthetic", d / name, device="cpu", load_kwargs={"n_cells": 300, "n_genes": 60})
+    manifest = json.loads((d / "nospec/manifest.json").read_text())
+    del manifest["spec"]
+    (d / "nospec/manifest.json").write_text(json.dumps(manifest))
     pkl = d / "badpickle/method/state.pkl"
     pkl.write_bytes(pkl.read_bytes()[:100])
     (d / "listmanifest/manifest.json").write_text("[1, 2]")
@@ -205,6 +212,11 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("reference-no-mean", ["check", "{d}/listrun", "--reference", "{d}/nomean.csv"], 2, "lacks the column(s) mean"),
     ("reference-text-mean", ["check", "{d}/listrun", "--reference", "{d}/textmean.csv"], 2, "not numbers"),
     ("reference-missing", ["check", "{d}/listrun", "--reference", "{d}/nope.csv"], 2, "does not exist"),
+    ("check-validity-of-a-file", ["check-validity", "{d}/afile"], 2, "is a file, not a run directory"),
+    ("prepare-gz-not-gzip", ["prepare", "ICI_response", "--counts", "{d}/plain.txt.gz", "--metadata",
+                             "{d}/plain.txt.gz", "--out", "{o}/ici.h5ad"], 2, "is not gzip-compressed"),
+    ("spec-round-counts-not-bool", [*RUN, "--dataset", "{d}/roundstr.toml", "--out", "{o}/r"], 2, "round_counts"),
+    ("spec-n-hvg-negative", [*RUN, "--dataset", "{d}/neghvg.toml", "--out", "{o}/r"], 2, "n_hvg"),
     # report
     ("report-no-cells", ["report", "{d}/norun"], 2, "no cells/ folder"),
     ("report-strict-list-cell", ["report", "{d}/listrun", "--strict", "--out", "{o}/rep"], 1, "unreadable or stale"),
@@ -214,6 +226,10 @@ CASES: list[tuple[str, list[str], int, str]] = [
      "truncated"),
     ("cf-no-manifest", ["counterfactual", "{d}/nomanifest", "--do", "age=age_1", "--out", "{o}/cf.h5ad"], 2,
      "not a trained model directory"),
+    ("cf-manifest-without-spec", ["counterfactual", "{d}/nospec", "--do", "age=age_1", "--out", "{o}/cf.h5ad"], 2,
+     "lacks spec"),
+    ("experiment-preset-test", ["experiment", "causal_consistency", "--preset", "test", "--out", "{o}/e"], 2,
+     "has presets quick, paper"),
     ("cf-manifest-is-a-list", ["counterfactual", "{d}/listmanifest", "--do", "age=age_1", "--out", "{o}/cf.h5ad"], 2,
      "not a causcell-bench model manifest"),
     ("cf-malformed-do", ["counterfactual", "{d}/model", "--do", "age", "--out", "{o}/cf.h5ad"], 2, "concept=value"),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -112,9 +114,13 @@ def test_h5ad_path_and_toml_spec(tmp_path):
     (tmp_path / "mine.toml").write_text(
         'source = "mine.h5ad"\nconcepts = ["cond", "kind"]\nedges = "cond->kind"\nn_hvg = 10\n'
     )
-    with pytest.warns(UserWarning, match="using integer counts from adata.X"):  # spec names a missing layer
+    with warnings.catch_warnings():  # counts_layer left out, counts in X: the documented default, no warning
+        warnings.simplefilter("error")
         got, spec = load(tmp_path / "mine.toml", n_cells=40)
     assert spec.name == "mine" and spec.n_hvg == 10 and got.n_obs == 40
+    (tmp_path / "umi.toml").write_text('source = "mine.h5ad"\nconcepts = ["cond", "kind"]\ncounts_layer = "umi"\n')
+    with pytest.warns(UserWarning, match="layer 'umi' missing; using integer counts from adata.X"):
+        load(tmp_path / "umi.toml")
     with pytest.raises(DataError, match="cycle"):
         load(path, concepts=["cond", "kind"], edges="cond->kind,kind->cond")
     with pytest.raises(DataError, match="not a concept"):
@@ -244,3 +250,25 @@ def test_prepare_ici_response_round_trip(tmp_path, r_style_header):
     assert (a.obs["celltype"].astype(str).values == meta["cluster"].values).all()
     loaded, spec = load("ICI_response", data_dir=tmp_path)
     assert spec.concepts == ["treatment", "celltype", "patient"] and loaded.n_obs == 28
+
+
+def test_the_specs_counts_layer_wins_and_round_counts_is_a_spec_key(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    a = AnnData(X=rng.poisson(1.0, (40, 12)).astype(np.float32))
+    a.obs["cond"] = np.tile(["x", "y"], 20)
+    a.obs["kind"] = np.repeat(["p", "q"], 20)
+    a.layers["umi"] = rng.poisson(3.0, (40, 12)).astype(np.float32)
+    a.layers["counts"] = a.X.copy()
+    a.layers["volume"] = a.layers["umi"] + 0.25
+    a.write_h5ad(tmp_path / "d.h5ad")
+    spec = 'source = "d.h5ad"\nconcepts = ["cond", "kind"]\ncounts_layer = "{}"\n'
+    (tmp_path / "umi.toml").write_text(spec.format("umi"))
+    got, _ = load(tmp_path / "umi.toml")
+    np.testing.assert_array_equal(np.asarray(got.layers["counts"].todense() if hasattr(got.layers["counts"], "todense")
+                                             else got.layers["counts"]), a.layers["umi"])
+    (tmp_path / "vol.toml").write_text(spec.format("volume"))
+    with pytest.raises(DataError, match="set round_counts = true in the dataset's TOML spec"):
+        load(tmp_path / "vol.toml")
+    (tmp_path / "volr.toml").write_text(spec.format("volume") + "round_counts = true\n")
+    got, spec_r = load(tmp_path / "volr.toml")
+    assert spec_r.round_counts and float(np.asarray(got.layers["counts"].sum())) == float(np.rint(a.layers["volume"]).sum())

@@ -118,3 +118,10 @@ def test_statistics_helpers() -> None:
 
     md = markdown_table(pd.DataFrame({"x": [1.23456, np.nan], "y": ["a|b", "c"]}))
     assert "1.235" in md and "n/a" in md and "a/b" in md
+
+
+def test_set_a_list_option_to_one_value_is_a_list_not_its_characters() -> None:
+    from causcell_bench.cli.model import _check_options
+
+    assert _check_options("causal_consistency", "quick", {"values": "age_9"})["values"] == ["age_9"]
+    assert _check_options("causal_consistency", "quick", {"values": "age_1, age_9"})["values"] == ["age_1", "age_9"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import gzip
 import json
 import os
 from collections.abc import Callable
@@ -88,6 +89,9 @@ def explain(e: BaseException) -> tuple[int, str]:
     if isinstance(e, ValidationError):
         return 2, "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg'].removeprefix('Value error, ')}"
                             for x in e.errors())
+    if isinstance(e, gzip.BadGzipFile):  # an OSError without errno: not the file system's fault
+        return 2, (f"a file ending in .gz is not gzip-compressed ({e}); give the compressed file, or the plain one "
+                   "without the .gz ending")
     if isinstance(e, OSError):
         where = f" {e.filename}" if e.filename else ""
         reason = e.strerror or str(e)

@@ -234,6 +234,8 @@ def _current_records(run_dir: Path) -> list[dict[str, Any]]:
     """The run's readable, current records; warns about the rest."""
     from causcell_bench.store import read_run
 
+    if run_dir.is_file():
+        raise BenchError(f"{run_dir} is a file, not a run directory; pass the --out directory of a run")
     if not run_dir.is_dir():
         raise BenchError(f"run directory {run_dir} does not exist; pass the --out directory of a run")
     contents = read_run(run_dir)

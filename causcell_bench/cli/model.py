@@ -173,7 +173,8 @@ def counterfactual(
 def experiment(
     name: Annotated[str, typer.Argument(help="causal_consistency or small_sample_trends")],
     out: Annotated[Path, typer.Option(help="output directory (report.md, results.json, figures)")],
-    preset: Preset = "quick",
+    preset: Annotated[str, typer.Option(help="experiment size and training budget: quick (CPU minutes) or paper "
+                                        "(the paper's sizes, GPU)")] = "quick",
     seed: Annotated[int, typer.Option(help="seed of the simulator, split and models")] = 0,
     methods: Annotated[str | None, typer.Option(help="comma-separated methods (default per experiment); 'all' = every counterfactual-capable method")] = None,
     device: Device = "auto",
@@ -220,7 +221,11 @@ def _check_options(name: str, preset: str, options: dict[str, Any]) -> dict[str,
     if preset not in presets:
         raise BenchError(f"--preset {preset!r}: {name} has presets {', '.join(presets)}")
     defaults = {f.name: f.default for f in dataclasses.fields(cfg)} | dict(presets[preset])
-    for key, value in options.items():
+    types = {f.name: str(f.type) for f in dataclasses.fields(cfg)}
+    for key, value in list(options.items()):
+        if isinstance(value, str) and "list" in types.get(key, "").lower():
+            # `--set values=age_9` (or age_1,age_9): a list of one or more values, never its characters
+            options[key] = value = [v.strip() for v in value.split(",") if v.strip()]
         if key not in defaults:
             close = difflib.get_close_matches(key, list(defaults), n=3, cutoff=0.5)
             hint = f" Did you mean {', '.join(close)}?" if close else ""

@@ -75,7 +75,8 @@ _PAPER: dict[str, _PaperSource] = {
 PAPER_DATASETS: dict[str, str] = {name: src.origin for name, src in _PAPER.items()}
 """The paper's five datasets (local files) -> where they come from."""
 
-_SPEC_KEYS = {"concepts", "edges", "fine_labels", "batch", "perturbation", "ood_concepts", "counts_layer", "n_hvg", "description"}
+_SPEC_KEYS = {"concepts", "edges", "fine_labels", "batch", "perturbation", "ood_concepts", "counts_layer", "n_hvg",
+              "description", "round_counts"}
 
 
 # --- names, specs, directories ------------------------------------------------
@@ -272,7 +273,6 @@ def load(
     :func:`validate_adata`.
     """
     overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in _SPEC_KEYS}
-    round_counts = bool(kwargs.pop("round_counts", False))
     key = str(name_or_path)
     builtin, paper = _match(key, BUILTIN_DATASETS), _match(key, PAPER_DATASETS)
     simulated = False
@@ -333,7 +333,7 @@ def load(
         adata = _subsample(adata, int(n_cells), seed)
     if paper is not None or spec.source.startswith("paper:"):
         spec = _drop_missing_fine_labels(adata, spec)
-    adata = _standardise(adata, spec, round_counts)
+    adata = _standardise(adata, spec, spec.round_counts)
     validate_adata(adata, spec)
     _categorise(adata, spec)
     return adata, spec
@@ -411,10 +411,9 @@ def _subsample(adata: AnnData, n_cells: int, seed: int) -> AnnData:
 
 
 def _standardise(adata: AnnData, spec: DatasetSpec, round_counts: bool) -> AnnData:
-    """Put the raw counts in ``layers['counts']`` (copying X when counts live there)."""
-    if "counts" in adata.layers:
-        counts = adata.layers["counts"]
-    elif spec.counts_layer is not None and spec.counts_layer in adata.layers:
+    """Put the raw counts in ``layers['counts']`` (copying X when counts live there). The spec's
+    ``counts_layer`` wins over a layer that happens to be called ``counts``."""
+    if spec.counts_layer is not None and spec.counts_layer in adata.layers:
         counts = adata.layers[spec.counts_layer]
     elif spec.counts_layer is None:
         counts = adata.X.copy() if adata.X is not None else None
@@ -429,21 +428,27 @@ def _standardise(adata: AnnData, spec: DatasetSpec, round_counts: bool) -> AnnDa
 
 
 def _find_counts(adata: AnnData, spec: DatasetSpec) -> Any:
-    """Counts layer named in the spec is missing: fall back to integer-valued X or raw.X."""
-    candidates = [("X", adata.X)]
+    """Counts layer named in the spec is missing: fall back to integer-valued X, raw.X or a layer called
+    ``counts``. Silent for the default name (raw counts in X are the documented default); a layer the
+    spec names explicitly and that is missing is a one-line warning."""
+    candidates = [("adata.X", adata.X)]
     if adata.raw is not None and list(adata.raw.var_names) == list(adata.var_names):
-        candidates.append(("raw.X", adata.raw.X))
+        candidates.append(("adata.raw.X", adata.raw.X))
+    if "counts" in adata.layers:
+        candidates.append(("adata.layers['counts']", adata.layers["counts"]))
     for where, x in candidates:
         try:
             check_counts(x)
         except DataError:
             continue
-        warnings.warn(f"{spec.name}: layer {spec.counts_layer!r} missing; using integer counts from adata.{where}", stacklevel=4)
+        if spec.counts_layer != "counts":
+            warnings.warn(f"{spec.name}: layer {spec.counts_layer!r} missing; using integer counts from {where}",
+                          stacklevel=4)
         return x.copy()
     raise DataError(
         f"{spec.name}: no raw counts found: layer {spec.counts_layer!r} is missing (layers: {list(adata.layers)}) "
         "and neither X nor raw.X holds non-negative integers. Set counts_layer in the spec to the raw-count "
-        "layer, or load with round_counts=True if the counts are legitimately non-integer"
+        "layer, or set round_counts = true in the dataset's TOML spec if the counts are legitimately non-integer"
     )
 
 

@@ -90,6 +90,9 @@ class DatasetSpec(BaseModel):
         default=None, description="concepts whose label combinations define OOD folds (default: all)"
     )
     counts_layer: str | None = Field(default="counts", description="layer with raw counts; None = X")
+    round_counts: bool = Field(
+        default=False, description="round non-integer counts to integers (counts that are legitimately "
+        "non-integer, e.g. volume-normalised MERFISH); off: such data is refused")
     n_hvg: int | None = Field(default=2000, ge=1, description="highly variable genes to keep (>= 1); None = all")
     description: str = ""
 
