@@ -188,6 +188,25 @@ def test_check_flags_regressions(tmp_path: Path) -> None:
     assert len(problems) == 1 and "pcc" in problems[0] and "regressed" in problems[0]
 
 
+def test_check_names_what_does_not_match_before_the_rows(tmp_path: Path) -> None:
+    run_grid(small_config(settings=["ID"]), tmp_path, progress=False, log=lambda s: None)
+    summary = summarize(tidy_table(ResultStore(tmp_path).records()))
+    other = summary.assign(dataset="ICI_response")
+    assert check(summary, other) == [
+        "the reference is for dataset(s) ICI_response and the run for synthetic: nothing to compare; pass the "
+        "reference made for this run's dataset"]
+    methods = sorted(set(summary["method"]))
+    lacking = summary[summary["method"] != methods[0]]
+    problems = check(summary, lacking)
+    assert len(problems) == 1 and problems[0].startswith(f"unchecked: {methods[0]} is in the run")
+    assert check(summary[summary["method"] != methods[0]], summary)[0].startswith(f"missing: {methods[0]} (")
+    dup = pd.concat([summary, summary.iloc[[0]].assign(mean=summary.iloc[0]["mean"] + 1)])
+    assert any(p.startswith("conflicting duplicate reference rows") for p in check(summary, dup))
+    shifted = summary.assign(mean=summary["mean"] + np.where(summary["higher_is_better"], 1.0, -1.0))
+    problems = check(summary, shifted)
+    assert problems[0].startswith("cause: ") and "another preset, data size" in problems[0]
+
+
 def test_scores_scale_between_controls(tmp_path: Path) -> None:
     run_grid(small_config(settings=["ID"]), tmp_path, progress=False, log=lambda s: None)
     sc = scores(summarize(tidy_table(ResultStore(tmp_path).records()))).set_index("method")

@@ -100,8 +100,63 @@ def check(summary: pd.DataFrame, reference: pd.DataFrame, tolerance: dict[str, f
 
     A metric regresses when it is worse than the reference by more than
     ``max(abs, rel * |ref|)`` in its own direction (or, with ``strict``, differs
-    either way), or when a reference row is missing from the run.
+    either way), or when a reference row is missing from the run. Before the rows: a reference with
+    no dataset or setting in common is one line (the cause, not hundreds of rows); a run method the
+    reference lacks is "unchecked", a reference method the run lacks one "missing" line, duplicate
+    reference rows are named; when most compared values differ, a first line says what usually
+    causes that.
     """
+    structural = reference_mismatch(summary, reference)
+    if structural is not None:  # another dataset's reference: listing its rows would hide the cause
+        return [structural]
+    problems = reference_gaps(summary, reference)
+    covered = set(summary["method"]) & set(reference["method"])
+    reference = reference[reference["method"].isin(covered)].drop_duplicates([*KEYS, "metric"], keep="first")
+    problems += _compare(summary, reference, tolerance, strict)
+    compared = len(reference)
+    regressed = sum(p.startswith(("regressed", "changed", "missing")) for p in problems)
+    if compared >= 20 and regressed > compared / 2:
+        problems.insert(0, f"cause: {regressed} of {compared} compared values differ; a run with another preset, "
+                           "data size (--n-cells/--n-genes), seed or step cap than the reference's would do this: "
+                           "compare with the reference's own command (scripts/ci_grid.sh for the CI reference)")
+    return problems
+
+
+def reference_mismatch(summary: pd.DataFrame, reference: pd.DataFrame) -> str | None:
+    """One line when the reference cannot be for this run at all (no dataset or setting in common)."""
+    run_ds, ref_ds = set(map(str, summary["dataset"])), set(map(str, reference["dataset"]))
+    if not run_ds & ref_ds:
+        return (f"the reference is for dataset(s) {', '.join(sorted(ref_ds))} and the run for "
+                f"{', '.join(sorted(run_ds))}: nothing to compare; pass the reference made for this run's dataset")
+    run_st, ref_st = set(map(str, summary["setting"])), set(map(str, reference["setting"]))
+    if not run_st & ref_st:
+        return (f"the reference covers setting(s) {', '.join(sorted(ref_st))} and the run "
+                f"{', '.join(sorted(run_st))}: nothing to compare; run the reference's settings")
+    return None
+
+
+def reference_gaps(summary: pd.DataFrame, reference: pd.DataFrame) -> list[str]:
+    """Lines for what the comparison row by row would not say: methods of the run the reference
+    lacks (unchecked), methods of the reference the run lacks (one line each, not one per value), and
+    duplicate reference rows (conflicting ones would otherwise let the last win)."""
+    lines = []
+    run_m, ref_m = set(summary["method"]), set(reference["method"])
+    for m in sorted(run_m - ref_m):
+        lines.append(f"unchecked: {m} is in the run but has no reference rows; regenerate the reference with it "
+                     "(e.g. scripts/ci_grid.sh --update) or leave it out of the run")
+    for m in sorted(ref_m - run_m):
+        n = int((reference["method"] == m).sum())
+        lines.append(f"missing: {m} ({n} reference values) is not in the run")
+    dup = reference[reference.duplicated([*KEYS, "metric"], keep=False)]
+    for key, group in dup.groupby([*KEYS, "metric"], sort=True):
+        values = sorted(set(group["mean"].astype(float).round(6)))
+        what = "conflicting duplicate" if len(values) > 1 else "duplicate"
+        lines.append(f"{what} reference rows: {'/'.join(map(str, key))}: {', '.join(map(str, values))}; keep one")
+    return lines
+
+
+def _compare(summary: pd.DataFrame, reference: pd.DataFrame, tolerance: dict[str, float] | None,
+             strict: bool) -> list[str]:
     tol = {**DEFAULT_TOLERANCE, **(tolerance or {})}
     if "tolerance" in reference.columns:
         per_row_tol = reference.set_index([*KEYS, "metric"])["tolerance"].to_dict()
