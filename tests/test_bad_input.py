@@ -58,6 +58,8 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "negative": lambda a: a.X.__setitem__((0, 0), -3),
         "fractional": lambda a: a.X.__setitem__((0, 0), 0.5),
         "onevalue": lambda a: a.obs.__setitem__("kind", pd.Categorical(["a"] * a.n_obs)),
+        "blanklabels": lambda a: a.obs.__setitem__("kind", pd.Categorical(["a", " ", "b", ""] * (a.n_obs // 4))),
+        "percell": lambda a: a.obs.__setitem__("kind", pd.Categorical([f"k{i}" for i in range(a.n_obs)])),
     }.items():
         a = _adata()
         change(a)
@@ -133,6 +135,11 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("truncated-h5ad", [*RUN, "--dataset", "{d}/truncated.h5ad", "--concepts", "age,kind", "--out", "{o}/r"], 2, "cannot read"),
     ("text-as-h5ad", [*RUN, "--dataset", "{d}/text.h5ad", "--concepts", "age,kind", "--out", "{o}/r"], 2, "cannot read"),
     ("one-value-concept", [*RUN, "--dataset", "{d}/onevalue.h5ad", "--concepts", "age,kind", "--out", "{o}/r"], 2, "single value"),
+    ("blank-labels", [*RUN, "--dataset", "{d}/blanklabels.h5ad", "--concepts", "age,kind", "--out", "{o}/r"], 2,
+     "30 empty or blank labels"),
+    ("a-value-per-cell", [*RUN, "--dataset", "{d}/percell.h5ad", "--concepts", "age,kind", "--out", "{o}/r"], 2,
+     "60 values for 60 cells"),
+    ("too-few-genes", [*RUN, "--n-cells", "300", "--n-genes", "5", "--out", "{o}/r"], 2, "need at least 10"),
     ("cyclic-dag-option", [*RUN, "--dataset", "{d}/good.h5ad", "--concepts", "age,kind", "--dag", "age->kind,kind->age",
                            "--out", "{o}/r"], 2, "cycle"),
     ("cyclic-dag-spec", [*RUN, "--dataset", "{d}/cyclic.toml", "--out", "{o}/r"], 2, "cycle"),
@@ -434,3 +441,11 @@ def test_labels_with_commas_and_equals_signs_can_be_quoted(tmp_path: Path) -> No
     made = anndata.read_h5ad(cf)
     assert made.uns["counterfactual"]["intervention"] == {"kind": "T, CD4"}
     assert made.uns["counterfactual"]["do"] == 'kind="T, CD4"'
+
+
+def test_check_validity_says_when_nothing_was_comparable(tmp_path: Path) -> None:
+    r = CliRunner().invoke(app, [*RUN, *TINY, "--out", str(tmp_path / "r")])
+    assert r.exit_code == 0, r.stderr
+    r = CliRunner().invoke(app, ["check-validity", str(tmp_path / "r")])
+    assert r.exit_code == 0 and "nothing was comparable: bracketing needs both controls" in r.stdout
+    assert "no trivial reference ran" in r.stdout

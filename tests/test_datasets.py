@@ -272,3 +272,14 @@ def test_the_specs_counts_layer_wins_and_round_counts_is_a_spec_key(tmp_path: Pa
     (tmp_path / "volr.toml").write_text(spec.format("volume") + "round_counts = true\n")
     got, spec_r = load(tmp_path / "volr.toml")
     assert spec_r.round_counts and float(np.asarray(got.layers["counts"].sum())) == float(np.rint(a.layers["volume"]).sum())
+
+
+def test_all_zero_cells_are_named_in_one_warning(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    a = AnnData(X=rng.poisson(2.0, (40, 12)).astype(np.float32))
+    a.X[:3] = 0
+    a.obs["cond"] = np.tile(["x", "y"], 20)
+    a.obs["kind"] = np.repeat(["p", "q"], 20)
+    a.write_h5ad(tmp_path / "z.h5ad")
+    with pytest.warns(UserWarning, match=r"3 cell\(s\) have no counts at all"):
+        load(tmp_path / "z.h5ad", concepts=["cond", "kind"])

@@ -13,6 +13,7 @@ import functools
 import gzip
 import json
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -48,6 +49,15 @@ def _global_options(
 ) -> None:
     """Benchmark disentangled representations and counterfactual generation on single-cell data."""
     _DEBUG["on"] = debug
+    if not debugging():
+        warnings.showwarning = _one_line_warning  # no file/line echo of Python's default format
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      file: Any = None, line: str | None = None) -> None:
+    """A warning as the CLI shows it: ``warning: message`` on one line of stderr."""
+    text = " ".join(str(message).split())
+    err_console.print(Text.assemble(("warning: ", "yellow"), text), soft_wrap=True, highlight=False)
 
 
 # --- options several commands take: declared once -------------------------------------------------

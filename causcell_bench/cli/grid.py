@@ -282,6 +282,13 @@ def check_validity(
     if summary.empty:
         raise BenchError(f"{run_dir} holds no successful results")
     viol, uninf = violations(summary), uninformative(summary)
+    have = set(summary["method"])
+    if not {"positive_control", "negative_control"} <= have:
+        console.print("nothing was comparable: bracketing needs both controls (positive_control and "
+                      "negative_control) in the run; add them to --methods", highlight=False)
+    if not {"no_change", "group_mean", "additive_shift"} & have:
+        console.print("no trivial reference ran (no_change, group_mean, additive_shift), so none can be checked to "
+                      "beat the methods; add them to --methods", highlight=False)
     console.print(f"[bold]{len(viol)} control bracketing violation(s)[/bold]")
     for _, v in viol.iterrows():
         console.print(f"  {v.dataset}/{v.setting} {v.method} {v.metric} = {v.value:.4g}: {v.violation} "

@@ -7,6 +7,7 @@ check the data against the spec.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,9 @@ from anndata import AnnData
 from causcell_bench.datasets.spec import DatasetSpec
 from causcell_bench.errors import DataError
 
+# below these the data cannot be benchmarked: refused up front, not scored as nonsense
+MIN_GENES = 10  # correlation and top-gene metrics over fewer genes say nothing
+MIN_CELLS_PER_VALUE = 2  # the median cells per concept value: below, splits and probes cannot work
 _BLOCK = 1 << 24  # values checked at a time: bounds the boolean temporaries on big data
 
 
@@ -91,7 +95,7 @@ def validate_adata(adata: AnnData, spec: DatasetSpec, n_folds: int = 5, *, requi
         if c not in adata.obs.columns:
             raise DataError(
                 f"concept column {c!r} is not in adata.obs of {spec.name!r}; available obs columns: {columns}. "
-                "Fix the spec's concepts (or pass --concepts)"
+                "Fix the spec's concepts (or the concepts you passed)"
             )
     for coarse, fine in spec.fine_labels.items():
         if fine not in adata.obs.columns:
@@ -105,12 +109,33 @@ def validate_adata(adata: AnnData, spec: DatasetSpec, n_folds: int = 5, *, requi
         if n_missing:
             raise DataError(f"obs[{c!r}] has {n_missing} missing labels; drop those cells or give them a label")
     for c in spec.concepts:
-        values = pd.unique(adata.obs[c].astype(str))
+        labels = adata.obs[c].astype(str)
+        blank = int((labels.str.strip() == "").sum())
+        if blank:
+            raise DataError(f"obs[{c!r}] has {blank} empty or blank labels; give those cells a label or drop them "
+                            "(an empty string would otherwise become a value of its own)")
+        values = pd.unique(labels)
         if len(values) < 2:
             raise DataError(
                 f"concept {c!r} has a single value ({values[0]!r}) in {spec.name!r}; a concept needs at least "
                 "two values to disentangle - drop it from concepts"
             )
+        per_value = labels.value_counts()
+        if per_value.median() < MIN_CELLS_PER_VALUE:
+            raise DataError(
+                f"concept {c!r} has {len(values)} values for {adata.n_obs} cells (half of its values on a single "
+                "cell): no split can keep each value in training and no probe can learn it; use a coarser "
+                "label or drop it from concepts"
+            )
+    if adata.n_vars < MIN_GENES:
+        raise DataError(f"{spec.name!r} has {adata.n_vars} genes; the expression metrics need at least {MIN_GENES} "
+                        "(correlations and top-gene sets over fewer say nothing); use more genes")
     if adata.n_obs < n_folds:
         raise DataError(f"{spec.name!r} has {adata.n_obs} cells, fewer than the {n_folds} folds; use more cells or fewer folds")
-    check_counts(counts_matrix(adata, spec), what=f"counts of {spec.name!r}", require_integer=require_counts)
+    counts = counts_matrix(adata, spec)
+    check_counts(counts, what=f"counts of {spec.name!r}", require_integer=require_counts)
+    empty = int((np.asarray(counts.sum(axis=1)).ravel() == 0).sum())
+    if empty:
+        warnings.warn(f"{spec.name}: {empty} cell(s) have no counts at all; they carry no expression signal and are "
+                      "kept as zeros after normalisation; drop them first (scanpy.pp.filter_cells(adata, "
+                      "min_counts=1)) unless that is intended", stacklevel=3)
