@@ -40,6 +40,7 @@ from causcell_bench.assignments import assignment_dict
 from causcell_bench.datasets.spec import DatasetSpec
 from causcell_bench.errors import BenchError, DataError
 from causcell_bench.fileio import atomic_path
+from causcell_bench.interrupts import check_interrupt
 from causcell_bench.provenance import package_versions
 from causcell_bench.store import atomic_write_json
 
@@ -533,6 +534,7 @@ def write_counterfactuals(adata: AnnData, path: str | Path) -> Path:
     path = Path(path)
     if path.suffix.lower() != ".h5ad":
         raise BenchError(f"--out {path}: the counterfactual file must end in .h5ad")
+    check_interrupt()  # counterfactuals a library let run on after Ctrl-C are not written
     with atomic_path(path) as tmp:  # a full disk leaves no unreadable .h5ad behind
         adata.write_h5ad(tmp)
     return path

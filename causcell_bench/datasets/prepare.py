@@ -19,6 +19,7 @@ from anndata import AnnData
 
 from causcell_bench.errors import DataError
 from causcell_bench.fileio import atomic_path
+from causcell_bench.interrupts import check_interrupt
 
 ICI_METADATA_COLUMNS = ["cell.id", "patient", "treatment", "sort", "cluster"]
 _GENES_PER_BLOCK = 500
@@ -100,6 +101,7 @@ def prepare_ici_response(counts_path: str | Path, metadata_path: str | Path, out
     adata.var_names_make_unique()
     adata.layers["counts"] = adata.X.copy()
     adata.uns["source"] = "GEO GSE123813 (Yost et al. 2019), prepared by causcell_bench.datasets.prepare_ici_response"
+    check_interrupt()
     with atomic_path(out_path) as tmp:  # a prepared file is whole or absent
         adata.write_h5ad(tmp, compression="gzip")
     return out_path

@@ -46,6 +46,7 @@ from anndata import AnnData
 from causcell_bench.datasets.spec import DatasetSpec
 from causcell_bench.errors import BenchError, NotFittedError
 from causcell_bench.fileio import atomic_dir, atomic_open, atomic_write_json
+from causcell_bench.interrupts import check_interrupt
 
 ConceptEmbeddings = dict[str, np.ndarray]
 """Concept name -> (n_cells, d) array; plus ``"unexplained"`` where a method has one."""
@@ -258,6 +259,7 @@ class Method(abc.ABC):
         """
         if not self.is_fitted:
             raise NotFittedError(f"{self.name} is not fitted; call fit() before save()")
+        check_interrupt()  # a fit that a library let run on after Ctrl-C is not saved
         with atomic_dir(Path(path)) as tmp:
             self._save_state(tmp)
             atomic_write_json(tmp / MANIFEST_FILE, self._manifest())

@@ -1,12 +1,17 @@
-"""A full, failing or read-only disk while writing any file: one line naming the file, its folder and
-the free space, exit 1, and no partial file left (issue #31 point 1). The failures are injected (an
-OSError, or a library's own wrapping of one), and on a real 1 MB tmpfs where the test may mount one."""
+"""Faults (issue #31 points 1-2). A full, failing or read-only disk while writing any file: one line
+naming the file, its folder and the free space, exit 1, and no partial file left; the failures are
+injected (an OSError, or a library's own wrapping of one), and on a real 1 MB tmpfs where the test
+may mount one. Ctrl-C or SIGTERM anywhere in a command: "interrupted", exit 130, and nothing saved
+or a complete model, even when a library swallows the KeyboardInterrupt."""
 
 from __future__ import annotations
 
 import errno
 import os
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -122,3 +127,43 @@ def test_a_real_full_tmpfs(tmp_path: Path) -> None:
         assert list(mnt.iterdir()) == []
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+CLI = str(Path(sys.executable).with_name("causcell-bench"))
+
+
+def test_a_swallowed_interrupt_ends_the_command_and_saves_nothing(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from causcell_bench.methods.references import GroupMean
+
+    fit = GroupMean.fit
+
+    def swallowing_fit(self, *a, **k):  # a library that catches the KeyboardInterrupt and carries on
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+        except KeyboardInterrupt:
+            pass
+        return fit(self, *a, **k)
+
+    monkeypatch.setattr(GroupMean, "fit", swallowing_fit)
+    r = CliRunner().invoke(app, ["train", "--method", "group_mean", *TINY, "--out", str(tmp_path / "m")])
+    assert r.exit_code == 130 and r.stderr.strip() == "interrupted", r.stderr
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize(("sig", "after"), [(signal.SIGINT, 1.0), (signal.SIGINT, 12.0), (signal.SIGINT, 25.0),
+                                          (signal.SIGTERM, 12.0)])
+def test_interrupting_train_anywhere(tmp_path: Path, sig: int, after: float) -> None:
+    """While loading (1 s), inside scvi-tools' training loop, where Lightning turns Ctrl-C into
+    SystemExit(1) and JAX's garbage-collector callback can receive it (12 and 25 s; the whole command
+    takes about a minute): exit 130, 'interrupted', no traceback, and no model directory or a complete one."""
+    out = tmp_path / "m"
+    env = {**os.environ, "CAUSCELL_BENCH_THREADS": "1"}
+    proc = subprocess.Popen([CLI, "train", "--method", "scVI", "--n-cells", "600", "--n-genes", "100", "--out",
+                             str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    time.sleep(after)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err and "Traceback" not in err and "Exception raised during training" not in err
+    assert not out.exists() or (out / "manifest.json").is_file()
