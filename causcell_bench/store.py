@@ -64,7 +64,39 @@ def parse_record(path: Path) -> tuple[dict[str, Any] | None, str | None]:
         return None, "has a fold or seed that is not a number"
     if not path.as_posix().endswith(key.relpath):
         return None, f"describes {key}, which belongs in {key.relpath}"
+    problem = _content_problem(rec)
+    if problem is not None:
+        return None, problem
     return rec, None
+
+
+def _content_problem(rec: dict[str, Any]) -> str | None:
+    """Why a well-formed record still cannot be mixed into this version's tables: written by another
+    version of the package, a metric this version does not know, or a metric value that is not a number."""
+    import causcell_bench
+
+    written_by = (rec.get("versions") or {}).get("causcell-bench") if isinstance(rec.get("versions"), dict) else None
+    if written_by is not None and str(written_by) != causcell_bench.__version__:
+        return (f"was written by causcell-bench {written_by} (this is {causcell_bench.__version__}); delete it to "
+                "recompute the cell, or read the run with that version")
+    metrics = rec.get("metrics")
+    if metrics is None:
+        return None
+    if not isinstance(metrics, dict):
+        return f"holds metrics as a JSON {type(metrics).__name__}, not an object"
+    text = [k for k, v in metrics.items() if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)))]
+    if text:
+        return f"holds metric value(s) that are not numbers ({text[0]}={metrics[text[0]]!r}); was it edited?"
+    return None
+
+
+def unknown_metrics(rec: dict[str, Any]) -> list[str]:
+    """The metric keys of a record that this version does not declare (a renamed or retired metric)."""
+    import causcell_bench.metrics  # noqa: F401 - importing the package declares every metric
+    from causcell_bench.metrics import registry
+
+    metrics = rec.get("metrics")
+    return sorted(k for k in metrics if registry.base_name(k) not in registry.METRICS) if isinstance(metrics, dict) else []
 
 
 class ResultStore:
@@ -124,6 +156,8 @@ class RunContents:
     """(path, claim) of cells some process is running (or died running)."""
     config_note: str | None = None
     """Why staleness could not be checked (no or unreadable config.json), else None."""
+    dropped: list[tuple[Path, list[str]]] = field(default_factory=list)
+    """(path, metric keys) of records kept without metrics this version does not know."""
 
 
 def run_config(run_dir: str | Path) -> Any:
@@ -162,6 +196,10 @@ def read_run(run_dir: str | Path) -> RunContents:
         elif config is not None and rec.get("config_hash") != record_hash(config, rec):
             out.stale.append((p, rec))
         else:
+            unknown = unknown_metrics(rec)
+            if unknown:  # a retired or renamed metric: left out of the tables by name, the rest kept
+                rec = {**rec, "metrics": {k: v for k, v in rec["metrics"].items() if k not in unknown}}
+                out.dropped.append((p, unknown))
             out.records.append(rec)
     done = {str(key_of(r)) for r in out.records}
     # a dead process's claim on a cell whose record it did write is a harmless leftover

@@ -226,7 +226,7 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("spec-n-hvg-negative", [*RUN, "--dataset", "{d}/neghvg.toml", "--out", "{o}/r"], 2, "n_hvg"),
     # report
     ("report-no-cells", ["report", "{d}/norun"], 2, "no cells/ folder"),
-    ("report-strict-list-cell", ["report", "{d}/listrun", "--strict", "--out", "{o}/rep"], 1, "unreadable or stale"),
+    ("report-strict-list-cell", ["report", "{d}/listrun", "--strict", "--out", "{o}/rep"], 1, "unreadable, stale"),
     ("report-out-is-a-file", ["report", "{d}/listrun", "--out", "{d}/afile"], 2, "is a file"),
     # counterfactual
     ("cf-truncated-pickle", ["counterfactual", "{d}/badpickle", "--do", "age=age_1", "--out", "{o}/cf.h5ad"], 2,
@@ -449,3 +449,26 @@ def test_check_validity_says_when_nothing_was_comparable(tmp_path: Path) -> None
     r = CliRunner().invoke(app, ["check-validity", str(tmp_path / "r")])
     assert r.exit_code == 0 and "nothing was comparable: bracketing needs both controls" in r.stdout
     assert "no trivial reference ran" in r.stdout
+
+
+def test_report_names_cells_of_another_version_unknown_metrics_and_text_values(tmp_path: Path) -> None:
+    run = tmp_path / "r"
+    r = CliRunner().invoke(app, [*RUN, *TINY, "--out", str(run)])
+    assert r.exit_code == 0, r.stderr
+    cell = next((run / "cells").rglob("*.json"))
+    original = json.loads(cell.read_text())
+    cases = [
+        ({**original, "metrics": {**original["metrics"], "pcc_v2": 0.5}}, "has pcc_v2, which this version does not know"),
+        ({**original, "metrics": {**original["metrics"], "pcc": "0.5"}}, "not numbers (pcc='0.5')"),
+        ({**original, "versions": {**original["versions"], "causcell-bench": "0.0.9"}}, "written by causcell-bench 0.0.9"),
+    ]
+    for rec, text in cases:
+        cell.write_text(json.dumps(rec))
+        r = CliRunner().invoke(app, ["report", str(run), "--out", str(tmp_path / "rep")])
+        assert r.exit_code == 0 and text in " ".join(r.stderr.split()), r.stderr
+        r = CliRunner().invoke(app, ["report", str(run), "--strict", "--out", str(tmp_path / "rep")])
+        assert r.exit_code == 1, r.stderr
+    cell.write_text(json.dumps(cases[0][0]))  # an unknown metric costs only itself: pcc stays in the tables
+    CliRunner().invoke(app, ["report", str(run), "--out", str(tmp_path / "rep")])
+    summary = pd.read_csv(tmp_path / "rep" / "summary.csv")
+    assert "pcc" in set(summary["metric"]) and "pcc_v2" not in set(summary["metric"])

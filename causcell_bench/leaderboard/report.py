@@ -83,6 +83,8 @@ def left_out_lines(contents: RunContents, run_dir: str | Path) -> list[str]:
     lines = [f"unreadable: {rel(p)} {why}" for p, why in contents.unreadable]
     lines += [f"stale: {rel(p)} was computed with other settings than {rel(Path(run_dir) / 'config.json')} "
               "(the last run's)" for p, _ in contents.stale]
+    lines += [f"unknown metrics: {rel(p)} has {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}, which this "
+              "version does not know (renamed or retired; its other metrics are used)" for p, keys in contents.dropped]
     lines += [f"interrupted: {r['dataset']}/{r['method']}/{r['setting']}/fold{r['fold']}/seed{r['seed']} stopped "
               "before it finished (the next run reruns it)" for r in contents.records if r.get("status") == "interrupted"]
     for p, c in contents.claims:
