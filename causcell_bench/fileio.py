@@ -146,23 +146,33 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: Path) -> Iterator[Path]:
-    """A temporary folder next to ``path`` that replaces it (an older ``path`` folder is removed only
-    then) when the block ends without an error, and is removed otherwise: a saved model is whole or
-    absent. A full, failing or read-only disk raises :class:`DiskError`."""
+def atomic_dir(path: Path, *, last: tuple[str, ...] = ()) -> Iterator[Path]:
+    """A temporary folder next to ``path`` whose contents land in ``path`` when the block ends without
+    an error, and which is removed otherwise: a failed write leaves ``path`` as it was.
+
+    A new or empty ``path`` is replaced by the folder in one rename. Into a folder that holds other
+    files, the new entries are moved one by one (same-named ones replaced, the others kept), the
+    entries named in ``last`` (a manifest) removed first and moved in last, so a folder with a
+    manifest never describes a mix of old and new files. A full, failing or read-only disk raises
+    :class:`DiskError`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+        if not path.exists():
             os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+            return
+        for name in last:
+            (path / name).unlink(missing_ok=True)
+        for entry in sorted(tmp.iterdir(), key=lambda p: p.name in last):
+            target = path / entry.name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            os.replace(entry, target)
+        tmp.rmdir()
     except BaseException as e:
         written = _tree_size(tmp)
         shutil.rmtree(tmp, ignore_errors=True)

@@ -70,6 +70,18 @@ def test_atomic_dir_keeps_the_old_save_when_the_new_one_fails(tmp_path: Path) ->
     assert (model / "state.pkl").read_text() == "old" and _leftovers(tmp_path) == []
 
 
+def test_saving_into_a_folder_keeps_its_other_files(tmp_path: Path) -> None:
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    (folder / "state.pkl").write_text("old")
+    with atomic_dir(folder, last=("method.json",)) as d:
+        (d / "state.pkl").write_text("new")
+        (d / "method.json").write_text("{}")
+    assert sorted(p.name for p in folder.iterdir()) == ["method.json", "notes.txt", "state.pkl"]
+    assert (folder / "state.pkl").read_text() == "new" and _leftovers(tmp_path) == []
+
+
 def test_counterfactual_on_a_full_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from anndata import AnnData
 

@@ -253,14 +253,15 @@ class Method(abc.ABC):
         """Write the fitted method into directory ``path``: its fitted state (:meth:`_save_state`), then
         the manifest ``method.json`` (class, state version, preset, parameters, spec, genes, categories).
 
-        The whole directory is written next to ``path`` and renamed into place when complete
-        (:func:`causcell_bench.fileio.atomic_dir`), replacing an older save only then: a failed save
-        (a full disk: :class:`~causcell_bench.errors.DiskError`) leaves the old one or nothing.
+        Everything is written next to ``path`` first and moved in when complete
+        (:func:`causcell_bench.fileio.atomic_dir`; other files in ``path`` are kept), the manifest
+        last: a failed save (a full disk: :class:`~causcell_bench.errors.DiskError`) leaves the old
+        save, or nothing.
         """
         if not self.is_fitted:
             raise NotFittedError(f"{self.name} is not fitted; call fit() before save()")
         check_interrupt()  # a fit that a library let run on after Ctrl-C is not saved
-        with atomic_dir(Path(path)) as tmp:
+        with atomic_dir(Path(path), last=(MANIFEST_FILE,)) as tmp:
             self._save_state(tmp)
             atomic_write_json(tmp / MANIFEST_FILE, self._manifest())
 
