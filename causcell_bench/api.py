@@ -371,7 +371,8 @@ def benchmark(
     lines = [f"{r.method}/{r.setting}/fold{r.fold}/seed{r.seed}: {r.error}" for r in failed.itertuples()]
     if len(failed) and not (status["status"] == "ok").any():
         raise BenchError(f"every cell failed ({len(failed)}): " + "; ".join(lines[:3])
-                         + (f"; ... (see {run_dir}/report/status.csv)" if len(lines) > 3 else ""))
+                         + (f"; and {len(lines) - 3} more (their records are in {run_dir / 'cells'})"
+                            if len(lines) > 3 else ""))
     for line in lines:
         warnings.warn(f"cell failed: {line} (retry with retry_failed=True)", stacklevel=2)
     tidy = tidy_table(records)
