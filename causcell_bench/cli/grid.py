@@ -183,8 +183,9 @@ def _report(run_dir: Path, out: Path | None, strict: bool = False) -> None:
     _warn_left_out(run_dir, contents)
     bad = len(contents.unreadable) + len(contents.stale) + len(contents.dropped)
     if strict and bad:
-        fail(f"{bad} cell file(s) of {run_dir} are unreadable, stale or hold unknown metrics, and were (partly) "
-             "left out (listed above); rerun the run command to recompute them, or drop --strict", 1)
+        fail(f"{bad} cell file(s) of {run_dir} are unreadable or stale, or hold metrics this version does not "
+             "know, and were (partly) left out (listed above); rerun the run command to recompute them, or drop "
+             "--strict", 1)
 
 
 @app.command()
