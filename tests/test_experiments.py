@@ -125,3 +125,15 @@ def test_set_a_list_option_to_one_value_is_a_list_not_its_characters() -> None:
 
     assert _check_options("causal_consistency", "quick", {"values": "age_9"})["values"] == ["age_9"]
     assert _check_options("causal_consistency", "quick", {"values": "age_1, age_9"})["values"] == ["age_1", "age_9"]
+
+
+def test_experiment_out_refuses_a_foreign_folder_but_reruns_into_its_own(tmp_path: Path) -> None:
+    from causcell_bench.experiments.report import check_experiment_out, write_results
+
+    check_experiment_out(tmp_path / "new")  # not there yet
+    check_experiment_out(tmp_path)  # empty
+    (tmp_path / "notes.txt").write_text("mine\n")
+    with pytest.raises(BenchError, match=r"holds other files \(notes.txt\)"):
+        check_experiment_out(tmp_path)
+    write_results(tmp_path, {"experiment": "causal_consistency", "summary": {}})
+    check_experiment_out(tmp_path)  # an experiment's own folder: run it again

@@ -180,13 +180,18 @@ def experiment(
     device: Device = "auto",
     param: MethodParams = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="experiment option key=value (repeatable), e.g. n_cells=1000")] = None,
+    force_out: Annotated[bool, typer.Option(help="write into an --out folder that holds other files and no "
+                                            "experiment's results")] = False,
 ) -> None:
     """Run one of the paper's counterfactual experiments (Fig. 2) on the synthetic SCM."""
     from causcell_bench.config import check_device, check_method_params
     from causcell_bench.experiments import get_experiment, parse_options, run_experiment
+    from causcell_bench.experiments.report import check_experiment_out
 
     get_experiment(name)  # unknown names first, with a suggestion
     check_out_dir(out)
+    if not force_out:
+        check_experiment_out(out)
     check_at_least(seed, "--seed", 0)
     check_device(device)
     options = _check_options(name, preset, parse_options(set_))

@@ -7,6 +7,7 @@ versions) and its figures as PNG files next to them.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from causcell_bench.errors import BenchError
 from causcell_bench.fileio import atomic_path, atomic_write_json, atomic_write_text, jsonable
 from causcell_bench.provenance import package_versions
 
@@ -44,6 +46,25 @@ def markdown_table(df: pd.DataFrame, digits: int = 3, index: bool = False) -> st
     for row in df.itertuples(index=False):
         lines.append("| " + " | ".join(fmt(v, digits).replace("|", "/") for v in row) + " |")
     return "\n".join(lines)
+
+
+def check_experiment_out(path: Path, *, flag: str = "--out", force: str = "pass --force-out") -> None:
+    """Refuse to spread an experiment's files among a user's: a BenchError when ``path`` is a folder
+    that holds files but no earlier experiment's ``results.json`` (a new or empty folder, or an
+    experiment's own folder, to run it again, passes)."""
+    if not path.is_dir():
+        return
+    try:
+        earlier = json.loads((path / "results.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        earlier = None
+    if isinstance(earlier, dict) and "experiment" in earlier:
+        return
+    names = sorted(p.name for p in path.iterdir())
+    if names:
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        raise BenchError(f"{flag} {path} holds other files ({shown}) and no experiment's results.json; give a new "
+                         f"or empty folder, or {force} to write the experiment among them")
 
 
 def write_results(out: Path, results: Mapping[str, Any]) -> Path:
