@@ -168,6 +168,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--n-hvg", type=int, default=2000)
     ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--param", action="append", default=None, metavar="METHOD.KEY=VALUE",
+                    help="a method parameter, as `run --param` takes it (repeatable); use another --out per variant")
     ap.add_argument("--out", default="bench_out/real_holdout")
     ap.add_argument("--table", default=None, help="write the markdown tables here too")
     ap.add_argument("--tables-only", action="store_true",
@@ -177,6 +179,7 @@ def main() -> None:
     import anndata as ad
 
     import causcell_bench as cb
+    from causcell_bench.cli.core import parse_params
 
     adata = ad.read_h5ad(args.data)
     for col in (args.perturbation, args.population):
@@ -203,7 +206,7 @@ def main() -> None:
                 adata, concepts=[args.perturbation, args.population], methods=methods, settings=["HOLDOUT"],
                 holdout=[{args.perturbation: args.target, args.population: value}], perturbation=args.perturbation,
                 seeds=seeds, out=out / value, name=Path(args.data).stem, counts_layer=counts, n_hvg=args.n_hvg,
-                jobs=args.jobs, progress=False, report=True,
+                jobs=args.jobs, progress=False, report=True, params=parse_params(args.param),
             )
             results, status, seeds_seen = res.results, res.status, seeds
         df = table(results, methods)
