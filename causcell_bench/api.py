@@ -88,14 +88,22 @@ class BenchmarkResult:
             raise BenchError("no results to plot: every cell failed (see .failed)")
         figures: list[Any] = []
         if path is None:
-            heatmap(self.summary, self.scores, self.run_dir / "report" / "heatmap", figures=figures)
+            target, exact = self.run_dir / "report" / "heatmap", False
         else:
-            target = Path(path)
+            target, exact = Path(path), True
             if target.is_dir() or str(path).endswith(("/", "\\")) or not target.suffix:
                 raise BenchError(f"plot({str(path)!r}): give a file name with an extension, e.g. fig.png, fig.pdf "
                                  "or fig.svg")
             target.parent.mkdir(parents=True, exist_ok=True)
-            heatmap(self.summary, self.scores, target, exact=True, figures=figures)
+        try:
+            heatmap(self.summary, self.scores, target, exact=exact, figures=figures)
+        except BenchError:  # a full disk included (DiskError)
+            raise
+        except OSError as e:
+            raise BenchError(f"plot: cannot write {target} ({e.strerror or e}); choose a writable location") from e
+        except Exception as e:  # a plotting library's failure: one line, as the CLI's report says it
+            raise BenchError(f"the heatmap could not be drawn ({type(e).__name__}: {e}); the tables "
+                             "(res.summary, res.scores) are complete") from e
         return figures[0] if len(figures) == 1 else figures
 
 
@@ -378,6 +386,10 @@ def benchmark(
     tidy = tidy_table(records)
     summary = summarize(tidy)
     files = build_report(run_dir) if report else {}
+    if "heatmap_error" in files:  # the tables are complete without it, but the user must not miss the gap
+        why = " ".join(Path(files["heatmap_error"]).read_text().split())[:200]
+        warnings.warn(f"the heatmap could not be drawn ({why}; {files['heatmap_error']}); the tables and "
+                      "leaderboard are complete", stacklevel=2)
     # the report already computed the scores (its bootstrap is the slow part): read them back
     score_table = pd.read_csv(files["scores"]) if "scores" in files else scores(summary, tidy=tidy, parts=part_table(records))
     if "method" in score_table.columns:

@@ -165,3 +165,23 @@ def test_the_api_is_documented_and_listed() -> None:
                     "cf_concept"):
         assert section in doc
     assert "Attributes" in cb.BenchmarkResult.__doc__
+
+
+def test_a_heatmap_that_cannot_be_drawn_is_said_not_swallowed(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import causcell_bench as cb
+    import causcell_bench.leaderboard as leaderboard
+    import causcell_bench.leaderboard.report as report
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise KeyError("x")  # what funkyheatmappy raised on a one-method run
+
+    monkeypatch.setattr(report, "heatmap", broken)
+    monkeypatch.setattr(leaderboard, "heatmap", broken)
+    adata, kw = _small(tmp_path)
+    with pytest.warns(UserWarning, match=r"the heatmap could not be drawn \(KeyError: 'x'.*tables and leaderboard are complete"):
+        res = cb.benchmark(adata, **{**kw, "report": True})
+    assert (res.run_dir / "report" / "summary.csv").is_file()
+    with pytest.raises(cb.BenchError, match=r"the heatmap could not be drawn \(KeyError: 'x'\)"):
+        res.plot(tmp_path / "fig.png")
+    assert not (tmp_path / "fig.png").exists()
