@@ -171,14 +171,16 @@ class RunConfig(BaseModel):
 
 # --- checks run before any data is loaded ------------------------------------------------------
 def validation_line(e: ValidationError) -> str:
-    """A pydantic error as one line: the field, what is wrong, the value given (no URLs, no tables)."""
-    err = e.errors()[0]
-    where = ".".join(str(x) for x in err.get("loc", ())) or "request"
-    msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-    given = err.get("input")
-    shown = "" if isinstance(given, dict) or given is None else f" (got {given!r})"
-    more = f"; and {len(e.errors()) - 1} more problem(s)" if len(e.errors()) > 1 else ""
-    return f"{where}: {msg}{shown}{more}"
+    """A pydantic error as one line: each field, what is wrong and the value given, joined by "; " (no
+    URLs, no tables). The CLI's error boundary and :meth:`RunConfig.request` both say it this way."""
+    parts = []
+    for err in e.errors():
+        where = ".".join(str(x) for x in err.get("loc", ())) or "request"
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        given = err.get("input")
+        shown = "" if isinstance(given, dict) or given is None else f" (got {given!r})"
+        parts.append(f"{where}: {msg}{shown}")
+    return "; ".join(parts)
 
 
 def _close(name: str, known: list[str]) -> str:

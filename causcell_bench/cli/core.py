@@ -98,8 +98,9 @@ def explain(e: BaseException) -> tuple[int, str]:
     if isinstance(e, BenchError):
         return 2, str(e)
     if isinstance(e, ValidationError):
-        return 2, "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg'].removeprefix('Value error, ')}"
-                            for x in e.errors())
+        from causcell_bench.config import validation_line
+
+        return 2, validation_line(e)
     if isinstance(e, gzip.BadGzipFile):  # an OSError without errno: not the file system's fault
         return 2, (f"a file ending in .gz is not gzip-compressed ({e}); give the compressed file, or the plain one "
                    "without the .gz ending")
