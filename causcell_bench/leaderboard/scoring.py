@@ -231,20 +231,26 @@ def _bootstrap_ranks(base: pd.DataFrame, tidy: pd.DataFrame, parts: pd.DataFrame
         tidy = _parts_as_folds(tidy, parts)
         units = tidy[["fold", "seed"]].drop_duplicates().to_records(index=False).tolist()
         base["rank_basis"] = f"{len(units)} cell parts of one fold"
-    if len(units) < 2:
+    if len(units) < 2 or not np.isfinite(base["rank"].astype(float)).any():  # nothing to resample, or no one ranked
         base["rank_basis"] = ""
         return base
     rng = np.random.default_rng(seed)
     unit_rows = {u: tidy[(tidy["fold"] == u[0]) & (tidy["seed"] == u[1])] for u in units}
     boots: dict[tuple[str, str, str], list[float]] = {}
+    # the ranks of a draw depend only on which units it holds, not their order: with few units most
+    # draws repeat one already scored (5 units: ~87 distinct of 200), so each multiset is scored once
+    ranked: dict[tuple[int, ...], list[tuple[tuple[str, str, str], float]]] = {}
     for b in range(n_boot):
-        pick = rng.integers(0, len(units), size=len(units))
-        # each drawn unit is relabelled as its own fold so repeats count as separate folds
-        sample = pd.concat([unit_rows[units[i]].assign(fold=j, seed=0) for j, i in enumerate(pick)])
-        one = _scores_once(summarize(sample))
-        for _, r in one.iterrows():
-            if np.isfinite(r["rank"]):
-                boots.setdefault((r["dataset"], r["method"], r["setting"]), []).append(float(r["rank"]))
+        pick = tuple(sorted(int(i) for i in rng.integers(0, len(units), size=len(units))))
+        if pick not in ranked:
+            # each drawn unit is relabelled as its own fold so repeats count as separate folds
+            sample = pd.concat([unit_rows[units[i]].assign(fold=j, seed=0) for j, i in enumerate(pick)])
+            one = _scores_once(summarize(sample))
+            ok = one[np.isfinite(one["rank"].astype(float))]
+            ranked[pick] = [((d, m, st), float(r)) for d, m, st, r in
+                            zip(ok["dataset"], ok["method"], ok["setting"], ok["rank"])]
+        for key, r in ranked[pick]:
+            boots.setdefault(key, []).append(r)
     for i, r in base.iterrows():
         got = boots.get((r["dataset"], r["method"], r["setting"]))
         if got and np.isfinite(r["rank"]):
