@@ -10,6 +10,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from causcell_bench.threads import prefer_fork_safe_numba as _prefer_fork_safe_numba
+
+_prefer_fork_safe_numba()  # before numba starts a threading layer: grid cells are forked (threads.py)
+
 
 __all__ = ["BenchError", "BenchmarkResult", "__version__", "benchmark"]
 

@@ -47,6 +47,45 @@ def resolve_threads(configured: int | None = None) -> int:
     return configured if configured else 1
 
 
+# numba's "omp" threading layer (GNU OpenMP in numba's wheels) ends a forked process that runs a
+# parallel kernel with SIGTERM. Grid cells are forked after the parent ran scanpy's numba kernels (HVG
+# selection): every cell of a second benchmark() call in a notebook died "interrupted". Its built-in
+# "workqueue" layer survives a fork; a layer the user chose is left alone.
+FORK_SAFE_NUMBA_LAYER = "workqueue"
+
+
+def prefer_fork_safe_numba() -> None:
+    """Make numba start its fork-safe threading layer, unless the user chose one or a layer already runs."""
+    if os.environ.get("NUMBA_THREADING_LAYER"):
+        return
+    os.environ["NUMBA_THREADING_LAYER"] = FORK_SAFE_NUMBA_LAYER  # read when numba is imported
+    numba = _numba()
+    if numba is not None and not _numba_started():
+        numba.config.THREADING_LAYER = FORK_SAFE_NUMBA_LAYER
+
+
+def _numba_started() -> bool:
+    parallel = sys.modules.get("numba.np.ufunc.parallel")
+    return bool(getattr(parallel, "_is_initialized", False))
+
+
+def fork_problem() -> str | None:
+    """Why forked cells would die in this process (numba's OpenMP layer already running), or None."""
+    numba = _numba()
+    if numba is None or not _numba_started():
+        return None
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # not started after all
+        return None
+    if layer != "omp":
+        return None
+    return ("numba's OpenMP threading layer is already running in this process (started by numba-parallel "
+            "code such as scanpy's before causcell_bench was imported), and forked cells that use it are "
+            "terminated; import causcell_bench first, or set NUMBA_THREADING_LAYER=workqueue before importing "
+            "numba or scanpy, or use start_method='spawn'")
+
+
 def _numba() -> Any | None:
     # only a numba that is already loaded: one imported later reads NUMBA_NUM_THREADS (set below)
     return sys.modules.get("numba")

@@ -185,3 +185,50 @@ def test_a_heatmap_that_cannot_be_drawn_is_said_not_swallowed(tmp_path: Path,
     with pytest.raises(cb.BenchError, match=r"the heatmap could not be drawn \(KeyError: 'x'\)"):
         res.plot(tmp_path / "fig.png")
     assert not (tmp_path / "fig.png").exists()
+
+
+_AFTER_SCANPY = """
+import sys
+import numpy as np
+if sys.argv[1] == "scanpy-first":
+    import numba  # numba-parallel code (scanpy's, say) run before causcell_bench is imported
+
+    @numba.njit(parallel=True)
+    def total(x):
+        s = 0.0
+        for i in numba.prange(x.shape[0]):
+            s += x[i]
+        return s
+
+    total(np.ones(1000))
+import causcell_bench as cb
+from causcell_bench.datasets import load
+from causcell_bench.datasets.preprocess import select_hvg
+adata, spec = load("synthetic", n_cells=300, n_genes=40)
+select_hvg(adata.X, 20)  # the parent runs numba's parallel kernels (scanpy's HVG), then forks cells
+import numba
+print("layer", numba.threading_layer())
+try:
+    res = cb.benchmark(adata, concepts=spec.concepts, methods=["group_mean"], settings=["ID"], folds=[0], n_folds=3,
+                       out=sys.argv[2], progress=False, report=False, start_method="fork")
+    print("status", *res.status["status"])
+except cb.BenchError as e:
+    print("refused", e)
+"""
+
+
+@pytest.mark.parametrize("order", ["causcell-bench-first", "scanpy-first"])
+def test_cells_forked_after_numba_parallel_code_survive_or_are_refused(tmp_path: Path, order: str) -> None:
+    """numba's OpenMP layer terminates a forked child that runs a parallel kernel: every cell of a
+    second benchmark() call in a notebook (after the first call's HVG selection) died 'interrupted'."""
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    env.update(CAUSCELL_BENCH_THREADS="2", NUMBA_NUM_THREADS="2")
+    out = subprocess.run([sys.executable, "-c", _AFTER_SCANPY, order, str(tmp_path / "run")], capture_output=True,
+                         text=True, timeout=300, env=env, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    if order == "causcell-bench-first":
+        assert "layer workqueue" in out.stdout and "status ok" in out.stdout, out.stdout + out.stderr[-2000:]
+    else:  # the OpenMP layer was already running: refused up front with the fixes, not cells dying one by one
+        assert "layer omp" in out.stdout, out.stdout
+        assert "refused numba's OpenMP threading layer is already running" in out.stdout
+        assert "import causcell_bench first" in out.stdout

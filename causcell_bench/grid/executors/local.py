@@ -27,6 +27,7 @@ from causcell_bench.grid.cell import collect, execute_cell
 from causcell_bench.grid.executors.base import Finished, Started, TryClaim
 from causcell_bench.grid.record import CellKey
 from causcell_bench.store import ResultStore
+from causcell_bench.threads import fork_problem
 
 START_METHODS = ("fork", "spawn", "forkserver")
 
@@ -64,6 +65,8 @@ def run_cells_local(
     """
     # not cores // jobs: the thread count changes the numbers, and --jobs must not
     threads = config.effective_threads()
+    if start_method == "fork" and (problem := fork_problem()) is not None:
+        raise BenchError(problem)
     store = ResultStore(run_dir)
     ctx = mp.get_context(start_method)
     running: dict[Any, tuple[CellKey, float]] = {}
