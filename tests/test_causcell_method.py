@@ -345,3 +345,19 @@ def test_model_saved_before_the_switches_loads_with_our_choices(fitted, data, tm
         old.generate(test, do={"celltype": "type0"}, seed=1),
         _variant(fitted, clamp_x0=True).generate(test, do={"celltype": "type0"}, seed=1, mode="exogenous"),
     )
+
+
+def test_nonlinear_exclusivity_switch_trains_saves_and_loads(data, tmp_path) -> None:
+    train, test, spec = data
+    m = CausCell(device="cpu", **{**TINY, "excl_nl_weight": 1.0})
+    m.fit(train, spec, seed=0)
+    assert m.model_.net.excl_adversary and len(m.model_.net.excl_adversaries) > 0
+    assert {"excl_adv", "excl_nl"} <= set(m.history_[-1])
+    m.save(tmp_path)
+    m2 = CausCell.load(tmp_path)
+    assert m2.model_.net.excl_adversary
+    np.testing.assert_array_equal(m.generate(test, do={"domain": "dom0"}, seed=5),
+                                  m2.generate(test, do={"domain": "dom0"}, seed=5))
+    # off (both presets): the network is the one built before the switch existed
+    assert CausCell(preset="quick").params["excl_nl_weight"] == CausCell(preset="paper").params["excl_nl_weight"] == 0
+    assert not CausCell(device="cpu", **TINY).params["excl_nl_weight"]

@@ -219,6 +219,67 @@ def test_training_keeps_adversary_terms_bounded_and_learns_labels() -> None:
     assert acc > 0.8
 
 
+def test_nonlinear_exclusivity_targets_are_the_training_conditionals() -> None:
+    codes = np.array([[0, 0]] * 6 + [[0, 1]] * 2 + [[1, 1]] * 4 + [[0, -1]])  # label 2 of concept 0: never seen
+    net = CausCellNet(5, [3, 2], np.zeros((3, 3), np.float32), d=4, hidden=8, n_blocks=1, heads=1, head_dim=4,
+                      excl_adversary=True)
+    assert net.excl_nl_pairs == [(0, 1), (1, 0)] and len(net.excl_adversaries) == 2
+    net.set_label_stats(codes)
+    np.testing.assert_allclose(net.cond0_1[0].numpy(), [0.75, 0.25], atol=1e-3)
+    np.testing.assert_allclose(net.cond0_1[1].numpy(), [0.0, 1.0], atol=1e-3)
+    np.testing.assert_allclose(net.cond0_1[2].numpy(), net.prior1.numpy(), atol=1e-3)  # unseen: the marginal
+    np.testing.assert_allclose(net.cond1_0[1].numpy(), [1 / 3, 2 / 3, 0.0], atol=1e-3)
+    # without the switch the net has no such parameters (models saved before it load unchanged)
+    plain = CausCellNet(5, [3, 2], np.zeros((3, 3), np.float32), d=4, hidden=8, n_blocks=1, heads=1, head_dim=4)
+    assert not plain.excl_nl_pairs and not any("excl_adversaries" in k or k.startswith("cond")
+                                               for k in plain.state_dict())
+
+
+def test_nonlinear_exclusivity_catches_a_radius_code_the_linear_term_misses() -> None:
+    """z_0 holding y_1 as its norm (a non-linear code, the Kang leak): the closed-form linear term is
+    blind to it, a trained adversary reads it and the encoder's confusion term says so; a z_0 that
+    holds nothing of y_1 leaves the confusion near 0."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    n, d = 1024, 4
+    y0, y1 = torch.randint(0, 2, (n,), generator=g), torch.randint(0, 2, (n,), generator=g)
+    codes = torch.stack([y0, y1], 1)
+    direction = torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
+    radius = direction * (1.0 + 2.0 * y1[:, None])  # y_1 in the norm, nothing in the mean
+    blind = torch.randn(n, d, generator=g)
+    onehot = torch.nn.functional.one_hot(y1, 2).float()
+    assert linear_dependence(radius, onehot, torch.nn.functional.one_hot(y0, 2).float()) < 0.02
+
+    def confusion(z0: torch.Tensor) -> float:
+        net = CausCellNet(6, [2, 2], np.zeros((3, 3), np.float32), d=d, hidden=8, n_blocks=1, heads=1, head_dim=4,
+                          excl_adversary=True)
+        net.set_label_stats(codes.numpy())
+        z = torch.stack([z0, torch.zeros(n, d), torch.zeros(n, d)], 1)
+        opt = torch.optim.Adam(net.excl_adversaries.parameters(), lr=1e-2)
+        for _ in range(300):
+            opt.zero_grad()
+            net.exclusivity_adversary_terms(z, codes)[0].backward()
+            opt.step()
+        return float(net.exclusivity_adversary_terms(z, codes)[1])
+
+    caught, clean = confusion(radius), confusion(blind)
+    assert caught > 0.15 > 0.03 > clean, (caught, clean)
+
+
+def test_nonlinear_exclusivity_in_training() -> None:
+    rng = np.random.default_rng(0)
+    n, g = 200, 12
+    codes = np.stack([rng.integers(0, 3, n), rng.integers(0, 2, n)], 1)
+    x = np.abs(rng.normal(size=(n, g)) + 2.0 * np.eye(3)[codes[:, 0]].repeat(4, 1)).astype(np.float32)
+    model = CausCellModel(g, [3, 2], np.zeros((3, 3), np.float32), excl_adversary=True, **TINY)
+    hist = model.fit(x, codes, n_steps=40, batch_size=64, excl_nl_weight=1.0, log_every=10, seed=0)
+    for rec in hist:
+        assert rec["excl_adv"] >= 0 and rec["excl_nl"] >= -1e-6 and np.isfinite(rec["excl_nl"])
+    plain = CausCellModel(g, [3, 2], np.zeros((3, 3), np.float32), **TINY)
+    with pytest.raises(ValueError, match="excl_adversary=True"):
+        plain.fit(x, codes, n_steps=2, batch_size=64, excl_nl_weight=1.0)
+
+
 def test_combination_weights_favour_rare_combinations() -> None:
     codes = np.array([[0, 0]] * 8 + [[1, 0]] * 2)
     w = combination_weights(codes)

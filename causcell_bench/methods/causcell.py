@@ -15,7 +15,8 @@ takes our choice for every switch, and adds two penalties of this
 implementation, ``excl_weight`` (each concept embedding holds no linear
 information on other, non-ancestor concepts beyond its own label) and
 ``exo_weight`` (a child's exogenous noise is independent of its parents'
-labels); see :mod:`causcell_bench.models.causcell`. ``docs/causcell.md``
+labels); a third, ``excl_nl_weight`` (nor any that an MLP adversary can
+read), is off in both presets; see :mod:`causcell_bench.models.causcell`. ``docs/causcell.md``
 tabulates every switch with both choices.
 
 Counterfactuals: ``cf_mode="do"`` (graph surgery) or ``"exogenous"`` (the
@@ -182,6 +183,7 @@ class CausCell(Method):
             "pred_weight": 3.0,
             "excl_weight": 1.0,
             "exo_weight": 1.0,
+            "excl_nl_weight": 0.0,
             "grad_clip": 1.0,
             "sampler": "ddim",
             "ddim_steps": 50,
@@ -204,6 +206,7 @@ class CausCell(Method):
             "pred_weight": 1.0,
             "excl_weight": 0.0,
             "exo_weight": 0.0,
+            "excl_nl_weight": 0.0,
             "grad_clip": None,
             "sampler": "ancestral",
             "ddim_steps": 50,
@@ -304,6 +307,7 @@ class CausCell(Method):
             time_mlp_mult=int(p["time_mlp_mult"]),
             qkv_bias=bool(p["qkv_bias"]),
             independence=p["independence"],
+            excl_adversary=float(p["excl_nl_weight"]) > 0,
             ema_at_inference=bool(p["ema_at_inference"]),
             device=device,
         )
@@ -333,6 +337,7 @@ class CausCell(Method):
             adv_weight=float(p["adv_weight"]),
             excl_weight=float(p["excl_weight"]),
             exo_weight=float(p["exo_weight"]),
+            excl_nl_weight=float(p["excl_nl_weight"]),
             kl_weight=float(p["kl_weight"]),
             grad_clip=p["grad_clip"],
             log_every=int(p["log_every"]),

@@ -31,7 +31,11 @@ Pieces (paper section in brackets) and the module that holds each:
   through the SCM). Both are the optimal linear adversary solved in closed
   form on each batch (:func:`linear_dependence`). Without them, every token
   ends up predicting every label, because nothing in the paper's objective
-  removes redundant information from a token.
+  removes redundant information from a token. A third, a *non-linear
+  exclusivity* penalty (``excl_adversary`` at construction, ``excl_nl_weight``
+  in training), adds one MLP adversary per pair, confused towards
+  p(y_j | y_k) as u's adversaries are towards p(y_j): a label stored
+  non-linearly (in an embedding's norm, say) escapes the linear term.
 - generative module G (:mod:`.networks`, schedule and samplers in
   :mod:`.diffusion`): an x0-predicting diffusion model (T = 1000, "linear"
   schedule) whose denoiser takes the noisy cell as ONE query token and the

@@ -155,6 +155,7 @@ class CausCellNet(nn.Module):
         time_mlp_mult: int = 1,
         qkv_bias: bool = False,
         independence: str = "adversary",
+        excl_adversary: bool = False,
     ) -> None:
         super().__init__()
         if independence not in INDEPENDENCE:
@@ -198,6 +199,16 @@ class CausCellNet(nn.Module):
         ]
         for j, nj in enumerate(self.concept_sizes):
             self.register_buffer(f"prior{j}", torch.full((nj,), 1.0 / nj))
+        # non-linear exclusivity (``excl_adversary``): the linear term above cannot see a label stored
+        # non-linearly (on Kang, the cell-type embedding carried the condition, so do(condition) moved
+        # the held-out type by a third to a half of the real change). One MLP adversary per pair
+        # (k, j) of observed concepts reads z_k and is confused towards p(y_j | y_k) of the training cells
+        self.excl_adversary = bool(excl_adversary)
+        self.excl_nl_pairs = [(k, j) for k, j in self.excl_pairs if k < self.m] if self.excl_adversary else []
+        self.excl_adversaries = nn.ModuleList(self._adversary(self.concept_sizes[j]) for _, j in self.excl_nl_pairs)
+        for k, j in self.excl_nl_pairs:
+            nk, nj = self.concept_sizes[k], self.concept_sizes[j]
+            self.register_buffer(f"cond{k}_{j}", torch.full((nk, nj), 1.0 / nj))
         self.denoiser = Denoiser(
             self.n_genes, self.d, hidden, n_blocks, heads, head_dim, ff_mult, int(time_mlp_mult), bool(qkv_bias)
         )
@@ -220,6 +231,14 @@ class CausCellNet(nn.Module):
             y = codes[:, j][codes[:, j] >= 0]
             p = np.bincount(y, minlength=nj) + smoothing
             getattr(self, f"prior{j}").copy_(torch.from_numpy(p / p.sum()))
+        for k, j in self.excl_nl_pairs:
+            nk, nj = self.concept_sizes[k], self.concept_sizes[j]
+            both = (codes[:, k] >= 0) & (codes[:, j] >= 0)
+            counts = np.zeros((nk, nj))
+            np.add.at(counts, (codes[both, k], codes[both, j]), 1.0)
+            # a label of k never seen with a label of j falls back on j's marginal
+            cond = counts + smoothing + (counts.sum(1, keepdims=True) == 0) * getattr(self, f"prior{j}").cpu().numpy()
+            getattr(self, f"cond{k}_{j}").copy_(torch.from_numpy(cond / cond.sum(1, keepdims=True)))
 
     # F: causal disentanglement ---------------------------------------------
     def encode(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -260,6 +279,22 @@ class CausCellNet(nn.Module):
             ce_sum, conf_sum = ce_sum + ce, conf_sum + conf
         return ce_sum / self.m, conf_sum / self.m
 
+    def exclusivity_adversary_terms(self, z: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(adversary loss, encoder confusion loss) of z_k against y_j beyond y_k, means over ``excl_nl_pairs``.
+
+        The target of each cell is p(y_j | y_k) of the training cells (y_j's marginal where y_k is
+        missing), so the embedding may say what its own label implies about y_j and nothing more.
+        """
+        ce_sum, conf_sum = z.new_zeros(()), z.new_zeros(())
+        for (k, j), adv in zip(self.excl_nl_pairs, self.excl_adversaries):
+            yk = codes[:, k]
+            cond = getattr(self, f"cond{k}_{j}")[yk.clamp_min(0)]
+            target = torch.where((yk >= 0)[:, None], cond, getattr(self, f"prior{j}").expand_as(cond))
+            ce, conf = self._adversary_pair(adv, z[:, k], codes[:, j], target)
+            ce_sum, conf_sum = ce_sum + ce, conf_sum + conf
+        n = max(len(self.excl_nl_pairs), 1)
+        return ce_sum / n, conf_sum / n
+
     def _onehot(self, codes: torch.Tensor, j: int) -> torch.Tensor:
         y = codes[:, j]
         return F.one_hot(y.clamp_min(0), self.concept_sizes[j]).float() * (y >= 0)[:, None]
@@ -293,6 +328,7 @@ class CausCellNet(nn.Module):
         kl_units: str = "nats",
         exclusivity: bool = False,
         exogenous: bool = False,
+        exclusivity_nl: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Loss terms of one minibatch (unweighted; the trainer combines them).
 
@@ -302,7 +338,9 @@ class CausCellNet(nn.Module):
         ``adv``; ``indep`` is minus the label heads' mean cross-entropy on the
         sampled z_u, nothing detached (bounded below only with
         ``label_head="softmax"``). The optional ``excl``/``exo`` are closed-form
-        linear-dependence penalties in [0, 1]. ``recon_reduction``: see
+        linear-dependence penalties in [0, 1]; ``exclusivity_nl`` (a net built with
+        ``excl_adversary``) adds ``excl_adv`` (those adversaries' own cross-entropy) and
+        ``excl_nl`` (the encoder's confusion against them). ``recon_reduction``: see
         :data:`RECON_REDUCTIONS`; ``kl_units="bits"`` divides the KL by ln 2.
         """
         b = x0.shape[0]
@@ -332,6 +370,8 @@ class CausCellNet(nn.Module):
             extra["excl"] = self.exclusivity_term(z_mean, codes)
         if exogenous and self.exo_pairs:
             extra["exo"] = self.exogenous_term(mu, codes)
+        if exclusivity_nl and self.excl_nl_pairs:
+            extra["excl_adv"], extra["excl_nl"] = self.exclusivity_adversary_terms(z_mean, codes)
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).mean()
         if kl_units == "bits":
             kl = kl / math.log(2.0)

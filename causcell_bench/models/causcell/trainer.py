@@ -87,6 +87,7 @@ class CausCellModel:
         time_mlp_mult: int = 1,
         qkv_bias: bool = False,
         independence: str = "adversary",
+        excl_adversary: bool = False,
         ema_at_inference: bool = True,
         device: str | torch.device = "auto",
     ) -> None:
@@ -105,6 +106,7 @@ class CausCellModel:
             "time_mlp_mult": int(time_mlp_mult),
             "qkv_bias": bool(qkv_bias),
             "independence": independence,
+            "excl_adversary": bool(excl_adversary),
             "ema_at_inference": bool(ema_at_inference),
         }
         self.ema_at_inference = bool(ema_at_inference)
@@ -159,6 +161,7 @@ class CausCellModel:
         adv_weight: float = 1.0,
         excl_weight: float = 0.0,
         exo_weight: float = 0.0,
+        excl_nl_weight: float = 0.0,
         kl_weight: float = 1.0,
         grad_clip: float | None = 1.0,
         log_every: int = 50,
@@ -172,10 +175,11 @@ class CausCellModel:
         """Train end to end with Adam for at most ``n_steps`` optimizer steps; returns the loss history.
 
         Loss = recon_weight * L_G + pred_weight * L_pred + kl_weight * KL + adv_weight * L_indep(u)
-        [+ excl_weight * L_excl + exo_weight * L_exo] + L_adv (the adversaries' own cross-entropy,
-        which reaches only their parameters; absent with ``independence="negative_ce"``).
-        ``excl_weight``/``exo_weight`` switch on the optional exclusivity and
-        exogenous-independence penalties (0 = the paper's objective).
+        [+ excl_weight * L_excl + exo_weight * L_exo + excl_nl_weight * L_excl_nl] + L_adv (the
+        adversaries' own cross-entropy, which reaches only their parameters; absent with
+        ``independence="negative_ce"``). ``excl_weight``/``exo_weight``/``excl_nl_weight`` switch on
+        the optional linear exclusivity, exogenous-independence and non-linear exclusivity penalties
+        (0 = the paper's objective); the last needs a model built with ``excl_adversary=True``.
         ``recon_reduction``/``label_head``/``kl_units``: see :meth:`CausCellNet.losses`;
         ``combo_weights``: ``"rescaled"`` (mean 1) or ``"raw"`` 1 - freq/N cell weights.
         EMA: after optimizer step s (1-based), the EMA copies the online weights while
@@ -208,6 +212,8 @@ class CausCellModel:
         ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if excl_nl_weight > 0 and not self.net.excl_adversary:
+            raise ValueError("excl_nl_weight > 0 needs a model built with excl_adversary=True")
         if ema_start < 0 or ema_every < 1:
             raise ValueError(f"need ema_start >= 0 and ema_every >= 1, got {ema_start} and {ema_every}")
         if n == 0:
@@ -221,6 +227,7 @@ class CausCellModel:
         coef = {
             "recon": recon_weight, "pred": pred_weight, "adv": 1.0, "indep": adv_weight,
             "excl": excl_weight, "exo": exo_weight, "kl": kl_weight,
+            "excl_adv": 1.0, "excl_nl": excl_nl_weight,
         }
         bs = min(batch_size, n)
         order = rng.permutation(n)
@@ -244,6 +251,7 @@ class CausCellModel:
                     terms = self.net.losses(
                         x0, c, w, gen, recon_reduction=recon_reduction, label_head=label_head,
                         kl_units=kl_units, exclusivity=excl_weight > 0, exogenous=exo_weight > 0,
+                        exclusivity_nl=excl_nl_weight > 0,
                     )
                     loss = sum(coef[k] * v for k, v in terms.items())
                     (loss / grad_accum).backward()
