@@ -205,6 +205,52 @@ def _read_paper(name: str, data_dir: str | Path | None) -> AnnData:
     return anndata.concat(parts, join="inner", merge="same", index_unique="-" if len(overlap) else None)
 
 
+# --- folds given as files (the authors' per-fold layout) ---------------------------
+def read_fold_files(spec: DatasetSpec) -> AnnData:
+    """The cells of every file ``spec.folds`` lists, once each (matched by obs_names), as one AnnData.
+
+    Each file must carry the spec's concept columns and the same genes; a cell found in several
+    files (the same cells recur across the five folds of a cross-validation) must carry the same
+    labels in each. The folds themselves are made from the files by
+    :func:`causcell_bench.datasets.splits.make_splits`.
+    """
+    import anndata
+
+    paths = list(dict.fromkeys(p for f in spec.folds for p in (f.train, f.test)))
+    parts, genes = [], None
+    for path in paths:
+        part = _read_h5ad(Path(path))
+        missing = [c for c in spec.concepts if c not in part.obs.columns]
+        if missing:
+            raise DataError(f"{path} lacks the concept column(s) {missing} of {spec.name}; its obs columns are "
+                            f"{list(part.obs.columns)}: give the spec's concepts the file's column names")
+        if not part.obs_names.is_unique:
+            raise DataError(f"{path} has duplicated cell names (obs_names); the folds match cells by name, so "
+                            "give every cell a unique name")
+        if genes is None:
+            genes = part.var_names
+        elif not part.var_names.equals(genes):
+            raise DataError(f"{path} has other genes than {paths[0]} ({part.n_vars} vs {len(genes)}, or another "
+                            "order); every fold file must hold the same genes")
+        parts.append(part)
+    seen: dict[str, tuple[str, pd.DataFrame]] = {}
+    fresh = []
+    for path, part in zip(paths, parts):
+        labels = part.obs[spec.concepts].astype(str)
+        known = labels.index.isin(list(seen))
+        if known.any():
+            for name in labels.index[known][:1000]:  # a sample suffices to catch files that disagree
+                other_path, other = seen[name]
+                if not other.loc[name].equals(labels.loc[name]):
+                    raise DataError(f"cell {name!r} has other labels in {path} ({dict(labels.loc[name])}) than in "
+                                    f"{other_path} ({dict(other.loc[name])}); the fold files must describe the "
+                                    "same cells alike")
+        for name in labels.index[~known]:
+            seen[name] = (path, labels)
+        fresh.append(part[~known].copy())
+    return anndata.concat(fresh, join="inner", merge="same")
+
+
 # --- pbmc68k ---------------------------------------------------------------------
 def pbmc68k_spec() -> DatasetSpec:
     return DatasetSpec(
@@ -305,6 +351,9 @@ def load(
             elif src.startswith("paper:"):
                 _no_extra(kwargs, key)
                 adata = _read_paper(src.removeprefix("paper:"), data_dir)
+            elif src.startswith("folds:"):
+                _no_extra(kwargs, key)
+                adata = read_fold_files(spec)
             else:
                 _no_extra(kwargs, key)
                 adata = _read_h5ad(Path(src))
@@ -329,6 +378,9 @@ def load(
             raise BenchError(f"{path} is neither a .toml dataset spec nor an .h5ad file; {_unknown_message(key)}")
 
     spec = _apply_overrides(spec, overrides)
+    if n_cells is not None and spec.folds:
+        raise DataError(f"{spec.name}'s folds are given as files, which name their cells: --n-cells cannot "
+                        "subsample it; leave --n-cells out (or write smaller fold files)")
     if n_cells is not None and not simulated:
         adata = _subsample(adata, int(n_cells), seed)
     if paper is not None or spec.source.startswith("paper:"):

@@ -12,14 +12,16 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from causcell_bench.errors import DataError
 
-SOURCE_SCHEMES = ("builtin:", "paper:")
-"""``source`` prefixes that name a dataset rather than a file (never resolved as paths)."""
+SOURCE_SCHEMES = ("builtin:", "paper:", "folds:")
+"""``source`` prefixes that name a dataset rather than a file (never resolved as paths). ``folds:``: the
+cells of the files that ``folds`` lists (the authors' per-fold training/testing files)."""
 
 
 def find_cycle(nodes: Iterable[str], edges: Iterable[tuple[str, str]]) -> list[str] | None:
@@ -62,6 +64,18 @@ def parse_edges(text: str) -> list[tuple[str, str]]:
     return edges
 
 
+class FoldFiles(BaseModel):
+    """One fold given as files, as the CausCell authors publish their folds: the cells of ``train``
+    train, those of ``test`` are scored (matched to the dataset's cells by obs_names)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    setting: Literal["ID", "OOD"]
+    fold: int = Field(ge=0)
+    train: str = Field(description="path of the fold's training .h5ad (relative to the spec file)")
+    test: str = Field(description="path of the fold's testing .h5ad (relative to the spec file)")
+
+
 class DatasetSpec(BaseModel):
     """Concepts, causal DAG and preprocessing of one dataset.
 
@@ -94,6 +108,9 @@ class DatasetSpec(BaseModel):
         default=False, description="round non-integer counts to integers (counts that are legitimately "
         "non-integer, e.g. volume-normalised MERFISH); off: such data is refused")
     n_hvg: int | None = Field(default=2000, ge=1, description="highly variable genes to keep (>= 1); None = all")
+    folds: list[FoldFiles] = Field(
+        default_factory=list, description="the ID/OOD folds as training/testing file pairs (with source = "
+        "'folds:'); a setting listed here takes its folds from the files, not from a random split")
     description: str = ""
 
     @field_validator("concepts")
@@ -132,7 +149,18 @@ class DatasetSpec(BaseModel):
         for c in self.ood_concepts or []:
             if c not in known:
                 raise ValueError(f"ood_concepts names {c!r}, which is not a concept; concepts are {self.concepts}")
+        if self.source.startswith("folds:") and not self.folds:
+            raise ValueError("source = 'folds:' needs a folds list of {setting, fold, train, test} file pairs")
+        for setting in ("ID", "OOD"):
+            numbers = sorted(f.fold for f in self.folds if f.setting == setting)
+            if numbers != list(range(len(numbers))):
+                raise ValueError(f"folds: the {setting} folds are numbered {numbers}; number them 0, 1, 2, ... "
+                                 "once each")
         return self
+
+    def fold_files(self, setting: str) -> list[FoldFiles]:
+        """The folds of ``setting`` given as files, in fold order (empty: the setting is split at random)."""
+        return sorted((f for f in self.folds if f.setting == setting), key=lambda f: f.fold)
 
     # --- graph helpers -------------------------------------------------
     @property
@@ -217,6 +245,10 @@ class DatasetSpec(BaseModel):
         src = data.get("source")
         if src and not str(src).startswith(SOURCE_SCHEMES) and not Path(src).is_absolute():
             data["source"] = str((path.parent / src).resolve())
+        for entry in data.get("folds") or []:
+            for key in ("train", "test"):
+                if isinstance(entry, dict) and isinstance(entry.get(key), str) and not Path(entry[key]).is_absolute():
+                    entry[key] = str((path.parent / entry[key]).resolve())
         return spec_from_dict(data, where=str(path))
 
 

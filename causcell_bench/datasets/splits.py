@@ -166,10 +166,13 @@ def make_splits(
     ``spec.ood_concepts`` (default: all concepts) such that every label value of
     every concept still occurs in each training part; a combination holding the
     only occurrence of some value is pinned to training (with a warning).
-    Raises DataError when no such assignment exists.
+    Raises DataError when no such assignment exists. A setting whose folds the spec gives as files
+    (``spec.folds``, the authors' own splits) takes them from the files instead, unchanged by ``seed``.
     """
     if setting not in ("ID", "OOD"):
         raise BenchError(f"setting={setting!r} is not known; use 'ID' or 'OOD'")
+    if spec.fold_files(setting):
+        return _file_splits(adata, spec, setting, int(n_folds), int(seed))
     if int(n_folds) < 2:
         raise BenchError(f"n_folds={n_folds}: need at least 2 folds")
     obs = adata.obs if isinstance(adata, AnnData) else adata
@@ -230,6 +233,62 @@ def make_splits(
         f"be spread over {n_folds} folds so that every label value stays in each training part (some values "
         "occur in too few combinations). Use fewer folds, restrict ood_concepts, or the ID setting"
     )
+
+
+def _file_names(path: str) -> pd.Index:
+    """The obs_names of an .h5ad without reading its matrix."""
+    import anndata
+
+    try:
+        return anndata.read_h5ad(path, backed="r").obs_names.copy()
+    except Exception as e:  # noqa: BLE001 - h5py/anndata raise many types for a bad file
+        raise DataError(f"cannot read {path} as an .h5ad file ({type(e).__name__}: {e})") from None
+
+
+def _file_splits(adata: AnnData | pd.DataFrame, spec: DatasetSpec, setting: str, n_folds: int,
+                 seed: int) -> list[Split]:
+    """The folds of ``setting`` as ``spec.folds`` gives them in files (the authors' own splits).
+
+    Checked: as many folds as requested, no cell in both parts of a fold, every cell of a file among
+    the dataset's cells, and (OOD) no test combination of ``ood_concepts`` seen in training.
+    """
+    files = spec.fold_files(setting)
+    if len(files) != n_folds:
+        raise BenchError(f"{spec.name}'s spec gives {len(files)} {setting} folds as files; pass --n-folds "
+                         f"{len(files)} (n_folds={len(files)})")
+    obs = adata.obs if isinstance(adata, AnnData) else adata
+    names = np.asarray(obs.index, dtype=object)
+    where = pd.Series(np.arange(len(names)), index=obs.index)
+    ood = spec.ood_concepts or list(spec.concepts)
+    splits = []
+    for f in files:
+        idx = {}
+        for part, path in (("train", f.train), ("test", f.test)):
+            cells = _file_names(path)
+            absent = cells[~cells.isin(obs.index)]
+            if len(absent):
+                raise DataError(f"{path}: {len(absent)} of its cells (e.g. {absent[0]!r}) are not among "
+                                f"{spec.name}'s cells; the fold files must come from the same data")
+            idx[part] = np.sort(where.loc[cells].to_numpy())
+        both = np.intersect1d(idx["train"], idx["test"])
+        if both.size:
+            raise DataError(f"{f.test}: {both.size} cells (e.g. {names[both[0]]!r}) are also in the training file "
+                            f"{f.train}; a fold's training and test cells must differ")
+        held = []
+        if setting == "OOD":
+            combos = obs[ood].astype(str)
+            seen = set(map(tuple, combos.iloc[idx["train"]].to_numpy()))
+            test_combos = list(dict.fromkeys(map(tuple, combos.iloc[idx["test"]].to_numpy())))
+            leaked = [c for c in test_combos if c in seen]
+            if leaked:
+                raise DataError(f"{f.test}: OOD fold {f.fold} tests {', '.join('/'.join(c) for c in leaked[:3])}, "
+                                f"which {f.train} also trains on; an OOD test combination must be unseen in "
+                                "training (or list the fold as ID)")
+            held = [dict(zip(ood, c)) for c in test_combos]
+        split = Split(f.fold, setting, seed, idx["train"], idx["test"], obs_names=names)
+        split.held_out = held
+        splits.append(split)
+    return splits
 
 
 def make_holdout_split(adata: AnnData | pd.DataFrame, spec: DatasetSpec, combos: list[dict[str, str]],
