@@ -109,6 +109,19 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pkl.write_bytes(pkl.read_bytes()[:100])
     (d / "listmanifest/manifest.json").write_text("[1, 2]")
     (d / "nomanifest").mkdir()
+    # folds given as files (the authors' layout): a good pair, a test file without a concept column
+    half = _adata()
+    half[:30].copy().write_h5ad(d / "fold_train.h5ad")
+    half[30:].copy().write_h5ad(d / "fold_test.h5ad")
+    nokind = half[30:].copy()
+    del nokind.obs["kind"]
+    nokind.write_h5ad(d / "fold_test_nokind.h5ad")
+    fold = '[[folds]]\nsetting = "ID"\nfold = {k}\ntrain = "fold_train.h5ad"\ntest = "{test}"\n'
+    head = f'source = "folds:"\n{concepts}'
+    _spec(d, "folds1", f'name = "folds1"\n{head}' + fold.format(k=0, test="fold_test.h5ad"))
+    _spec(d, "foldsgap", f'name = "foldsgap"\n{head}' + fold.format(k=1, test="fold_test.h5ad"))
+    _spec(d, "foldsnokind", f'name = "foldsnokind"\n{head}' + fold.format(k=0, test="fold_test_nokind.h5ad"))
+    _spec(d, "foldsnone", f'name = "foldsnone"\n{head}')
     (d / "foreignconfig").mkdir()  # a config.json, but not a run's
     (d / "foreignconfig/config.json").write_text('{"colour": "red"}\n')
     return d
@@ -224,6 +237,16 @@ CASES: list[tuple[str, list[str], int, str]] = [
                              "{d}/plain.txt.gz", "--out", "{o}/ici.h5ad"], 2, "is not gzip-compressed"),
     ("spec-round-counts-not-bool", [*RUN, "--dataset", "{d}/roundstr.toml", "--out", "{o}/r"], 2, "round_counts"),
     ("spec-n-hvg-negative", [*RUN, "--dataset", "{d}/neghvg.toml", "--out", "{o}/r"], 2, "n_hvg"),
+    ("fold-files-n-folds", [*RUN, "--dataset", "{d}/folds1.toml", "--out", "{o}/r"], 2,
+     "gives 1 ID folds as files; pass --n-folds 1"),
+    ("fold-files-numbered-from-one", [*RUN, "--dataset", "{d}/foldsgap.toml", "--out", "{o}/r"], 2,
+     "the ID folds are numbered [1]"),
+    ("fold-files-without-a-concept", [*RUN, "--dataset", "{d}/foldsnokind.toml", "--out", "{o}/r"], 2,
+     "fold_test_nokind.h5ad lacks the concept column(s) ['kind']"),
+    ("fold-files-none-listed", [*RUN, "--dataset", "{d}/foldsnone.toml", "--out", "{o}/r"], 2,
+     "source = 'folds:' needs a folds list"),
+    ("fold-files-n-cells", [*RUN, "--dataset", "{d}/folds1.toml", "--n-cells", "40", "--out", "{o}/r"], 2,
+     "cannot subsample"),
     # report
     ("report-no-cells", ["report", "{d}/norun"], 2, "no cells/ folder"),
     ("report-strict-list-cell", ["report", "{d}/listrun", "--strict", "--out", "{o}/rep"], 1, "unreadable or stale"),
