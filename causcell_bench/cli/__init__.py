@@ -2,7 +2,7 @@
 
 :mod:`~causcell_bench.cli.core` holds the app, the error boundary and the options several commands
 share; :mod:`~causcell_bench.cli.grid` the grid commands (``run``, ``report``, ``check``,
-``check-validity``, ``list``, ``prepare``); :mod:`~causcell_bench.cli.model` the commands around one
+``check-validity``, ``list``, ``prepare``, ``download``); :mod:`~causcell_bench.cli.model` the commands around one
 trained model (``train``, ``counterfactual``, ``experiment``). Importing this package registers them all.
 """
 

@@ -428,6 +428,29 @@ def list_(
 
 @app.command()
 @friendly
+def download(
+    dataset: Annotated[str, typer.Argument(help="one of the paper's datasets (see `causcell-bench list datasets`)")],
+    data_dir: DataDir = None,
+    record: Annotated[str | None, typer.Option(help="Zenodo record id (default: the CausCell authors' record)")] = None,
+    url: Annotated[str | None, typer.Option(help="address of the record's JSON file list, e.g. a mirror "
+                                            "(default: Zenodo's API for --record)")] = None,
+) -> None:
+    """Download a paper dataset's files from the authors' Zenodo record (checksums checked, resumable)."""
+    from causcell_bench.datasets import data_dirs
+    from causcell_bench.datasets.download import download_dataset
+    from causcell_bench.datasets.loaders import ZENODO_RECORD, paper_stems
+
+    key, stems = paper_stems(dataset)
+    dest = data_dirs(data_dir)[0] / key
+    paths = download_dataset(key, dest, stems=stems, record=record or ZENODO_RECORD, api_url=url,
+                             progress=err_console.is_terminal)
+    for p in paths:
+        console.print(f"{p}")
+    err_console.print(f"{key}: {len(paths)} file(s) in {dest}, where the loader looks")
+
+
+@app.command()
+@friendly
 def prepare(
     dataset: Annotated[str, typer.Argument(help="dataset to prepare (ICI_response)")],
     counts: Annotated[Path, typer.Option(help="GEO counts file (GSE123813_bcc_scRNA_counts.txt.gz)")],

@@ -145,6 +145,14 @@ def _unknown_message(name: str) -> str:
     )
 
 
+def paper_stems(name: str) -> tuple[str, tuple[str, ...]]:
+    """(canonical name, the file-name stems the authors' files of that paper dataset may use)."""
+    key = _match(name, PAPER_DATASETS)
+    if key is None:
+        raise BenchError(f"{name!r} is not one of the paper's datasets: {', '.join(PAPER_DATASETS)}")
+    return key, _PAPER[key].stems
+
+
 # --- paper files ----------------------------------------------------------------
 def find_paper_files(name: str, data_dir: str | Path | None = None) -> list[Path]:
     """The file(s) of a paper dataset: ``<name>.h5ad``, or the authors' training + testing pair.
@@ -173,7 +181,8 @@ def find_paper_files(name: str, data_dir: str | Path | None = None) -> list[Path
         f"data file for {key} not found: expected {dirs[0] / (key + '.h5ad')} "
         f"(or the authors' pair {stem}_training_data.h5ad + {stem}_testing_data.h5ad). "
         f"Searched: {', '.join(str(d) for d in dirs)} (each also in its {key}/ subfolder). "
-        f"Download it from the CausCell Zenodo record {ZENODO_RECORD} ({ZENODO_URL}); original source: {src.origin}. "
+        f"Download it with `causcell-bench download {key}`, or by hand from the CausCell Zenodo record {ZENODO_RECORD} "
+        f"({ZENODO_URL}); original source: {src.origin}. "
         f"Put it in one of those directories, set ${DATA_ENV}, or pass --data-dir."
     )
     if src.prepare:
