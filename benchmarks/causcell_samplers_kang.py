@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from causcell_bench.threads import apply_thread_budget
+
 apply_thread_budget(1)
 from causcell_bench.datasets.preprocess import log_cp10k, select_hvg
 from causcell_bench.datasets.spec import DatasetSpec

@@ -263,7 +263,7 @@ def test_nonlinear_exclusivity_catches_a_radius_code_the_linear_term_misses() ->
         return float(net.exclusivity_adversary_terms(z, codes)[1])
 
     caught, clean = confusion(radius), confusion(blind)
-    assert caught > 0.15 > 0.03 > clean, (caught, clean)
+    assert caught > 0.15 and clean < 0.03, (caught, clean)
 
 
 def test_nonlinear_exclusivity_in_training() -> None:

@@ -10,6 +10,7 @@ import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import anndata
 import numpy as np
@@ -22,15 +23,16 @@ from causcell_bench.datasets.loaders import find_paper_files
 
 
 class _Zenodo(http.server.BaseHTTPRequestHandler):
-    files: dict[str, bytes] = {}
-    checksums: dict[str, str] = {}
-    ranges: list[str] = []
-    fetched: list[str] = []
+    # what the server holds and what it was asked, set by the fixture
+    files: ClassVar[dict[str, bytes]] = {}
+    checksums: ClassVar[dict[str, str]] = {}
+    ranges: ClassVar[list[str]] = []
+    fetched: ClassVar[list[str]] = []
 
     def log_message(self, *args: object) -> None:  # quiet
         pass
 
-    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+    def do_GET(self) -> None:  # the http.server API names it so
         host = f"http://127.0.0.1:{self.server.server_address[1]}"
         if self.path == "/api/records/42":
             body = json.dumps({"id": 42, "files": [
@@ -74,7 +76,7 @@ def zenodo(tmp_path: Path) -> Iterator[str]:
         files[f"Merfish_Brain_{part}_data.h5ad"] = (tmp_path / "src.h5ad").read_bytes()
     files["Immun_atlas_training_data.h5ad"] = b"another dataset"
     _Zenodo.files = files
-    _Zenodo.checksums = {n: hashlib.md5(b).hexdigest() for n, b in files.items()}  # noqa: S324
+    _Zenodo.checksums = {n: hashlib.md5(b).hexdigest() for n, b in files.items()}
     _Zenodo.ranges, _Zenodo.fetched = [], []
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Zenodo)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

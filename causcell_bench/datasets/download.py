@@ -26,7 +26,7 @@ from causcell_bench.errors import BenchError
 ZENODO_API = "https://zenodo.org/api/records/{record}"
 CHUNK = 1 << 20
 
-__all__ = ["RemoteFile", "ZENODO_API", "download_dataset", "record_files"]
+__all__ = ["ZENODO_API", "RemoteFile", "download_dataset", "record_files"]
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class RemoteFile:
 
 def _open(request: urllib.request.Request | str, what: str) -> Any:
     try:
-        return urllib.request.urlopen(request, timeout=60)  # noqa: S310 - https/http URLs from the record
+        return urllib.request.urlopen(request, timeout=60)
     except urllib.error.HTTPError as e:
         raise BenchError(f"{what}: the server answered {e.code} {e.reason}; check the record id and try again later") from None
     except (urllib.error.URLError, OSError) as e:
@@ -77,7 +77,7 @@ def record_files(record: str, api_url: str | None = None) -> list[RemoteFile]:
 
 
 def _md5(path: Path) -> str:
-    h = hashlib.md5()  # noqa: S324 - the checksum Zenodo publishes, not a security measure
+    h = hashlib.md5()  # the checksum Zenodo publishes, not a security measure
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(CHUNK), b""):
             h.update(block)
