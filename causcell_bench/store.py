@@ -228,11 +228,18 @@ def check_run_out(path: str | Path, *, flag: str, force: str) -> None:
     path = Path(path)
     if not path.is_dir() or is_run_dir(path):
         return
+    refuse_other_files(path, flag=flag, lacks="is not a run directory (no config.json or cells/)", force=force,
+                       what="the run")
+
+
+def refuse_other_files(path: Path, *, flag: str, lacks: str, force: str, what: str) -> None:
+    """A BenchError when folder ``path`` holds any file: an output would be spread among the user's files.
+    ``lacks`` says what would have made it ours, ``force`` how to allow it, ``what`` what is written."""
     names = sorted(p.name for p in path.iterdir())
     if names:
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-        raise BenchError(f"{flag} {path} holds other files ({shown}) and is not a run directory (no config.json "
-                         f"or cells/); give a new or empty folder, or {force} to write the run among them")
+        raise BenchError(f"{flag} {path} holds other files ({shown}) and {lacks}; give a new or empty folder, or "
+                         f"{force} to write {what} among them")
 
 
 # --- claims -------------------------------------------------------------------------------

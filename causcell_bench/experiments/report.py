@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from causcell_bench.errors import BenchError
 from causcell_bench.fileio import atomic_path, atomic_write_json, atomic_write_text, jsonable
 from causcell_bench.provenance import package_versions
+from causcell_bench.store import refuse_other_files
 
 
 def fmt(v: Any, digits: int = 3) -> str:
@@ -60,11 +60,7 @@ def check_experiment_out(path: Path, *, flag: str = "--out", force: str = "pass 
         earlier = None
     if isinstance(earlier, dict) and "experiment" in earlier:
         return
-    names = sorted(p.name for p in path.iterdir())
-    if names:
-        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-        raise BenchError(f"{flag} {path} holds other files ({shown}) and no experiment's results.json; give a new "
-                         f"or empty folder, or {force} to write the experiment among them")
+    refuse_other_files(path, flag=flag, lacks="no experiment's results.json", force=force, what="the experiment")
 
 
 def write_results(out: Path, results: Mapping[str, Any]) -> Path:
