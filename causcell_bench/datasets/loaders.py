@@ -103,9 +103,7 @@ def data_dirs(data_dir: str | Path | None = None) -> list[Path]:
 
 def paper_spec(name: str) -> DatasetSpec:
     """The package-shipped spec of one of the paper's datasets."""
-    key = _match(name, PAPER_DATASETS)
-    if key is None:
-        raise BenchError(f"{name!r} is not one of the paper's datasets: {list(PAPER_DATASETS)}")
+    key, _ = paper_stems(name)
     return DatasetSpec.from_toml(SPEC_DIR / f"{key}.toml")
 
 
@@ -160,9 +158,7 @@ def find_paper_files(name: str, data_dir: str | Path | None = None) -> list[Path
     Looks in each data directory and its ``<name>/`` subfolder; raises DataError
     naming the expected file, the directories searched and the public source.
     """
-    key = _match(name, PAPER_DATASETS)
-    if key is None:
-        raise BenchError(f"{name!r} is not one of the paper's datasets: {list(PAPER_DATASETS)}")
+    key, _ = paper_stems(name)
     src = _PAPER[key]
     dirs = data_dirs(data_dir)
     for d in dirs:
