@@ -80,6 +80,10 @@ def fork_problem() -> str | None:
         return None
     if layer != "omp":
         return None
+    chosen = os.environ.get("NUMBA_THREADING_LAYER", "")
+    if chosen and chosen != FORK_SAFE_NUMBA_LAYER:
+        return (f"NUMBA_THREADING_LAYER={chosen} runs numba's OpenMP threading layer, which terminates forked grid "
+                f"cells that use it; unset it or set it to {FORK_SAFE_NUMBA_LAYER}")
     return ("numba's OpenMP threading layer is already running in this process (started by numba-parallel "
             "code such as scanpy's before causcell_bench was imported), and forked cells that use it are "
             "terminated; import causcell_bench first, or set NUMBA_THREADING_LAYER=workqueue before importing "
