@@ -30,7 +30,7 @@ class RunConfig(BaseModel):
     datasets: list[str] = Field(min_length=1)
     methods: list[str] = Field(min_length=1)
     settings: list[Setting] = Field(default_factory=lambda: ["ID", "OOD"])
-    n_folds: int = Field(default=5, ge=2)
+    n_folds: int = Field(default=5, ge=1)  # 1: only for folds given as files (make_splits says so)
     folds: list[int] | None = Field(default=None, description="subset of fold indices to run (default: all)")
     seeds: list[int] = Field(default_factory=lambda: [0])
     split_seed: int = 0

@@ -116,3 +116,24 @@ def test_a_run_uses_the_files_folds(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["run", "--dataset", str(spec_path), "--methods", "group_mean", "--settings", "ID",
                                  "--folds", "0", "--no-report", "--out", str(tmp_path / "run5")])
     assert r.exit_code == 2 and "pass --n-folds 2" in r.stderr
+
+
+def test_one_fold_pair_runs_with_n_folds_one(tmp_path: Path) -> None:
+    """The authors' tutorial ships one MERFISH fold (a training and a testing file): --n-folds 1 runs it,
+    while a random split still needs two folds."""
+    adata = _cells(paper_spec("MERFISH_Brain").concepts)
+    test = np.random.default_rng(0).random(adata.n_obs) < 0.25
+    adata[~test].copy().write_h5ad(tmp_path / "Merfish_Brain_training_data.h5ad")
+    adata[test].copy().write_h5ad(tmp_path / "Merfish_Brain_testing_data.h5ad")
+    (tmp_path / "one.toml").write_text(
+        'name = "one"\nsource = "folds:"\nconcepts = ["Age", "Domain", "Celltype"]\n'
+        'edges = [["Age", "Celltype"], ["Domain", "Celltype"]]\nn_hvg = 20\n[[folds]]\nsetting = "ID"\nfold = 0\n'
+        'train = "Merfish_Brain_training_data.h5ad"\ntest = "Merfish_Brain_testing_data.h5ad"\n')
+    r = CliRunner().invoke(app, ["run", "--dataset", str(tmp_path / "one.toml"), "--methods", "group_mean",
+                                 "--settings", "ID", "--n-folds", "1", "--no-report", "--out", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.stderr
+    split = load_splits(tmp_path / "run" / "splits" / "one" / "ID.json")[0]
+    assert len(split.test_idx) == int(test.sum())
+    r = CliRunner().invoke(app, ["run", "--dataset", str(tmp_path / "one.toml"), "--methods", "group_mean",
+                                 "--settings", "OOD", "--n-folds", "1", "--no-report", "--out", str(tmp_path / "run2")])
+    assert r.exit_code == 2 and "a random OOD split needs 2 or more folds" in r.stderr

@@ -174,7 +174,8 @@ def make_splits(
     if spec.fold_files(setting):
         return _file_splits(adata, spec, setting, int(n_folds), int(seed))
     if int(n_folds) < 2:
-        raise BenchError(f"n_folds={n_folds}: need at least 2 folds")
+        raise BenchError(f"--n-folds {n_folds}: a random {setting} split needs 2 or more folds (n_folds); only folds "
+                         "given as files in the dataset's spec can be fewer")
     obs = adata.obs if isinstance(adata, AnnData) else adata
     names = np.asarray(obs.index, dtype=object)
     n = len(obs)
