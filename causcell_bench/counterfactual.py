@@ -38,7 +38,7 @@ from anndata import AnnData
 
 from causcell_bench.assignments import assignment_dict
 from causcell_bench.datasets.spec import DatasetSpec
-from causcell_bench.errors import BenchError, DataError
+from causcell_bench.errors import BenchError, DataError, MissingConceptError
 from causcell_bench.fileio import atomic_path
 from causcell_bench.interrupts import check_interrupt
 from causcell_bench.provenance import package_versions
@@ -381,12 +381,21 @@ def load_cells(
         path = Path(input)
         if path.suffix.lower() != ".h5ad":
             raise BenchError(f"--input {path}: give an .h5ad file with raw counts")
-        adata, _ = load_data(str(path), **model_cols)
-        own = False
+        source, own = f"--input {path}", False
     else:
         name = dataset or manifest["dataset"]
-        own = name == manifest["dataset"]
-        adata, _ = load_data(name, manifest.get("load_kwargs") if own else None, **model_cols)
+        source, own = f"dataset {name!r}", name == manifest["dataset"]
+    try:
+        if input is not None:
+            adata, _ = load_data(str(path), **model_cols)
+        else:
+            adata, _ = load_data(name, manifest.get("load_kwargs") if own else None, **model_cols)
+    except MissingConceptError as e:
+        # the concepts are the model's, not the user's to fix: say which cells to give
+        raise DataError(
+            f"{source}: the cells lack the column {e.column!r}, one of the concepts the model was trained on "
+            f"({list(spec.concepts)}); obs has {e.columns}. Give cells whose obs holds those columns"
+        ) from None
     if part != "all":
         fold = manifest.get("fold")
         if not own or not fold:

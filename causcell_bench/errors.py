@@ -16,6 +16,15 @@ class DataError(BenchError):
     """The dataset (file, spec or AnnData) is unusable as given."""
 
 
+class MissingConceptError(DataError):
+    """A concept column is not in ``adata.obs``; ``column`` names it, ``columns`` lists obs.
+    Callers that know where the concepts came from (a saved model) restate it in their terms."""
+
+    def __init__(self, message: str, column: str, columns: list[str]) -> None:
+        super().__init__(message)
+        self.column, self.columns = column, columns
+
+
 class NotFittedError(BenchError):
     """A method was asked for outputs before ``fit`` was called."""
 

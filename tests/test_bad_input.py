@@ -122,6 +122,18 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _spec(d, "foldsgap", f'name = "foldsgap"\n{head}' + fold.format(k=1, test="fold_test.h5ad"))
     _spec(d, "foldsnokind", f'name = "foldsnokind"\n{head}' + fold.format(k=0, test="fold_test_nokind.h5ad"))
     _spec(d, "foldsnone", f'name = "foldsnone"\n{head}')
+    _spec(d, "nolayer", f'name = "nolayer"\nsource = "good.h5ad"\n{concepts}counts_layer = "umi"\n')
+    a = _adata()
+    a.layers["raw"] = a.X * np.float32(0.37)  # a layer of volume-normalised values, not counts
+    a.write_h5ad(d / "fraclayer.h5ad")
+    _spec(d, "fraclayer", f'name = "fraclayer"\nsource = "fraclayer.h5ad"\n{concepts}counts_layer = "raw"\n')
+    a = _adata()  # the synthetic model's concept columns, other genes
+    a.obs["domain"], a.obs["celltype"] = a.obs["kind"], a.obs["kind"]
+    a.obs["age"] = pd.Categorical(np.tile(["age_0", "age_1"], a.n_obs // 2))
+    a.write_h5ad(d / "othergenes.h5ad")
+    a = _adata()
+    a.X[:6] = 0  # six cells with no counts at all
+    a.write_h5ad(d / "zerocells.h5ad")
     (d / "foreignconfig").mkdir()  # a config.json, but not a run's
     (d / "foreignconfig/config.json").write_text('{"colour": "red"}\n')
     return d
@@ -244,6 +256,10 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("prepare-gz-not-gzip", ["prepare", "ICI_response", "--counts", "{d}/plain.txt.gz", "--metadata",
                              "{d}/plain.txt.gz", "--out", "{o}/ici.h5ad"], 2, "is not gzip-compressed"),
     ("spec-round-counts-not-bool", [*RUN, "--dataset", "{d}/roundstr.toml", "--out", "{o}/r"], 2, "round_counts"),
+    ("spec-counts-layer-missing", [*RUN, "--dataset", "{d}/nolayer.toml", "--out", "{o}/r"], 2,
+     "counts_layer = 'umi' names a layer the data does not have (layers: [])"),
+    ("spec-counts-layer-not-counts", [*RUN, "--dataset", "{d}/fraclayer.toml", "--out", "{o}/r"], 2,
+     "set round_counts = true in the dataset's TOML spec"),
     ("spec-n-hvg-negative", [*RUN, "--dataset", "{d}/neghvg.toml", "--out", "{o}/r"], 2, "n_hvg"),
     ("fold-files-n-folds", [*RUN, "--dataset", "{d}/folds1.toml", "--out", "{o}/r"], 2,
      "gives 1 ID folds as files; pass --n-folds 1"),
@@ -275,6 +291,11 @@ CASES: list[tuple[str, list[str], int, str]] = [
      "is not closed"),
     ("cf-cells-unclosed-quote", ["counterfactual", "{d}/model", "--do", "age=age_1", "--cells", 'age=age_0,"age_1',
                                  "--out", "{o}/cf.h5ad"], 2, "is not closed"),
+    ("cf-input-without-the-models-concepts", ["counterfactual", "{d}/model", "--do", "age=age_1", "--input",
+                                             "{d}/good.h5ad", "--out", "{o}/cf.h5ad"], 2,
+     "lack the column 'domain', one of the concepts the model was trained on"),
+    ("cf-input-other-genes", ["counterfactual", "{d}/model", "--do", "age=age_1", "--input", "{d}/othergenes.h5ad",
+                              "--out", "{o}/cf.h5ad"], 2, "60 of the model's 60 genes are missing from these cells"),
     ("cf-unknown-concept", ["counterfactual", "{d}/model", "--do", "tissue=x", "--out", "{o}/cf.h5ad"], 2,
      "cannot intervene on 'tissue'"),
     ("cf-out-not-h5ad", ["counterfactual", "{d}/model", "--do", "age=age_1", "--out", "{o}/cf.csv"], 2, ".h5ad"),
@@ -285,6 +306,8 @@ CASES: list[tuple[str, list[str], int, str]] = [
      "n_per_age"),
     ("experiment-unknown-option", ["experiment", "small_sample_trends", "--out", "{o}/x", "--set", "n_per_ag=3"], 2,
      "Did you mean n_per_age"),
+    ("experiment-set-unknown-value", ["experiment", "causal_consistency", "--out", "{o}/x", "--set", "values=age_9"],
+     2, "values ['age_9'] are not values of age"),
     ("experiment-unknown", ["experiment", "small_trends", "--out", "{o}/x"], 2, "unknown experiment"),
     ("experiment-out-holds-other-files", ["experiment", "small_sample_trends", "--out", "{d}/usedmodel"], 2,
      "holds other files (notes.txt) and no experiment's results.json"),
@@ -507,3 +530,13 @@ def test_report_names_cells_of_another_version_unknown_metrics_and_text_values(t
     CliRunner().invoke(app, ["report", str(run), "--out", str(tmp_path / "rep")])
     summary = pd.read_csv(tmp_path / "rep" / "summary.csv")
     assert "pcc" in set(summary["metric"]) and "pcc_v2" not in set(summary["metric"])
+
+
+def test_a_notice_about_the_data_is_shown_once(inputs: Path, tmp_path: Path) -> None:
+    """The data are checked when loaded and again against the run's folds; the user reads the notice once."""
+    DATA_CACHE.clear()
+    r = CliRunner().invoke(app, [*RUN, "--dataset", str(inputs / "zerocells.h5ad"), "--concepts", "age,kind",
+                                 "--out", str(tmp_path / "r")])
+    assert r.exit_code == 0, r.stderr
+    notices = [line for line in r.stderr.splitlines() if "have no counts at all" in line]
+    assert len(notices) == 1 and notices[0].startswith("warning: zerocells: 6 cell(s)"), r.stderr

@@ -119,8 +119,8 @@ def test_h5ad_path_and_toml_spec(tmp_path):
         got, spec = load(tmp_path / "mine.toml", n_cells=40)
     assert spec.name == "mine" and spec.n_hvg == 10 and got.n_obs == 40
     (tmp_path / "umi.toml").write_text('source = "mine.h5ad"\nconcepts = ["cond", "kind"]\ncounts_layer = "umi"\n')
-    with pytest.warns(UserWarning, match="layer 'umi' missing; using integer counts from adata.X"):
-        load(tmp_path / "umi.toml")
+    with pytest.raises(DataError, match="counts_layer = 'umi' names a layer the data does not have"):
+        load(tmp_path / "umi.toml")  # a named layer that is missing is a typo, not a cue to read X
     with pytest.raises(DataError, match="cycle"):
         load(path, concepts=["cond", "kind"], edges="cond->kind,kind->cond")
     with pytest.raises(DataError, match="not a concept"):

@@ -42,6 +42,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 DEBUG_ENV = "CAUSCELL_BENCH_DEBUG"
 _DEBUG = {"on": False}
+_SHOWN_WARNINGS: set[str] = set()
 
 
 @app.callback()
@@ -50,14 +51,19 @@ def _global_options(
 ) -> None:
     """Benchmark disentangled representations and counterfactual generation on single-cell data."""
     _DEBUG["on"] = debug
+    _SHOWN_WARNINGS.clear()
     if not debugging():
         warnings.showwarning = _one_line_warning  # no file/line echo of Python's default format
 
 
 def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                       file: Any = None, line: str | None = None) -> None:
-    """A warning as the CLI shows it: ``warning: message`` on one line of stderr."""
+    """A warning as the CLI shows it: ``warning: message`` on one line of stderr, once per command
+    (the data are checked when loaded and again against the run's folds: one notice is enough)."""
     text = " ".join(str(message).split())
+    if text in _SHOWN_WARNINGS:
+        return
+    _SHOWN_WARNINGS.add(text)
     err_console.print(Text.assemble(("warning: ", "yellow"), text), soft_wrap=True, highlight=False)
 
 

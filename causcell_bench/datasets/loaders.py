@@ -485,22 +485,23 @@ def _standardise(adata: AnnData, spec: DatasetSpec, round_counts: bool) -> AnnDa
 
 
 def _find_counts(adata: AnnData, spec: DatasetSpec) -> Any:
-    """Counts layer named in the spec is missing: fall back to integer-valued X, raw.X or a layer called
-    ``counts``. Silent for the default name (raw counts in X are the documented default); a layer the
-    spec names explicitly and that is missing is a one-line warning."""
-    candidates = [("adata.X", adata.X)]
+    """The default counts layer (``counts``) is missing: fall back to integer-valued X, raw.X (raw
+    counts in X are the documented default). A layer the spec names explicitly and that is missing is
+    refused: a misspelt name would otherwise read other values than the user chose."""
+    if spec.counts_layer != "counts":
+        raise DataError(
+            f"{spec.name}: counts_layer = {spec.counts_layer!r} names a layer the data does not have "
+            f"(layers: {list(adata.layers)}); set counts_layer to the layer with raw counts, or leave it out "
+            "to read integer counts from X"
+        )
+    candidates = [adata.X]
     if adata.raw is not None and list(adata.raw.var_names) == list(adata.var_names):
-        candidates.append(("adata.raw.X", adata.raw.X))
-    if "counts" in adata.layers:
-        candidates.append(("adata.layers['counts']", adata.layers["counts"]))
-    for where, x in candidates:
+        candidates.append(adata.raw.X)
+    for x in candidates:
         try:
             check_counts(x)
         except DataError:
             continue
-        if spec.counts_layer != "counts":
-            warnings.warn(f"{spec.name}: layer {spec.counts_layer!r} missing; using integer counts from {where}",
-                          stacklevel=4)
         return x.copy()
     raise DataError(
         f"{spec.name}: no raw counts found: layer {spec.counts_layer!r} is missing (layers: {list(adata.layers)}) "

@@ -16,7 +16,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from causcell_bench.datasets.spec import DatasetSpec
-from causcell_bench.errors import DataError
+from causcell_bench.errors import DataError, MissingConceptError
 
 # below these the data cannot be benchmarked: refused up front, not scored as nonsense
 MIN_GENES = 10  # correlation and top-gene metrics over fewer genes say nothing
@@ -93,9 +93,9 @@ def validate_adata(adata: AnnData, spec: DatasetSpec, n_folds: int = 5, *, requi
     columns = list(adata.obs.columns)
     for c in spec.concepts:
         if c not in adata.obs.columns:
-            raise DataError(
+            raise MissingConceptError(
                 f"concept column {c!r} is not in adata.obs of {spec.name!r}; available obs columns: {columns}. "
-                "Fix the spec's concepts (or the concepts you passed)"
+                "Fix the spec's concepts (or the concepts you passed)", c, columns
             )
     for coarse, fine in spec.fine_labels.items():
         if fine not in adata.obs.columns:
