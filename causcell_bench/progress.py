@@ -45,10 +45,19 @@ class CellProgressWriter:
     def __init__(self, run_dir: str | Path, key: CellKey) -> None:
         self.path = progress_path(run_dir, key)
         self.started = time.time()
+        self._phase: tuple[Any, ...] | None = None
+        self._first: tuple[int, float] = (0, self.started)
 
     def __call__(self, p: Any) -> None:
+        now = time.time()
+        # the rate is measured from the first report of a phase on: data loading, set-up and a JIT
+        # compilation before it (scGen's first epoch is ~100x the others) would otherwise inflate the ETA,
+        # and a second phase (MichiGAN's GAN after its VAE) has a rate of its own
+        if (p.what, p.unit, p.total) != self._phase:
+            self._phase, self._first = (p.what, p.unit, p.total), (p.done, now)
         atomic_write_json(self.path, {"done": p.done, "total": p.total, "unit": p.unit, "what": p.what,
-                                      "loss": p.loss, "time": time.time(), "started": self.started})
+                                      "loss": p.loss, "time": now, "started": self.started,
+                                      "since_done": self._first[0], "since": self._first[1]})
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -69,9 +78,11 @@ def describe(p: dict[str, Any] | None) -> str:
     text = f"{p.get('what', 'training')} {done}/{total} {p.get('unit', 'steps')}"
     if p.get("loss") is not None:
         text += f", loss {p['loss']:.4g}"
-    elapsed = max(p.get("time", 0) - p.get("started", 0), 0.0)
-    if 0 < done < total and elapsed > 0:
-        text += f", ETA {_duration(elapsed / done * (total - done))}"
+    # the rate since the phase's first report (files of older versions: since the cell started)
+    base, since = p.get("since_done", 0), p.get("since", p.get("started", 0))
+    elapsed = max(p.get("time", 0) - since, 0.0)
+    if base < done < total and elapsed > 0:
+        text += f", ETA {_duration(elapsed / (done - base) * (total - done))}"
     return text
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -49,6 +50,26 @@ def test_describe_gives_an_eta() -> None:
     p = {"done": 50, "total": 100, "unit": "steps", "what": "training", "loss": None, "time": 110.0, "started": 100.0}
     assert describe(p) == "training 50/100 steps, ETA 10s"
     assert describe(None) == "starting"
+
+
+def test_the_eta_ignores_the_start_up_before_the_first_report(tmp_path, monkeypatch) -> None:
+    """A first epoch that takes 20 s (JAX compiling scGen's step) must not make 149 epochs of 0.1 s
+    look like 50 minutes; a second phase (MichiGAN's GAN) gets a rate of its own."""
+    clock = iter([0.0, 20.0, 20.1, 21.0, 40.0, 41.0, 42.0])
+    monkeypatch.setattr("causcell_bench.progress.time.time", lambda: next(clock))
+    w = CellProgressWriter(tmp_path, KEY)
+
+    def report(done: int, total: int, what: str) -> None:
+        w(Report(done=done, total=total, unit="epochs", what=what))
+
+    report(1, 150, "training")  # t=20: set-up and the first epoch
+    assert "ETA" not in describe(json.loads(w.path.read_text()))  # one report: no rate yet
+    report(2, 150, "training")  # t=20.1
+    report(11, 150, "training")  # t=21: 10 epochs in 1 s
+    assert describe(json.loads(w.path.read_text())).endswith("ETA 14s")  # 139 x 0.1 s, not 139 x 1.9 s
+    report(0, 100, "GAN")  # t=40: a new phase starts its own clock
+    report(10, 100, "GAN")  # t=41: 10 steps in 1 s
+    assert describe(json.loads(w.path.read_text())).endswith("ETA 9s")
 
 
 def test_cell_output_goes_to_its_log(tmp_path: Path) -> None:
