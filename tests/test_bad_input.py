@@ -164,6 +164,8 @@ CASES: list[tuple[str, list[str], int, str]] = [
      "30 empty or blank labels"),
     ("a-value-per-cell", [*RUN, "--dataset", "{d}/percell.h5ad", "--concepts", "age,kind", "--out", "{o}/r"], 2,
      "60 values for 60 cells"),
+    ("n-genes-of-a-real-dataset", [*RUN, "--dataset", "pbmc68k", "--n-genes", "100", "--out", "{o}/r"], 2,
+     "--n-genes sizes the synthetic simulator only; pbmc68k has its own genes"),
     ("too-few-genes", [*RUN, "--n-cells", "300", "--n-genes", "5", "--out", "{o}/r"], 2, "need at least 10"),
     ("cyclic-dag-option", [*RUN, "--dataset", "{d}/good.h5ad", "--concepts", "age,kind", "--dag", "age->kind,kind->age",
                            "--out", "{o}/r"], 2, "cycle"),

@@ -209,3 +209,41 @@ def test_report_renders_in_headless_chromium(run: dict[str, Any], tmp_path: Path
     with Image.open(shot) as im:
         lo, hi = im.convert("L").getextrema()
     assert im.size == (1200, 1600) and lo < 100 < hi
+
+
+def test_cross_dataset_ranks_need_a_rank_in_every_dataset_and_setting() -> None:
+    from causcell_bench.leaderboard.scoring import cross_dataset_ranks
+
+    rows = [  # dataset, method, setting, overall, rank
+        ("a", "m1", "ID", 0.9, 1), ("a", "m2", "ID", 0.5, 2), ("a", "m3", "ID", 0.7, 3),
+        ("b", "m1", "ID", 0.1, 2), ("b", "m2", "ID", 0.6, 1), ("b", "m3", "ID", 0.9, float("nan")),
+        ("b", "m1", "OOD", 0.3, 2), ("b", "m2", "OOD", 0.4, 1),  # m3 has no OOD on b: no cross rank
+    ]
+    table = pd.DataFrame(rows, columns=["dataset", "method", "setting", "overall", "rank"])
+    # m1: (0.9 + mean(0.1, 0.3)) / 2 = 0.55; m2: (0.5 + 0.5) / 2 = 0.5: every dataset weighs the same
+    assert cross_dataset_ranks(table) == {"m1": 1.0, "m2": 2.0}
+
+
+def test_a_two_dataset_run_ranks_methods_across_datasets(tmp_path: Path) -> None:
+    """The paper's Fig. 1 on a real two-dataset run (synthetic + scanpy's pbmc68k): one figure and one
+    page over both datasets, with each method's rank across them and its bootstrap interval."""
+    cfg = RunConfig(datasets=["synthetic", "pbmc68k"], methods=["CPA", "Biolord", "positive_control",
+                    "negative_control"], settings=["ID"], folds=[0], preset="test", cell_parts=3,
+                    dataset_kwargs={"n_cells": 400, "n_genes": 100})
+    outcomes = run_grid(cfg, tmp_path, progress=False, log=lambda s: None)
+    assert [o.status for o in outcomes] == ["ok"] * 8, [o.error for o in outcomes]
+    paths = build_report(tmp_path)
+    table = pd.read_csv(paths["scores"])
+    ranked = table[table["method"].isin(["CPA", "Biolord"])]
+    assert ranked["rank_all"].notna().all() and set(ranked["rank_all"]) == {1.0, 2.0}
+    assert ((ranked["rank_all_lo"] <= ranked["rank_all"]) & (ranked["rank_all"] <= ranked["rank_all_hi"])).all()
+    assert table.loc[table["method"].str.endswith("control"), "rank_all"].isna().all()  # controls: never ranked
+    best = ranked.groupby("method")["overall"].mean().idxmax()
+    assert set(ranked.loc[ranked["method"] == best, "rank_all"]) == {1.0}
+    written = {Path(p).name for p in paths.get("heatmaps", [])} if "heatmaps" in paths else \
+        {p.name for p in (tmp_path / "report").iterdir()}
+    assert {"heatmap_all.png", "heatmap_all.svg", "heatmap_synthetic.png", "heatmap_pbmc68k.png"} <= written
+    page = Path(paths["html"]).read_text(encoding="utf-8")
+    assert "Overview across datasets" in page
+    lo, hi = ranked.loc[ranked["method"] == best, ["rank_all_lo", "rank_all_hi"]].iloc[0]
+    assert f"rank 1 [{lo:.0f}–{hi:.0f}]" in page

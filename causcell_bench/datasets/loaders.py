@@ -410,6 +410,9 @@ def _load_synthetic(n_cells: int | None, seed: int, kwargs: dict[str, Any]) -> t
 
 
 def _no_extra(kwargs: dict[str, Any], name: str) -> None:
+    if "n_genes" in kwargs:
+        raise BenchError(f"{name}: --n-genes sizes the synthetic simulator only; {name} has its own genes "
+                         "(choose how many are kept with --n-hvg)")
     if kwargs:
         raise BenchError(
             f"{name}: unknown option(s) {sorted(kwargs)}; spec options are {sorted(_SPEC_KEYS)} and round_counts"

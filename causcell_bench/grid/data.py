@@ -112,6 +112,8 @@ def load_dataset(name: str, config: RunConfig) -> tuple[Any, Any]:
     from causcell_bench.registry import dataset_loader
 
     kw = dict(config.dataset_kwargs)
+    if "n_genes" in kw and name.lower() != "synthetic" and any(d.lower() == "synthetic" for d in config.datasets):
+        del kw["n_genes"]  # a run beside synthetic: --n-genes sizes the simulator, the other datasets keep theirs
     if config.data_dir:
         kw.setdefault("data_dir", config.data_dir)
     if name.endswith((".h5ad", ".toml")) and not Path(name).expanduser().is_file():

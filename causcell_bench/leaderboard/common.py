@@ -46,6 +46,14 @@ def finite(v: Any) -> bool:
         return False
 
 
+def rank_label(rank: Any, lo: Any = None, hi: Any = None) -> str:
+    """A rank with its 95% interval when known: ``rank 2 [1–3]``; empty when there is no rank."""
+    if not finite(rank):
+        return ""
+    text = f"rank {float(rank):.0f}"
+    return text + f" [{float(lo):.0f}–{float(hi):.0f}]" if finite(lo) and finite(hi) else text
+
+
 def overall_label(value: Any, sd: Any = None) -> str:
     """The overall score as text, with its fold sd when known: ``0.63 ± 0.04``."""
     if not finite(value):

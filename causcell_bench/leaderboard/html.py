@@ -34,6 +34,7 @@ from causcell_bench.leaderboard.common import (
     TRIVIAL_LABEL,
     finite,
     kind_by_name,
+    rank_label,
 )
 from causcell_bench.leaderboard.scoring import cross_dataset_overall
 from causcell_bench.leaderboard.tables import scored_rows, trivial_values
@@ -204,13 +205,17 @@ def _overview_section(score_table: pd.DataFrame, kinds: Mapping[str, str]) -> st
         cell = _num(r["overall"])
         if n < len(datasets):  # a mean over fewer datasets is not comparable: say so
             cell = cell.replace("</td>", f' <span class="sd">({n}/{len(datasets)})</span></td>')
+        if rank := rank_label(r.get("rank_all"), r.get("rank_all_lo"), r.get("rank_all_hi")):
+            cell = cell.replace("</td>", f' <span class="sd">{_e(rank)}</span></td>')
         row = _row_open(str(method), kinds) + cell
         row += "".join(_num(r.get(f"{d}|{s}"), sd=sd.get((d, s, method))) for d in datasets for s in settings[d])
         body.append(row + "</tr>")
     return (f'<div class="wrap"><table class="sortable"><thead>{top}{sub}</thead><tbody>{"".join(body)}</tbody>'
             "</table></div><p class=\"note\">Control-scaled overall scores (0 = negative control, 1 = positive "
             "control). <em>all datasets</em>: the mean over datasets of each dataset's mean over settings; "
-            "(k/N) marks a method scored on only k of the N datasets.</p>")
+            "(k/N) marks a method scored on only k of the N datasets; <em>rank</em>: among the methods ranked in "
+            "every dataset and setting, with its 95% bootstrap interval (the units of each dataset's ranks "
+            "resampled together).</p>")
 
 
 def _rank_cell(r: pd.Series) -> str:

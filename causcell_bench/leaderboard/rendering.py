@@ -24,6 +24,7 @@ from causcell_bench.leaderboard.common import (
     KIND_ORDER,
     TRIVIAL_LABEL,
     overall_label,
+    rank_label,
 )
 from causcell_bench.leaderboard.scoring import cross_dataset_overall
 from causcell_bench.leaderboard.tables import headline, trivial_values
@@ -360,6 +361,11 @@ def heatmap(summary: pd.DataFrame, score_table: pd.DataFrame, path: str | Path, 
         wide = cross_dataset_overall(score_table)
         data = {}
         col_rows = overall_columns("all", "all", {m: (v, np.nan) for m, v in wide["overall"].items()}, data)
+        if "rank_all" in wide.columns:  # the rank across datasets and its interval beside the score
+            for m, r in wide.iterrows():
+                if rank := rank_label(r["rank_all"], r.get("rank_all_lo"), r.get("rank_all_hi")):
+                    data[m]["all_overall_label"] += f"  {rank}"
+            col_rows[1]["options"]["width"] = 4.2
         groups_seen = [{"group": "all", "level1": "all datasets", "palette": "overall"}]
         for i, dataset in enumerate(datasets):
             dsc = score_table[score_table.dataset == dataset]

@@ -133,11 +133,15 @@ def scores(summary: pd.DataFrame, *, tidy: pd.DataFrame | None = None, parts: pd
     base = _scores_once(summary)
     if base.empty:
         return base
+    if base["dataset"].nunique() > 1:
+        # the run's leaderboard across datasets (the paper's Fig. 1): a rank of its own, with an interval
+        base["rank_all"] = base["method"].map(cross_dataset_ranks(base))
+        base["rank_all_lo"] = base["rank_all_hi"] = np.nan
     if tidy is not None and not tidy.empty:
         base = _bootstrap_ranks(base, tidy, parts, n_boot=n_boot, seed=seed)
     cols = [*KEYS, "kind", "embedding", *[g for g in groups if g in base.columns],
             *[c for c in categories if c in base.columns], "overall", "overall_sd", "complete", "rank",
-            "rank_lo", "rank_hi", "rank_basis", "tied", "note"]
+            "rank_lo", "rank_hi", "rank_basis", "tied", "rank_all", "rank_all_lo", "rank_all_hi", "note"]
     return base[[c for c in dict.fromkeys(cols) if c in base.columns]]
 
 
@@ -237,6 +241,8 @@ def _bootstrap_ranks(base: pd.DataFrame, tidy: pd.DataFrame, parts: pd.DataFrame
     rng = np.random.default_rng(seed)
     unit_rows = {u: tidy[(tidy["fold"] == u[0]) & (tidy["seed"] == u[1])] for u in units}
     boots: dict[tuple[str, str, str], list[float]] = {}
+    boots_all: dict[str, list[float]] = {}
+    ranked_all: dict[tuple[int, ...], dict[str, float]] = {}
     # the ranks of a draw depend only on which units it holds, not their order: with few units most
     # draws repeat one already scored (5 units: ~87 distinct of 200), so each multiset is scored once
     ranked: dict[tuple[int, ...], list[tuple[tuple[str, str, str], float]]] = {}
@@ -249,13 +255,21 @@ def _bootstrap_ranks(base: pd.DataFrame, tidy: pd.DataFrame, parts: pd.DataFrame
             ok = one[np.isfinite(one["rank"].astype(float))]
             ranked[pick] = [((d, m, st), float(r)) for d, m, st, r in
                             zip(ok["dataset"], ok["method"], ok["setting"], ok["rank"])]
+            ranked_all[pick] = cross_dataset_ranks(one)
         for key, r in ranked[pick]:
             boots.setdefault(key, []).append(r)
+        for method, r in ranked_all[pick].items():
+            boots_all.setdefault(method, []).append(r)
     for i, r in base.iterrows():
         got = boots.get((r["dataset"], r["method"], r["setting"]))
         if got and np.isfinite(r["rank"]):
             base.loc[i, "rank_lo"], base.loc[i, "rank_hi"] = np.percentile(got, [2.5, 97.5])
     base.loc[~np.isfinite(base["rank_lo"].astype(float)), "rank_basis"] = ""  # says what an interval rests on
+    if "rank_all" in base.columns:
+        for method, got in boots_all.items():
+            at = (base["method"] == method) & np.isfinite(base["rank_all"].astype(float))
+            if at.any():
+                base.loc[at, "rank_all_lo"], base.loc[at, "rank_all_hi"] = np.percentile(got, [2.5, 97.5])
     for (dataset, setting), block in base.groupby(["dataset", "setting"], sort=False):
         ranked = block[np.isfinite(block["rank"].astype(float))]
         for i, r in ranked.iterrows():
@@ -288,7 +302,8 @@ def _parts_as_folds(tidy: pd.DataFrame, parts: pd.DataFrame) -> pd.DataFrame:
 def cross_dataset_overall(score_table: pd.DataFrame) -> pd.DataFrame:
     """Methods x (dataset, setting) overall scores, plus ``overall``: the mean over datasets of each
     dataset's mean over settings (every dataset weighs the same, however many settings it ran),
-    and ``n_datasets``, how many datasets that mean covers. Sorted best first."""
+    and ``n_datasets``, how many datasets that mean covers; ``rank_all``/``rank_all_lo``/``rank_all_hi``
+    where :func:`scores` gave them. Sorted best first."""
     if score_table.empty or "overall" not in score_table.columns:
         return pd.DataFrame(columns=["overall", "n_datasets"])
     wide = score_table.pivot_table(index="method", columns=["dataset", "setting"], values="overall",
@@ -297,4 +312,23 @@ def cross_dataset_overall(score_table: pd.DataFrame) -> pd.DataFrame:
     wide.columns = [f"{d}|{s}" for d, s in wide.columns]
     wide["overall"] = per_dataset.mean(axis=1, skipna=True)
     wide["n_datasets"] = per_dataset.notna().sum(axis=1)
+    for c in ("rank_all", "rank_all_lo", "rank_all_hi"):
+        if c in score_table.columns:
+            wide[c] = score_table.groupby("method", sort=False)[c].first()
     return wide.sort_values("overall", ascending=False, na_position="last")
+
+
+def cross_dataset_ranks(score_table: pd.DataFrame) -> dict[str, float]:
+    """Rank (1 = best) of each method by its overall across datasets, among the methods ranked in
+    every dataset x setting of the table (a method missing from one, or unranked there, has no
+    cross-dataset rank: its mean would not compare)."""
+    if "rank" not in score_table.columns:
+        return {}
+    blocks = score_table[["dataset", "setting"]].drop_duplicates().shape[0]
+    ranked = score_table[np.isfinite(score_table["rank"].astype(float))]
+    everywhere = ranked.groupby("method")["setting"].size()
+    methods = everywhere[everywhere == blocks].index
+    if methods.empty:
+        return {}
+    overall = cross_dataset_overall(score_table[score_table["method"].isin(methods)])["overall"]
+    return overall.rank(ascending=False, method="min").to_dict()
