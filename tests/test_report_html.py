@@ -247,3 +247,6 @@ def test_a_two_dataset_run_ranks_methods_across_datasets(tmp_path: Path) -> None
     assert "Overview across datasets" in page
     lo, hi = ranked.loc[ranked["method"] == best, ["rank_all_lo", "rank_all_hi"]].iloc[0]
     assert f"rank 1 [{lo:.0f}–{hi:.0f}]" in page
+    board = Path(paths["markdown"]).read_text(encoding="utf-8")
+    assert board.index("## All datasets") < board.index("## synthetic — ID")
+    assert f"| {best} | 1 [{lo:.0f}–{hi:.0f}] |" in board and "| *positive_control* (control) |  | 1.000 |" in board

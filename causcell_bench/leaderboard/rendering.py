@@ -52,6 +52,7 @@ def markdown(summary: pd.DataFrame, score_table: pd.DataFrame, status: pd.DataFr
                    "`causcell-bench run` command; stale cells: rerun with the settings they should have."), ""]
         parts += [f"- {line}" for line in left_out]
         parts.append("")
+    parts += _across_datasets(score_table)
     for (dataset, setting), block in head.groupby(["dataset", "setting"], sort=False):
         sc = score_table[(score_table.dataset == dataset) & (score_table.setting == setting)].set_index("method")
         present = set(block["metric"])
@@ -170,6 +171,32 @@ def _md_table(table: pd.DataFrame) -> list[str]:
     cell = lambda v: str(v).replace("|", "\\|")
     return ["| " + " | ".join(map(cell, table.columns)) + " |", "|" + "---|" * len(table.columns),
             *("| " + " | ".join(map(cell, row)) + " |" for row in table.itertuples(index=False))]
+
+
+def _across_datasets(score_table: pd.DataFrame) -> list[str]:
+    """With several datasets, the paper's Fig. 1 as a table: each method's overall per dataset (mean
+    over its settings) and across datasets, with its rank there and the rank's interval."""
+    if "dataset" not in score_table.columns or score_table["dataset"].nunique() < 2:
+        return []
+    wide = cross_dataset_overall(score_table)
+    datasets = list(dict.fromkeys(score_table["dataset"]))
+    per = score_table.groupby(["method", "dataset"], sort=False)["overall"].mean()
+    kinds = score_table.groupby("method")["kind"].first().to_dict() if "kind" in score_table.columns else {}
+    lines = ["## All datasets", "", "| method | rank | overall | " + " | ".join(datasets) + " |",
+             "|---|---|---|" + "---|" * len(datasets)]
+    ranked = wide.assign(_r=wide.get("rank_all", pd.Series(np.nan, index=wide.index)).fillna(np.inf))
+    for method, r in ranked.sort_values(["_r", "overall"], ascending=[True, False]).iterrows():
+        if not np.isfinite(r["overall"]):
+            continue  # references: no overall
+        rank = rank_label(r.get("rank_all"), r.get("rank_all_lo"), r.get("rank_all_hi")).removeprefix("rank ")
+        cells = [_fmt(per.get((method, d), np.nan)) for d in datasets]
+        kind = kinds.get(method, "method")
+        label = method if kind == "method" else f"*{method}* ({kind})"
+        lines.append(f"| {label} | {rank} | {_fmt(r['overall'])} | " + " | ".join(cells) + " |")
+    lines += ["", ("`overall`: the mean over datasets of each dataset's mean over settings (every dataset weighs "
+                   "the same); `rank` among the methods ranked in every dataset and setting, with its 95% "
+                   "bootstrap interval. Per dataset and setting below."), ""]
+    return lines
 
 
 def _fmt_rank(r: pd.Series) -> str:
