@@ -14,35 +14,22 @@ import json
 import sys
 import time
 
-import anndata as ad
-import numpy as np
-import pandas as pd
 import torch
 
 from causcell_bench.threads import apply_thread_budget
 apply_thread_budget(1)
-from causcell_bench.datasets.preprocess import log_cp10k, select_hvg
-from causcell_bench.datasets.spec import DatasetSpec
 from causcell_bench.methods.causcell import CausCell
 from causcell_bench.metrics.distribution import change_scores
 from causcell_bench.models.causcell.diffusion import reverse_diffusion, sampling_timesteps
+from kang_holdout import dense, kang_holdout
 
 value, seed = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 0
-a = ad.read_h5ad(sys.argv[3] if len(sys.argv) > 3 else "../shared/data/kang_pbmc_ifnb_valid.h5ad")
-counts = a.layers["counts"]
-pert = a.obs["condition"].astype(str).to_numpy(); pop = a.obs["cell_type"].astype(str).to_numpy()
-held = (pert == "stimulated") & (pop == value); source = (pop == value) & ~held
-genes = select_hvg(counts[~held], 2000)
-x = log_cp10k(counts[:, genes])
-obs = a.obs[["condition", "cell_type"]].astype(str).astype("category")
-full = ad.AnnData(X=x, obs=obs, var=pd.DataFrame(index=a.var_names[genes]))
-dense = lambda m: np.asarray(m.toarray() if hasattr(m, "toarray") else m)
-train, src = full[~held].copy(), full[source].copy()
-real, srcx = dense(full[held].X), dense(src.X)
+k = kang_holdout(value, sys.argv[3] if len(sys.argv) > 3 else None)
+full, train, src, real, spec, pop, pert = k.full, k.train, k.source, k.real, k.spec, k.cell_type, k.condition
+srcx = dense(src.X)
 # a seen type for comparison: CD4T control -> stimulated (both in training) unless CD4T is held
 seen = "CD4T" if value != "CD4T" else "B"
 seen_src = full[(pop == seen) & (pert == "control")].copy(); seen_real = dense(full[(pop == seen) & (pert == "stimulated")].X)
-spec = DatasetSpec(name="kang", source="x.h5ad", concepts=["condition", "cell_type"], edges=[], counts_layer=None)
 m = CausCell(preset="quick", device="cpu")
 t0 = time.time(); m.fit(train, spec, seed=seed); fit_s = time.time() - t0
 model = m._model(); net = model.inference_net

@@ -9,31 +9,18 @@ import json
 import sys
 import time
 
-import anndata as ad
-import numpy as np
-import pandas as pd
 
 from causcell_bench.threads import apply_thread_budget
 
 apply_thread_budget(1)
-from causcell_bench.datasets.preprocess import log_cp10k, select_hvg
-from causcell_bench.datasets.spec import DatasetSpec
 from causcell_bench.methods.causcell import CausCell
 from causcell_bench.metrics.distribution import change_scores
+from kang_holdout import dense, kang_holdout
 
 value = sys.argv[1]
-a = ad.read_h5ad(sys.argv[2] if len(sys.argv) > 2 else "../shared/data/kang_pbmc_ifnb_valid.h5ad")
-counts = a.layers["counts"]
-pert = a.obs["condition"].astype(str).to_numpy(); pop = a.obs["cell_type"].astype(str).to_numpy()
-held = (pert == "stimulated") & (pop == value); source = (pop == value) & ~held
-genes = select_hvg(counts[~held], 2000)
-x = log_cp10k(counts[:, genes])
-obs = a.obs[["condition", "cell_type"]].astype(str).astype("category")
-full = ad.AnnData(X=x, obs=obs, var=pd.DataFrame(index=a.var_names[genes]))
-train, src = full[~held].copy(), full[source].copy()
-real = np.asarray(full[held].X.toarray() if hasattr(full.X, "toarray") else full[held].X)
-srcx = np.asarray(src.X.toarray() if hasattr(src.X, "toarray") else src.X)
-spec = DatasetSpec(name="kang", source="x.h5ad", concepts=["condition", "cell_type"], edges=[], counts_layer=None)
+k = kang_holdout(value, sys.argv[2] if len(sys.argv) > 2 else None)
+train, src, real, spec = k.train, k.source, k.real, k.spec
+srcx = dense(src.X)
 m = CausCell(preset="quick", device="cpu")
 t0 = time.time(); m.fit(train, spec, seed=0); fit_s = time.time() - t0
 rows = []

@@ -1,0 +1,45 @@
+"""The Kang PBMC data with one cell type's stimulated cells held out, as the CausCell benchmark scripts
+on Kang use it (`causcell_samplers_kang.py`, `causcell_guidance_kang.py`): 2,000 HVGs chosen on the
+training cells, log1p CP10k, concepts condition and cell_type."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from causcell_bench.datasets.preprocess import log_cp10k, select_hvg
+from causcell_bench.datasets.spec import DatasetSpec
+
+DEFAULT_PATH = "../shared/data/kang_pbmc_ifnb_valid.h5ad"
+
+
+def dense(m: Any) -> np.ndarray:
+    return np.asarray(m.toarray() if hasattr(m, "toarray") else m)
+
+
+@dataclass
+class KangHoldout:
+    full: ad.AnnData  # every cell, on the HVGs
+    train: ad.AnnData  # all but the held-out stimulated cells of the type
+    source: ad.AnnData  # the type's control cells: what do(condition=stimulated) is asked of
+    real: np.ndarray  # the held-out stimulated cells (dense)
+    spec: DatasetSpec
+    condition: np.ndarray
+    cell_type: np.ndarray
+
+
+def kang_holdout(cell_type: str, path: str | None = None) -> KangHoldout:
+    a = ad.read_h5ad(path or DEFAULT_PATH)
+    counts = a.layers["counts"]
+    cond, pop = a.obs["condition"].astype(str).to_numpy(), a.obs["cell_type"].astype(str).to_numpy()
+    held = (cond == "stimulated") & (pop == cell_type)
+    genes = select_hvg(counts[~held], 2000)
+    obs = a.obs[["condition", "cell_type"]].astype(str).astype("category")
+    full = ad.AnnData(X=log_cp10k(counts[:, genes]), obs=obs, var=pd.DataFrame(index=a.var_names[genes]))
+    spec = DatasetSpec(name="kang", source="x.h5ad", concepts=["condition", "cell_type"], edges=[], counts_layer=None)
+    return KangHoldout(full=full, train=full[~held].copy(), source=full[(pop == cell_type) & ~held].copy(),
+                       real=dense(full[held].X), spec=spec, condition=cond, cell_type=pop)
