@@ -255,7 +255,7 @@ def _bootstrap_ranks(base: pd.DataFrame, tidy: pd.DataFrame, parts: pd.DataFrame
             ok = one[np.isfinite(one["rank"].astype(float))]
             ranked[pick] = [((d, m, st), float(r)) for d, m, st, r in
                             zip(ok["dataset"], ok["method"], ok["setting"], ok["rank"])]
-            ranked_all[pick] = cross_dataset_ranks(one)
+            ranked_all[pick] = cross_dataset_ranks(one) if "rank_all" in base.columns else {}
         for key, r in ranked[pick]:
             boots.setdefault(key, []).append(r)
         for method, r in ranked_all[pick].items():
