@@ -85,7 +85,8 @@ def table(path: Path) -> str:
         b = exponent([by[n]["n_train"] for n in have], [by[n]["fit_cpu_s"] for n in have]) if len(have) > 1 else float("nan")
         failed = [r for r in rows if r["method"] == m and "error" in r]
         note = "; ".join(f"{r['n_cells']:,}: {r['error']}" for r in failed)
-        lines.append(f"| {m} | " + " | ".join(cells) + f" | {b:.2f}{' (' + note + ')' if note else ''} |")
+        grow = f"{b:.2f}" if math.isfinite(b) else "–"
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {grow}{' (' + note + ')' if note else ''} |")
     return "\n".join(lines) + "\n"
 
 
