@@ -27,6 +27,7 @@ from anndata import AnnData
 
 from causcell_bench.errors import BenchError
 from causcell_bench.fileio import atomic_path, atomic_write_text
+from causcell_bench.interrupts import check_interrupt, watching
 
 
 @dataclass
@@ -46,7 +47,7 @@ class BenchmarkResult:
     status : DataFrame
         One row per cell: status, error, timings, memory.
     failed : DataFrame
-        The rows of ``status`` whose cell failed, with the error of each.
+        The rows of ``status`` whose cell failed or was interrupted, with the error of each.
     files : dict
         The report's files by name (empty with ``report=False``).
     """
@@ -60,7 +61,7 @@ class BenchmarkResult:
 
     @property
     def failed(self) -> pd.DataFrame:
-        return self.status[self.status["status"] == "failed"]
+        return self.status[self.status["status"].isin(["failed", "interrupted"])]
 
     def __repr__(self) -> str:
         ok = int((self.status["status"] == "ok").sum()) if len(self.status) else 0
@@ -366,7 +367,11 @@ def benchmark(
         atomic_write_text(stamp, fp + "\n")
 
     try:
-        run_grid(config, run_dir, progress=progress, start_method=method, retry_failed=retry_failed)
+        # Ctrl-C (a notebook's interrupt) raises KeyboardInterrupt as usual; one a library swallowed
+        # still stops the call before any result is read
+        with watching():
+            run_grid(config, run_dir, progress=progress, start_method=method, retry_failed=retry_failed)
+            check_interrupt()
     except BenchError:
         if created and {p.name for p in run_dir.iterdir()} <= {"data"}:
             shutil.rmtree(run_dir, ignore_errors=True)  # a refused request leaves nothing behind
@@ -375,14 +380,17 @@ def benchmark(
     asked = set(config.methods)
     records = [r for r in records if r.get("method") in asked]
     status = status_table(records)
-    failed = status[status["status"] == "failed"]
+    # a cell stopped in its own process (a signal to it, or an interrupt a library swallowed there) is
+    # not done either: named like a failure, and the next call reruns it
+    failed = status[status["status"].isin(["failed", "interrupted"])]
     lines = [f"{r.method}/{r.setting}/fold{r.fold}/seed{r.seed}: {r.error}" for r in failed.itertuples()]
     if len(failed) and not (status["status"] == "ok").any():
-        raise BenchError(f"every cell failed ({len(failed)}): " + "; ".join(lines[:3])
+        raise BenchError(f"every cell failed or was interrupted ({len(failed)}): " + "; ".join(lines[:3])
                          + (f"; and {len(lines) - 3} more (their records are in {run_dir / 'cells'})"
                             if len(lines) > 3 else ""))
-    for line in lines:
-        warnings.warn(f"cell failed: {line} (retry with retry_failed=True)", stacklevel=2)
+    for r, line in zip(failed.itertuples(), lines, strict=True):
+        warnings.warn(f"cell failed: {line} (retry with retry_failed=True)" if r.status == "failed" else
+                      f"cell interrupted: {line} (calling again reruns it)", stacklevel=2)
     tidy = tidy_table(records)
     summary = summarize(tidy)
     files = build_report(run_dir) if report else {}

@@ -7,9 +7,7 @@ interrupt, wherever it lands, ends as "interrupted" and exit 130.
 
 from __future__ import annotations
 
-import sys
-
-from causcell_bench.interrupts import interrupted, watching
+from causcell_bench.interrupts import announce, interrupted, watching
 
 
 def main() -> None:
@@ -19,10 +17,12 @@ def main() -> None:
 
             app()
         except KeyboardInterrupt:
-            sys.stderr.write("interrupted\n")
+            announce()
             raise SystemExit(130) from None
-        except SystemExit as e:
-            if interrupted() and e.code != 130:
-                sys.stderr.write("interrupted\n")
+        except SystemExit:
+            # typer turns a KeyboardInterrupt outside the command body into a silent exit 130:
+            # say it here unless the command's own boundary already did
+            if interrupted():
+                announce()
                 raise SystemExit(130) from None
             raise

@@ -113,8 +113,11 @@ def disk_error(e: BaseException, path: Path, written: int = 0) -> DiskError | No
     except OSError:
         free = "free space unknown"
     need = f", {_size(written)} written before it failed" if written else ""
+    # space cannot be freed on a read-only file system: only another folder helps there
+    fix = ("choose an output folder you can write to" if "read-only" in cause
+           else "free some space or choose another output folder")
     return DiskError(f"cannot write {Path(path).name} in {folder}: {cause} ({free}{need}); nothing was left "
-                     "half-written: free some space or choose another output folder, and run the command again")
+                     f"half-written: {fix}, and run the command again")
 
 
 def _tree_size(path: Path) -> int:

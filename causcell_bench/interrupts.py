@@ -14,11 +14,12 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
 
-_STATE = {"hit": False}
+_STATE = {"hit": False, "said": False}
 
 
 def interrupted() -> bool:
@@ -30,6 +31,14 @@ def check_interrupt() -> None:
     """Raise KeyboardInterrupt if an interrupt arrived, even if a library swallowed it."""
     if _STATE["hit"]:
         raise KeyboardInterrupt
+
+
+def announce() -> None:
+    """Write "interrupted" on stderr, once per :func:`watching` block however many boundaries see it."""
+    if not _STATE["said"]:
+        _STATE["said"] = True
+        sys.stderr.write("interrupted\n")
+        sys.stderr.flush()
 
 
 def _handler(signum: int, frame: Any) -> None:
@@ -46,7 +55,7 @@ def _handler(signum: int, frame: Any) -> None:
 def watching() -> Iterator[None]:
     """Record SIGINT/SIGTERM (and raise KeyboardInterrupt on them) for the duration of the block; the
     flag starts clear. In a thread other than the main one, signals cannot be handled: a no-op."""
-    _STATE["hit"] = False
+    _STATE["hit"] = _STATE["said"] = False
     if threading.current_thread() is not threading.main_thread():
         yield
         return

@@ -141,6 +141,35 @@ def test_failed_cells_warn_raise_and_retry(tmp_path: Path, monkeypatch: pytest.M
     assert len(fixed.failed) == 0 and set(fixed.results["method"]) == {"positive_control", "group_mean"}
 
 
+def test_a_cell_interrupt_a_library_swallowed_is_named_and_rerun(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C reaching a cell's process, caught there by a library that carries on (as Lightning does):
+    the cell is not scored as a finished fit; the call names it, and calling again reruns it."""
+    import os
+    import signal
+
+    import causcell_bench as cb
+    from causcell_bench.methods.references import GroupMean
+
+    adata, kw = _small(tmp_path)
+    kw["start_method"] = "fork"
+    fit = GroupMean.fit
+
+    def swallowing(self: object, *args: object, **kwargs: object) -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+        except KeyboardInterrupt:
+            pass
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(GroupMean, "fit", swallowing)
+    with pytest.warns(UserWarning, match=r"cell interrupted: group_mean/ID/fold0/seed0: .*calling again reruns it"):
+        res = cb.benchmark(adata, **kw)
+    assert list(res.failed["status"]) == ["interrupted"] and "group_mean" not in set(res.results["method"])
+    monkeypatch.undo()
+    again = cb.benchmark(adata, **kw)
+    assert len(again.failed) == 0 and "group_mean" in set(again.results["method"])
+
+
 def test_plot_writes_exactly_the_path_and_returns_the_figure(tmp_path: Path) -> None:
     import matplotlib.figure
 

@@ -7,6 +7,7 @@ or a complete model, even when a library swallows the KeyboardInterrupt."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -46,7 +47,29 @@ def test_atomic_path_names_the_file_and_leaves_nothing(tmp_path: Path, err: Base
     msg = str(info.value)
     assert "cf.h5ad" in msg and str(target.parent) in msg and "free" in msg and "written before it failed" in msg
     assert "\n" not in msg
+    assert ("free some space" in msg) != (getattr(err, "errno", None) == errno.EROFS)  # nothing to free on a read-only disk
     assert not target.exists() and _leftovers(tmp_path) == []
+
+
+def test_the_split_files_of_a_run_are_written_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The audit found save_splits with its own fixed-name .tmp: left behind on a full disk, and the
+    message without folder or free space."""
+    from causcell_bench import fileio
+    from causcell_bench.datasets import load_splits, make_splits, save_splits, simulate, synthetic_spec
+
+    adata = simulate(n_cells=300, n_genes=20, seed=0)
+    spl = make_splits(adata, synthetic_spec(), "ID", n_folds=2, seed=0)
+    save_splits(spl, tmp_path / "splits" / "ID.json")
+    assert len(load_splits(tmp_path / "splits" / "ID.json", adata)) == 2
+
+    def full(*args: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(fileio.os, "replace", full)
+    with pytest.raises(DiskError, match=r"cannot write OOD.json in .*splits: no space left on device \(.* free"):
+        save_splits(spl, tmp_path / "splits" / "OOD.json")
+    monkeypatch.undo()
+    assert sorted(p.name for p in (tmp_path / "splits").iterdir()) == ["ID.json"]
 
 
 def test_other_errors_pass_through_and_a_good_write_replaces_the_file(tmp_path: Path) -> None:
@@ -188,3 +211,73 @@ def test_interrupting_train_anywhere(tmp_path: Path, sig: int, after: float) -> 
     assert proc.returncode == 130, err[-2000:]
     assert "interrupted" in err and "Traceback" not in err and "Exception raised during training" not in err
     assert not out.exists() or (out / "manifest.json").is_file()
+
+
+TYPER_SILENT = """
+import os, signal, sys
+import causcell_bench.cli
+from causcell_bench import entry
+
+def app():  # as typer does outside a command's body: Ctrl-C becomes a silent exit 130
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+    except KeyboardInterrupt:
+        raise SystemExit(130)
+
+causcell_bench.cli.app = app
+entry.main()
+"""
+
+
+def test_an_interrupt_typer_turns_into_a_silent_exit_is_still_named(tmp_path: Path) -> None:
+    # the auditor's case: Ctrl-C 0.35-0.5 s after start exited 130 with nothing on stderr
+    (tmp_path / "silent.py").write_text(TYPER_SILENT)
+    r = subprocess.run([sys.executable, str(tmp_path / "silent.py")], capture_output=True, text=True, timeout=120,
+                       check=False)
+    assert r.returncode == 130 and r.stderr == "interrupted\n", r.stderr[-2000:]
+
+
+SWALLOWING_PATCH = """
+import os, signal, sys
+from causcell_bench.methods.controls import NegativeControl
+from causcell_bench.methods.references import GroupMean
+
+def swallowing(fit):
+    def wrapped(self, *a, **k):  # a library that catches the KeyboardInterrupt and carries on
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+        except KeyboardInterrupt:
+            pass
+        return fit(self, *a, **k)
+    return wrapped
+
+GroupMean.fit = swallowing(GroupMean.fit)
+NegativeControl.fit = swallowing(NegativeControl.fit)
+"""
+
+
+def test_a_cell_whose_interrupt_a_library_swallowed_is_recorded_as_interrupted_not_ok(tmp_path: Path) -> None:
+    """The cell's own process gets the Ctrl-C (a terminal signals the whole process group) and the
+    library carries on: the cell must not be stored as an ok result of a cut-short fit."""
+    script = SWALLOWING_PATCH + "from causcell_bench.cli import app\napp(sys.argv[1:])\n"
+    (tmp_path / "cell.py").write_text(script)
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, str(tmp_path / "cell.py"), "run", "--methods", "group_mean", "--dataset",
+                        "synthetic", *TINY, "--settings", "ID", "--folds", "0", "--start-method", "fork",
+                        "--out", str(out)], capture_output=True, text=True, timeout=300, check=False,
+                       env={**os.environ, "CAUSCELL_BENCH_THREADS": "1"})
+    records = [json.loads(p.read_text()) for p in (out / "cells").rglob("*.json")]
+    assert [rec["status"] for rec in records] == ["interrupted"], (r.stderr[-2000:], records)
+    assert r.returncode == 1 and "1 interrupted" in r.stderr, r.stderr[-2000:]  # nothing to show: not a success
+
+
+def test_an_experiment_whose_interrupt_a_library_swallowed_writes_nothing(tmp_path: Path) -> None:
+    script = SWALLOWING_PATCH + "from causcell_bench.entry import main\nmain()\n"
+    (tmp_path / "exp.py").write_text(script)
+    out = tmp_path / "exp"
+    r = subprocess.run([sys.executable, str(tmp_path / "exp.py"), "experiment", "causal_consistency", "--out",
+                        str(out), "--methods", "negative_control", "--device", "cpu", "--set", "n_cells=300",
+                        "--set", "n_genes=40", "--set", 'values=["age_1"]'], capture_output=True, text=True,
+                       timeout=300, check=False, env={**os.environ, "CAUSCELL_BENCH_THREADS": "1"})
+    assert r.returncode == 130 and r.stderr.strip().endswith("interrupted"), r.stderr[-2000:]
+    assert not (out / "results.json").exists() and not (out / "report.md").exists()

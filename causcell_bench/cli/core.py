@@ -25,7 +25,7 @@ from rich.text import Text
 
 from causcell_bench.assignments import parse_assignments
 from causcell_bench.errors import BenchError, DiskError
-from causcell_bench.interrupts import check_interrupt, interrupted, watching
+from causcell_bench.interrupts import announce, check_interrupt, interrupted, watching
 from causcell_bench.store import check_out_dir, check_writable  # noqa: F401 - the commands' import point
 
 app = typer.Typer(
@@ -156,25 +156,25 @@ def friendly(fn: F) -> F:
                 return result
         except (typer.Exit, typer.Abort, click.exceptions.ClickException):
             if interrupted() and not debugging():  # a command that turned Ctrl-C into its own exit
-                err_console.print("interrupted", highlight=False)
+                announce()
                 raise typer.Exit(130) from None
             raise
         except KeyboardInterrupt:
             if debugging():
                 raise
-            err_console.print("interrupted", highlight=False)
+            announce()
             raise typer.Exit(130) from None
         except SystemExit:
             # Lightning turns Ctrl-C into SystemExit(1) after its graceful shutdown
             if interrupted() and not debugging():
-                err_console.print("interrupted", highlight=False)
+                announce()
                 raise typer.Exit(130) from None
             raise
         except Exception as e:  # the boundary: every error ends here
             if debugging():
                 raise
             if interrupted():  # e.g. scvi-tools' NameError while it handles the KeyboardInterrupt
-                err_console.print("interrupted", highlight=False)
+                announce()
                 raise typer.Exit(130) from None
             code, message = explain(e)
             fail(message, code)

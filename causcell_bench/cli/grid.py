@@ -152,7 +152,9 @@ def run(
     err_console.print("cells: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
     if report:
         _report(run_dir, None)
-    if counts.get("failed", 0) and not any(counts.get(k, 0) for k in ("ok", "skipped", "elsewhere")):
+    # nothing to show: every cell failed, or was stopped in its own process (a rerun resumes it)
+    if (counts.get("failed", 0) or counts.get("interrupted", 0)) and not any(
+            counts.get(k, 0) for k in ("ok", "skipped", "elsewhere")):
         raise typer.Exit(1)
 
 
@@ -264,8 +266,12 @@ def check(
     problems = check_tables(summary, ref, {"abs": abs_tol, "rel": rel_tol}, strict=strict)
     if problems:
         for p in problems:
-            err_console.print(Text(p, style="red"), highlight=False)
-        err_console.print(f"{len(problems)} regression(s) against {reference}", highlight=False)
+            err_console.print(Text(p, style="red"), highlight=False, soft_wrap=True)
+        # a reference of another dataset or setting is one finding, not a regression of the run
+        rows = [p for p in problems if p.startswith(("regressed", "changed", "missing", "improved"))]
+        tail = (f"{len(rows)} value(s) differ from {reference}" if rows else
+                f"the reference {reference} does not fit this run (above)")
+        err_console.print(tail, highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     console.print(f"OK: {len(ref)} reference values within tolerance", highlight=False)
 
@@ -286,10 +292,10 @@ def check_validity(
     have = set(summary["method"])
     if not {"positive_control", "negative_control"} <= have:
         console.print("nothing was comparable: bracketing needs both controls (positive_control and "
-                      "negative_control) in the run; add them to --methods", highlight=False)
+                      "negative_control) in the run; add them to --methods", highlight=False, soft_wrap=True)
     if not {"no_change", "group_mean", "additive_shift"} & have:
         console.print("no trivial reference ran (no_change, group_mean, additive_shift), so none can be checked to "
-                      "beat the methods; add them to --methods", highlight=False)
+                      "beat the methods; add them to --methods", highlight=False, soft_wrap=True)
     console.print(f"[bold]{len(viol)} control bracketing violation(s)[/bold]")
     for _, v in viol.iterrows():
         console.print(f"  {v.dataset}/{v.setting} {v.method} {v.metric} = {v.value:.4g}: {v.violation} "

@@ -26,6 +26,7 @@ from anndata import AnnData
 
 from causcell_bench.datasets.spec import DatasetSpec
 from causcell_bench.errors import BenchError, DataError
+from causcell_bench.fileio import atomic_write_text
 
 SPLITS_FORMAT = "causcell-bench-splits"
 _OOD_ATTEMPTS = 200
@@ -383,9 +384,8 @@ def save_splits(splits: list[Split], path: str | Path) -> Path:
         "splits": rows,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, separators=(",", ":")))
-    tmp.replace(path)
+    # like every file the project writes: a full disk names the file and leaves nothing half-written
+    atomic_write_text(path, json.dumps(doc, separators=(",", ":")))
     return path
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from causcell_bench.fileio import atomic_path, atomic_write_json, atomic_write_text, jsonable
+from causcell_bench.interrupts import check_interrupt
 from causcell_bench.provenance import package_versions
 from causcell_bench.store import refuse_other_files
 
@@ -66,6 +67,7 @@ def check_experiment_out(path: Path, *, flag: str = "--out", force: str = "pass 
 def write_results(out: Path, results: Mapping[str, Any]) -> Path:
     """``out/results.json``, written atomically."""
     path = out / "results.json"
+    check_interrupt()  # an experiment a library let run on after Ctrl-C writes nothing
     atomic_write_json(path, results, indent=2)
     return path
 
@@ -77,6 +79,7 @@ def write_report(out: Path, title: str, blocks: Sequence[str], config: Mapping[s
                         f"Written {time.strftime('%Y-%m-%d %H:%M:%S')}; versions: "
                         + ", ".join(f"{k} {v}" for k, v in package_versions().items())]) + "\n"
     path = out / "report.md"
+    check_interrupt()
     atomic_write_text(path, text)
     return path
 
@@ -96,6 +99,7 @@ def pyplot() -> Any:
 
 
 def save_figure(fig: Any, out: Path, name: str) -> str:
+    check_interrupt()
     with atomic_path(out / name) as tmp:
         fig.savefig(tmp, dpi=120, bbox_inches="tight", format=Path(name).suffix.lstrip(".") or None)
     pyplot().close(fig)

@@ -16,6 +16,7 @@ from typing import Any
 from causcell_bench.config import RunConfig
 from causcell_bench.grid.data import DATA_CACHE
 from causcell_bench.grid.record import INTERRUPTED_NOTE, CellKey, CellRecord, RunStamp, cell_hash
+from causcell_bench.interrupts import check_interrupt, interrupted, watching
 from causcell_bench.progress import CellProgressWriter, cell_output_to, log_path
 from causcell_bench.store import ResultStore
 
@@ -74,7 +75,16 @@ def execute_cell(config: RunConfig, key: CellKey, run_dir: str | Path, threads: 
     stamp = RunStamp.now(config)
     failure: tuple[str, str] | None = None
     try:
-        result = evaluate_cell(config, key, Path(run_dir))
+        # a library can swallow the cell's Ctrl-C (Lightning stops training early and returns): the
+        # flag makes such a cell end as interrupted, never as an "ok" record of a cut-short fit
+        with watching():
+            try:
+                result = evaluate_cell(config, key, Path(run_dir))
+            except Exception:
+                if interrupted():  # e.g. scvi-tools' NameError while it handles the KeyboardInterrupt
+                    raise KeyboardInterrupt from None
+                raise
+            check_interrupt()
     except (KeyboardInterrupt, SystemExit) as e:
         # stopped, not failed (Lightning turns SIGTERM into a SystemExit): the record says so and the
         # next run reruns the cell
