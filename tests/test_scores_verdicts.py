@@ -243,6 +243,22 @@ def test_uninformative_lists_metrics_a_trivial_reference_wins() -> None:
     assert list(zip(u["metric"], u["reference"])) == [("cf_pcc", "group_mean")]
 
 
+def test_metrics_the_controls_do_not_separate_are_listed_as_degenerate(tmp_path) -> None:
+    """A positive control at chance (acc of a concept it cannot learn) or below the negative one (a
+    lower-is-better mse): every method scores 0 there, and degenerate.csv and the leaderboard say so."""
+    from causcell_bench.leaderboard import unseparated
+    from causcell_bench.leaderboard.rendering import markdown
+
+    _, summary = _summary({"positive_control": {"acc:age": 0.5, "pcc": 1.0, "mse": 0.3},
+                           "negative_control": {"acc:age": 0.5, "pcc": 0.2, "mse": 0.2},
+                           "A": {"acc:age": 0.6, "pcc": 0.8, "mse": 0.25}})
+    u = unseparated(summary)
+    assert sorted(u["metric"]) == ["acc", "mse"] and set(u["fold"]) == {"all"}  # the scored (headline) metrics
+    assert u.set_index("metric").at["acc", "reason"].startswith("uninformative: the positive control (0.5)")
+    text = markdown(summary, scores(summary, n_boot=10), None, None, u, None)
+    assert "all folds: uninformative: the positive control" in text and "(acc)" in text
+
+
 def test_one_fold_gets_intervals_from_its_cell_parts() -> None:
     metrics = lambda v: {"acc:age": v, "pcc": v, "cf_pcc": v}
     values = {"positive_control": metrics(1.0), "negative_control": metrics(0.0), "far": metrics(0.9),

@@ -34,6 +34,7 @@ from causcell_bench.leaderboard.scoring import (
     scale,
     scores,
     uninformative,
+    unseparated,
     violations,
 )
 from causcell_bench.leaderboard.tables import (
@@ -53,5 +54,6 @@ __all__ = [
     "NEG", "N_BOOTSTRAP", "POS", "REFERENCE_NAMES", "SUMMARY_META", "build_report", "check", "cross_dataset_overall",
     "degenerate_table", "headline", "heatmap", "heldout_verdict", "kind_by_name", "left_out_lines", "markdown",
     "metric_role", "overall_label", "verdict_tables",
-    "part_table", "scale", "scores", "status_table", "summarize", "tidy_table", "uninformative", "violations", "write_index_html",
+    "part_table", "scale", "scores", "status_table", "summarize", "tidy_table", "uninformative",
+    "unseparated", "violations", "write_index_html",
 ]

@@ -130,11 +130,13 @@ def markdown(summary: pd.DataFrame, score_table: pd.DataFrame, status: pd.DataFr
                          f"{u.best_method} | {u.best_value:.3f} |")
         parts.append("")
     if degenerate is not None and not degenerate.empty:
-        parts += ["## Degenerate metrics", "", "Not measurable on these test folds (NaN, left out of every score):", ""]
+        parts += ["## Degenerate metrics", "", ("Not measurable on these test folds (NaN, left out of every score), "
+                   "or not separating the controls on this data (every method scores 0):"), ""]
         d = degenerate.groupby(["dataset", "setting", "fold", "reason"], sort=False)["metric"].apply(
             lambda m: ", ".join(sorted(set(m))))
         for (dataset, setting, fold, reason), ms in d.items():
-            parts.append(f"- {dataset} {setting} fold {fold}: {reason} ({ms})")
+            where = "all folds" if fold == "all" else f"fold {fold}"
+            parts.append(f"- {dataset} {setting} {where}: {reason} ({ms})")
         parts.append("")
     if status is not None and not status.empty:
         redundant = status[status.status == "skipped_redundant"]

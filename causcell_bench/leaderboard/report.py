@@ -14,7 +14,7 @@ from causcell_bench.fileio import atomic_path, atomic_write_text
 from causcell_bench.leaderboard.common import KEYS
 from causcell_bench.leaderboard.html import write_index_html
 from causcell_bench.leaderboard.rendering import heatmap, markdown
-from causcell_bench.leaderboard.scoring import scores, uninformative, violations
+from causcell_bench.leaderboard.scoring import scores, uninformative, unseparated, violations
 from causcell_bench.leaderboard.tables import degenerate_table, part_table, status_table, summarize, tidy_table
 from causcell_bench.leaderboard.verdict import heldout_verdict
 from causcell_bench.store import RunContents, read_run
@@ -35,7 +35,11 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, figure:
     summary = summarize(tidy)
     parts = part_table(records)
     score_table = scores(summary, tidy=tidy, parts=parts)
-    viol, degenerate, uninf = violations(summary), degenerate_table(records), uninformative(summary)
+    viol, uninf = violations(summary), uninformative(summary)
+    # what a fold could not measure, then what the controls do not separate on this data
+    measured, unsep = degenerate_table(records), unseparated(summary)
+    degenerate = (unsep if measured.empty else measured if unsep.empty
+                  else pd.concat([measured, unsep], ignore_index=True))
     verdict = heldout_verdict(tidy, parts)
     paths = {
         "results": out / "results.csv", "summary": out / "summary.csv", "scores": out / "scores.csv",

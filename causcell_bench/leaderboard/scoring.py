@@ -88,6 +88,28 @@ def violations(summary: pd.DataFrame) -> pd.DataFrame:
                                        "control_value", "violation"])
 
 
+def unseparated(summary: pd.DataFrame) -> pd.DataFrame:
+    """Scored metrics on which the positive control is no better than the negative one (e.g. a probe
+    for a concept with a value per cell: the positive control at chance). Nothing can mean anything on
+    them here, and :func:`scale` gives every method 0: rows in the shape of
+    :func:`~causcell_bench.leaderboard.tables.degenerate_table` (fold and seed ``all``), so that they
+    are listed with the metrics a fold could not measure."""
+    head = headline(summary)
+    rows = []
+    for (dataset, setting, metric), block in head.groupby(["dataset", "setting", "metric"], sort=False):
+        vals = dict(zip(block["method"], block["mean"].astype(float)))
+        p, n = vals.get(POS, np.nan), vals.get(NEG, np.nan)
+        if not (math.isfinite(p) and math.isfinite(n)):
+            continue
+        hib = bool(block["higher_is_better"].iloc[0])
+        if (p <= n) if hib else (p >= n):
+            rows.append({"dataset": dataset, "method": POS, "setting": setting, "fold": "all", "seed": "all",
+                         "metric": metric,
+                         "reason": f"uninformative: the positive control ({p:.3g}) is no better than the negative "
+                                   f"control ({n:.3g}) on this data, so every method scores 0 on it"})
+    return pd.DataFrame(rows, columns=["dataset", "method", "setting", "fold", "seed", "metric", "reason"])
+
+
 def uninformative(summary: pd.DataFrame, references: Iterable[str] = ("no_change", "group_mean")) -> pd.DataFrame:
     """Scored metrics on which a trivial reference (``no_change``, ``group_mean``) beats every method:
     on this dataset the metric cannot show that any model learned more than the reference. A
