@@ -38,7 +38,7 @@ from anndata import AnnData
 
 from causcell_bench.assignments import assignment_dict
 from causcell_bench.datasets.spec import DatasetSpec
-from causcell_bench.errors import BenchError, DataError, MissingConceptError
+from causcell_bench.errors import BenchError, DataError, MissingConceptError, NotCountsError
 from causcell_bench.fileio import atomic_path
 from causcell_bench.interrupts import check_interrupt
 from causcell_bench.provenance import package_versions
@@ -387,9 +387,20 @@ def load_cells(
         source, own = f"dataset {name!r}", name == manifest["dataset"]
     try:
         if input is not None:
-            adata, _ = load_data(str(path), **model_cols)
+            # cells for a model trained on rounded counts are read the same way
+            adata, _ = load_data(str(path), {"round_counts": bool(spec.round_counts)}, **model_cols)
         else:
             adata, _ = load_data(name, manifest.get("load_kwargs") if own else None, **model_cols)
+    except NotCountsError as e:
+        if input is None:
+            raise
+        # neither counts_layer nor round_counts can be given with --input: say what the file must hold
+        eg = f" (e.g. {e.example})" if e.example else ""
+        raise DataError(
+            f"{source}: the counts are not integer-valued{eg}, and the model reads raw counts; give an .h5ad "
+            "whose layers['counts'] (or X) holds the raw integer counts, rounded first if they are "
+            "legitimately non-integer (adata.layers['counts'] = numpy.rint(adata.X))"
+        ) from None
     except MissingConceptError as e:
         # the concepts are the model's, not the user's to fix: say which cells to give
         raise DataError(

@@ -25,6 +25,16 @@ class MissingConceptError(DataError):
         self.column, self.columns = column, columns
 
 
+class NotCountsError(DataError):
+    """The values given as counts are not integers; ``where`` names them (``X``, a layer) and ``example``
+    holds a few. Callers that cannot offer the spec's ``round_counts`` (``counterfactual --input``) restate
+    the advice in their terms."""
+
+    def __init__(self, message: str, where: str, example: list[float]) -> None:
+        super().__init__(message)
+        self.where, self.example = where, example
+
+
 class NotFittedError(BenchError):
     """A method was asked for outputs before ``fit`` was called."""
 

@@ -24,7 +24,7 @@ from anndata import AnnData
 from causcell_bench.datasets.spec import DatasetSpec, parse_edges, spec_from_dict
 from causcell_bench.datasets.synthetic import simulate, synthetic_spec
 from causcell_bench.datasets.validate import check_counts, validate_adata
-from causcell_bench.errors import BenchError, DataError
+from causcell_bench.errors import BenchError, DataError, NotCountsError
 
 ZENODO_RECORD = "15242547"
 ZENODO_URL = f"https://zenodo.org/records/{ZENODO_RECORD}"
@@ -506,10 +506,11 @@ def _find_counts(adata: AnnData, spec: DatasetSpec) -> Any:
         except DataError:
             continue
         return x.copy()
-    raise DataError(
+    raise NotCountsError(
         f"{spec.name}: no raw counts found: layer {spec.counts_layer!r} is missing (layers: {list(adata.layers)}) "
         "and neither X nor raw.X holds non-negative integers. Set counts_layer in the spec to the raw-count "
-        "layer, or set round_counts = true in the dataset's TOML spec if the counts are legitimately non-integer"
+        "layer, or set round_counts = true in the dataset's TOML spec if the counts are legitimately non-integer",
+        "X", [],
     )
 
 

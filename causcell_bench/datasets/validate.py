@@ -16,7 +16,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from causcell_bench.datasets.spec import DatasetSpec
-from causcell_bench.errors import DataError, MissingConceptError
+from causcell_bench.errors import DataError, MissingConceptError, NotCountsError
 
 # below these the data cannot be benchmarked: refused up front, not scored as nonsense
 MIN_GENES = 10  # correlation and top-gene metrics over fewer genes say nothing
@@ -68,11 +68,12 @@ def check_counts(x: Any, what: str = "counts", *, require_integer: bool = True) 
         if block.size and block.min() < 0:
             raise DataError(f"{what} has negative values; raw counts must be >= 0 (is this log-scaled or centred data?)")
         if require_integer and not np.array_equal(block, np.round(block)):
-            frac = block[block != np.round(block)][:3]
-            raise DataError(
+            frac = np.array([float(f"{v:.4g}") for v in block[block != np.round(block)][:3]])
+            raise NotCountsError(
                 f"{what} is not integer-valued (e.g. {frac.tolist()}); the benchmark needs raw counts. "
                 "Point counts_layer at the raw-count layer, or set round_counts = true in the dataset's TOML "
-                "spec if the values are legitimately non-integer (e.g. volume-normalised MERFISH)"
+                "spec if the values are legitimately non-integer (e.g. volume-normalised MERFISH)",
+                what, frac.tolist(),
             )
 
 
