@@ -149,7 +149,10 @@ def parse_assignments(
             part = item[part_tokens[0].start:part_tokens[-1].end].strip()  # as written, for messages
             eq = next((i for i, t in enumerate(part_tokens) if t.kind == "="), None)
             if eq is None:
-                raise bad(item, f"{part!r} has no '='")
+                # after a comma-split: most likely the tail of a value that holds a comma
+                hint = (" (a value holding a comma goes in double quotes, e.g. kind=\"T, CD4\")"
+                        if several and len(parts) > 1 and not typed else "")
+                raise bad(item, f"{part!r} has no '='{hint}")
             lhs = _text(item, part_tokens[:eq])
             value_tokens = part_tokens[eq + 1:]  # a later '=' belongs to the value
             if not lhs:

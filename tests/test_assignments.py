@@ -117,6 +117,13 @@ def test_quoted_keys_and_values_hold_commas_equals_signs_and_spaces() -> None:
     assert parse_do('label="a"b') == {"label": '"a"b'}
 
 
+def test_an_unquoted_comma_in_a_value_suggests_quoting() -> None:
+    with pytest.raises(BenchError, match=r"""'CD4' has no '=' \(a value holding a comma goes in double quotes"""):
+        parse_do("cell_type=T, CD4")
+    with pytest.raises(BenchError, match=r"'cell_type' has no '='; write it"):  # no comma: no quoting hint
+        parse_do("cell_type")
+
+
 def test_a_quote_left_open_or_an_empty_quoted_value_is_an_error() -> None:
     with pytest.raises(BenchError, match=r"""cannot read --do 'cell_type="T, CD4': the double quote at '"T, CD4' is """
                                          r"""not closed \(inside quotes, write a " as ""\)"""):
