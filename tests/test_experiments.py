@@ -99,6 +99,11 @@ def test_experiment_cli_and_errors(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "n_per_age" in r.output
     r = runner.invoke(app, ["experiment", "causal_consistency", "--out", str(tmp_path), "--methods", "positive_control"])
     assert r.exit_code == 2 and "cannot generate counterfactuals" in r.output
+    fresh = tmp_path / "fresh"
+    r = runner.invoke(app, ["experiment", "causal_consistency", "--out", str(fresh), "--device", "cpu", "--set",
+                            "concept=tissue"])
+    assert r.exit_code == 2 and "not a concept" in r.output, r.output
+    assert not fresh.exists()  # a refused experiment leaves no empty folder behind
     with pytest.raises(BenchError, match="preset"):
         run_experiment("small_sample_trends", tmp_path, preset="huge")
 

@@ -47,9 +47,17 @@ def run_experiment(
     params: dict[str, dict[str, Any]] | None = None,
     options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run one experiment into ``out``; returns its results (``results["report"]`` is the report path)."""
-    return get_experiment(name)(out, preset=preset, seed=seed, methods=methods, device=device, params=params,
-                                options=options)
+    """Run one experiment into ``out``; returns its results (``results["report"]`` is the report path).
+    A refused or failed experiment leaves no empty ``out`` behind that it created."""
+    out = Path(out)
+    created = not out.exists()
+    try:
+        return get_experiment(name)(out, preset=preset, seed=seed, methods=methods, device=device, params=params,
+                                    options=options)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
 
 
 __all__ = ["EXPERIMENTS", "get_experiment", "parse_options", "run_experiment"]
