@@ -131,6 +131,12 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     a.obs["domain"], a.obs["celltype"] = a.obs["kind"], a.obs["kind"]
     a.obs["age"] = pd.Categorical(np.tile(["age_0", "age_1"], a.n_obs // 2))
     a.write_h5ad(d / "othergenes.h5ad")
+    from causcell_bench.datasets import simulate
+
+    a = simulate(n_cells=40, n_genes=60, seed=0)  # the model's genes and concepts, counts not integers
+    a.X = a.layers.pop("counts").toarray().astype(np.float32) * np.float32(0.37)
+    a.obs = a.obs[["age", "domain", "celltype"]]
+    a.write_h5ad(d / "fracinput.h5ad")
     a = _adata()
     a.X[:6] = 0  # six cells with no counts at all
     a.write_h5ad(d / "zerocells.h5ad")
@@ -298,6 +304,10 @@ CASES: list[tuple[str, list[str], int, str]] = [
      "lack the column 'domain', one of the concepts the model was trained on"),
     ("cf-input-other-genes", ["counterfactual", "{d}/model", "--do", "age=age_1", "--input", "{d}/othergenes.h5ad",
                               "--out", "{o}/cf.h5ad"], 2, "60 of the model's 60 genes are missing from these cells"),
+    ("cf-input-not-counts", ["counterfactual", "{d}/model", "--do", "age=age_1", "--input", "{d}/fracinput.h5ad",
+                             "--out", "{o}/cf.h5ad"], 2, "fracinput.h5ad: the counts are not integer-valued (e.g. [2.22, 4.81, 1.85]), and the model reads raw counts"),
+    ("cf-do-unquoted-comma", ["counterfactual", "{d}/model", "--do", "age=age 1, 2", "--out", "{o}/cf.h5ad"], 2,
+     "a value holding a comma goes in double quotes"),
     ("cf-unknown-concept", ["counterfactual", "{d}/model", "--do", "tissue=x", "--out", "{o}/cf.h5ad"], 2,
      "cannot intervene on 'tissue'"),
     ("cf-out-not-h5ad", ["counterfactual", "{d}/model", "--do", "age=age_1", "--out", "{o}/cf.csv"], 2, ".h5ad"),
@@ -532,6 +542,30 @@ def test_report_names_cells_of_another_version_unknown_metrics_and_text_values(t
     CliRunner().invoke(app, ["report", str(run), "--out", str(tmp_path / "rep")])
     summary = pd.read_csv(tmp_path / "rep" / "summary.csv")
     assert "pcc" in set(summary["metric"]) and "pcc_v2" not in set(summary["metric"])
+
+
+def test_check_on_the_command_line_says_when_the_reference_is_not_this_runs(tmp_path: Path) -> None:
+    """The audit: against another dataset's reference, check printed the cause and then "1 regression(s)",
+    and wrapped the line in a pipe. Now the cause is one whole line and the tail says the reference does not
+    fit; a real difference is counted as values."""
+    run = tmp_path / "r"
+    r = CliRunner().invoke(app, [*RUN, *TINY, "--out", str(run)])
+    assert r.exit_code == 0, r.stderr
+    CliRunner().invoke(app, ["report", str(run)])
+    summary = pd.read_csv(run / "report" / "summary.csv")
+    other = summary.assign(dataset="ICI_response")
+    other.to_csv(tmp_path / "other.csv", index=False)
+    r = CliRunner().invoke(app, ["check", str(run), "--reference", str(tmp_path / "other.csv")])
+    lines = r.stderr.splitlines()
+    assert r.exit_code == 1 and len(lines) == 2, r.stderr
+    assert lines[0].startswith("the reference is for dataset(s) ICI_response and the run for synthetic")
+    assert "does not fit this run" in lines[1] and "regression" not in r.stderr
+    shifted = summary.assign(mean=summary["mean"] + 10.0)
+    shifted.to_csv(tmp_path / "shifted.csv", index=False)
+    r = CliRunner().invoke(app, ["check", str(run), "--reference", str(tmp_path / "shifted.csv")])
+    lines = r.stderr.splitlines()
+    n = sum(line.startswith(("regressed", "changed", "missing")) for line in lines)
+    assert r.exit_code == 1 and n > 20 and lines[-1].startswith(f"{n} value(s) differ from"), r.stderr[-500:]
 
 
 def test_a_notice_about_the_data_is_shown_once(inputs: Path, tmp_path: Path) -> None:
