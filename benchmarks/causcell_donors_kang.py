@@ -1,0 +1,75 @@
+"""Is the direction of CausCell's held-out counterfactual on Kang set by the donor it gets?
+
+Under `quick` (cf_mode "do"), do(condition = stimulated) replaces a cell's condition token z_c by the
+z_c of a random stimulated training cell, i.e. a cell of another type (the held-out type has no
+stimulated cells). If z_c carries something of its cell's type, the counterfactual moves towards the
+donor's type. Fit `quick` once (seed 0, one thread) with stimulated cells of TYPE held out; then score
+do(condition = stimulated) of the type's control cells with four condition tokens:
+
+- `random`: a random stimulated donor's z_c (what the grid does);
+- `prototype`: the mean z_c of the stimulated training cells;
+- `shift`: the cell's own z_c plus (mean z_c of stimulated - mean z_c of control training cells);
+- `shift_matched`: the cell's own z_c plus the mean over seen types T of (mean z_c of stimulated T -
+  mean z_c of control T), so that the shift is not the difference of two type mixtures.
+
+The same for a type seen stimulated in training (CD4T, or B when CD4T is held out).
+
+    python benchmarks/causcell_donors_kang.py TYPE [SEED] [PATH]
+"""
+import json
+import sys
+import time
+
+import numpy as np
+import torch
+
+from causcell_bench.threads import apply_thread_budget
+apply_thread_budget(1)
+from causcell_bench.methods.causcell import CausCell
+from causcell_bench.metrics.distribution import change_scores
+from causcell_bench.models.causcell.diffusion import reverse_diffusion, sampling_timesteps
+from kang_holdout import dense, kang_holdout
+
+value, seed = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 0
+k = kang_holdout(value, sys.argv[3] if len(sys.argv) > 3 else None)
+full, train, src, real, spec, pop, pert = k.full, k.train, k.source, k.real, k.spec, k.cell_type, k.condition
+seen = "CD4T" if value != "CD4T" else "B"
+seen_src = full[(pop == seen) & (pert == "control")].copy()
+seen_real = dense(full[(pop == seen) & (pert == "stimulated")].X)
+m = CausCell(preset="quick", device="cpu")
+t0 = time.time(); m.fit(train, spec, seed=seed); fit_s = time.time() - t0
+model = m._model(); net = model.inference_net
+ts = sampling_timesteps("ddim", net.n_timesteps, 50)
+c = spec.concepts.index("condition")
+_, z_tr = model.encode(dense(train.X))
+tc, tp = train.obs["condition"].astype(str).to_numpy(), train.obs["cell_type"].astype(str).to_numpy()
+zc_stim, zc_ctrl = z_tr[tc == "stimulated", c].mean(0), z_tr[tc == "control", c].mean(0)
+both = [t for t in np.unique(tp) if ((tp == t) & (tc == "stimulated")).any() and ((tp == t) & (tc == "control")).any()]
+matched = np.mean([z_tr[(tp == t) & (tc == "stimulated"), c].mean(0) - z_tr[(tp == t) & (tc == "control"), c].mean(0)
+                   for t in both], axis=0)
+
+
+def chain(zz):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn((zz.shape[0], net.n_genes), generator=g)
+    zz = torch.as_tensor(zz, dtype=torch.float32)
+    with torch.no_grad():
+        return reverse_diffusion(lambda xt, t: net.denoiser(xt, t, zz), x, ts, net.schedule,
+                                 sampler="ddim", generator=g).numpy()
+
+
+rows = []
+for label, s, r in [("held", src, real), ("seen", seen_src, seen_real)]:
+    lat = m.counterfactual_latents(s, {"condition": "stimulated"}, seed=seed)
+    z, z_cf = lat["z"], lat["z_cf"]
+    own = z[:, c]
+    for kind, tok in [("random", z_cf[:, c]), ("prototype", np.broadcast_to(zc_stim, own.shape)),
+                      ("shift", own + (zc_stim - zc_ctrl)), ("shift_matched", own + matched)]:
+        zz = z.copy(); zz[:, c] = tok
+        cf = chain(zz)
+        sc = change_scores(cf, r, dense(s.X), k=100)
+        rows.append({"type": value, "seed": seed, "on": label, "kind": kind, "R2": round(sc["r2_mean"], 3),
+                     "R2_deg": round(sc["r2_mean_deg"], 3), "slope": round(sc["delta_slope"], 3),
+                     "dpcc_deg": round(sc["delta_pcc_deg"], 3)})
+        print(rows[-1], flush=True)
+print(json.dumps({"fit_s": fit_s, "rows": rows}))
