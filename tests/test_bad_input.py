@@ -14,6 +14,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -137,6 +138,17 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     a.X = a.layers.pop("counts").toarray().astype(np.float32) * np.float32(0.37)
     a.obs = a.obs[["age", "domain", "celltype"]]
     a.write_h5ad(d / "fracinput.h5ad")
+    # a finished run, then copies with one cell of another version / with a renamed metric
+    done = d / "donerun"
+    r = CliRunner().invoke(app, [*RUN, *TINY, "--out", str(done)])
+    assert r.exit_code == 0, r.stderr
+    for name, change in (("oldversion", lambda rec: rec["versions"].update({"causcell-bench": "0.0.9"})),
+                         ("renamedmetric", lambda rec: rec["metrics"].update({"pcc_v2": rec["metrics"].pop("pcc")}))):
+        shutil.copytree(done, d / name)
+        cell = next((d / name / "cells").rglob("*.json"))
+        rec = json.loads(cell.read_text())
+        change(rec)
+        cell.write_text(json.dumps(rec))
     a = _adata()
     a.X[:6] = 0  # six cells with no counts at all
     a.write_h5ad(d / "zerocells.h5ad")
@@ -231,6 +243,8 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("out-parent-is-a-file", [*RUN, *TINY, "--out", "{d}/afile/run"], 2, "is a file"),
     ("out-holds-other-files", [*RUN, *TINY, "--out", "{d}/usedmodel"], 2, "holds other files (notes.txt)"),
     ("out-holds-a-foreign-config", [*RUN, *TINY, "--out", "{d}/foreignconfig"], 2, "--force-out"),
+    ("holdout-unquoted-comma", [*RUN, "--holdout", "age=age 1, 2", *TINY, "--out", "{o}/r"], 2,
+     "a value holding a comma goes in double quotes"),
     ("holdout-unclosed-quote", [*RUN, "--holdout", 'age="age_1', *TINY, "--out", "{o}/r"], 2, "is not closed"),
     # train
     ("train-out-is-a-file", ["train", "--method", "group_mean", *TINY, "--out", "{d}/afile"], 2, "is a file"),
@@ -281,6 +295,10 @@ CASES: list[tuple[str, list[str], int, str]] = [
      "cannot subsample"),
     # report
     ("report-no-cells", ["report", "{d}/norun"], 2, "no cells/ folder"),
+    ("report-strict-cell-of-another-version", ["report", "{d}/oldversion", "--strict", "--out", "{o}/rep"], 1,
+     "1 cell file(s) of"),
+    ("report-strict-renamed-metric", ["report", "{d}/renamedmetric", "--strict", "--out", "{o}/rep"], 1,
+     "hold metrics this version does not know"),
     ("report-strict-list-cell", ["report", "{d}/listrun", "--strict", "--out", "{o}/rep"], 1, "unreadable or stale"),
     ("report-out-is-a-file", ["report", "{d}/listrun", "--out", "{d}/afile"], 2, "is a file"),
     # counterfactual
