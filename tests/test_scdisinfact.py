@@ -100,3 +100,26 @@ def test_counterfactual_moves_cells_like_the_true_intervention(fitted_on_synthet
     # the predicted change of each cell points the way the true change does
     corr = [np.corrcoef(p, t)[0, 1] for p, t in zip(pred_delta, true_delta)]
     assert np.mean(corr) > 0.4, f"mean per-cell correlation of predicted vs true change {np.mean(corr):.2f}"
+
+
+def test_the_quick_epoch_cap_falls_with_the_cells_so_the_fit_grows_at_most_linearly() -> None:
+    from causcell_bench.methods.scdisinfact import epoch_cap
+
+    q = ScDisInFact.presets["quick"]
+    cap = lambda n: epoch_cap(n, q["epochs"], q["epoch_cells"], q["min_epochs"])  # noqa: E731
+    assert cap(860) == cap(1400) == 300  # the demo's and CI's sizes: unchanged
+    assert 60 < cap(3000) < 300 and cap(7200) == cap(40000) == 60
+    # updates per fit ~ cap x cells: constant while the cap falls, then linear at the floor
+    assert cap(7200) * 7200 <= cap(1400) * 1400 * 1.05 and cap(40000) * 40000 == 60 * 40000
+    assert epoch_cap(10**6, 100, None) == 100 and epoch_cap(10**6, 2, 420_000, 60) == 2  # off; a cap below the floor
+    with pytest.raises(BenchError, match="epoch_cells"):
+        epoch_cap(100, 300, 0, 60)
+
+
+def test_a_fit_records_the_cap_it_ran_under() -> None:
+    adata, spec = tiny_dataset(n_cells=120, n_genes=20)
+    m = ScDisInFact(device="cpu", epochs=30, epoch_cells=540, min_epochs=4, batch_per_group=8, early_stopping=True,
+                    patience=50)
+    m.fit(adata, spec, seed=0)
+    conv = m.convergence_["training"]
+    assert conv["cap"] == 5 and len(m.history_) == 5  # 540 / 108 cells it trains on (a tenth held out)
