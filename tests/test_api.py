@@ -261,3 +261,61 @@ def test_cells_forked_after_numba_parallel_code_survive_or_are_refused(tmp_path:
         assert "layer omp" in out.stdout, out.stdout
         assert "refused numba's OpenMP threading layer is already running" in out.stdout
         assert "import causcell_bench first" in out.stdout
+
+
+# Every field of the run request, and where each entry point takes it (issue 30: an option is declared
+# once, in RunConfig, and the CLI flag and the API keyword must follow it). A field added to RunConfig
+# without a row here fails the test below until both entry points take it (or it is named internal).
+REQUEST_FIELDS = {
+    # field: (CLI `run` parameter(s), benchmark() parameter(s))
+    "datasets": (("dataset",), ("adata", "name")),
+    "methods": (("methods",), ("methods",)),
+    "settings": (("settings",), ("settings",)),
+    "n_folds": (("n_folds",), ("n_folds",)),
+    "folds": (("folds",), ("folds",)),
+    "seeds": (("seeds",), ("seeds",)),
+    "preset": (("preset",), ("preset",)),
+    "device": (("device",), ("device",)),
+    "jobs": (("jobs",), ("jobs",)),
+    "threads": (("threads",), ("threads",)),
+    "dataset_kwargs": (("n_cells", "n_genes"), ("counts_layer", "fine_labels", "perturbation")),
+    "method_params": (("param",), ("params",)),
+    "concepts": (("concepts",), ("concepts",)),
+    "edges": (("dag",), ("dag",)),
+    "n_hvg": (("n_hvg",), ("n_hvg",)),
+    "data_dir": (("data_dir",), ()),  # the API is given the AnnData itself
+    "probe": (("probe",), ("probe",)),
+    "holdout": (("holdout",), ("holdout",)),
+    "cf_concept": (("cf_concept",), ("cf_concept",)),
+    "truth_samples": (("truth_samples",), ("truth_samples",)),
+    "cell_parts": (("cell_parts",), ("cell_parts",)),
+}
+INTERNAL_FIELDS = {"split_seed", "counterfactual"}  # set by the code, not by a user
+# options of the run itself (not of the request), in both entry points under the same names
+RUN_OPTIONS = {"retry_failed", "start_method", "out", "force_out", "report"}
+
+
+def test_every_request_field_is_taken_by_the_cli_and_the_api_with_the_same_default() -> None:
+    import inspect
+
+    from causcell_bench.api import benchmark
+    from causcell_bench.cli.grid import run
+    from causcell_bench.config import RunConfig
+
+    fields = RunConfig.model_fields
+    assert set(fields) == set(REQUEST_FIELDS) | INTERNAL_FIELDS, "a RunConfig field the entry points do not take"
+    cli, api = inspect.signature(run).parameters, inspect.signature(benchmark).parameters
+    for field, (cli_names, api_names) in REQUEST_FIELDS.items():
+        assert set(cli_names) <= set(cli) and set(api_names) <= set(api), field
+    assert RUN_OPTIONS <= set(cli) and RUN_OPTIONS <= set(api)
+    # where a field is one option of the same name, its default is the request's own in both
+    for field, (cli_names, api_names) in REQUEST_FIELDS.items():
+        if fields[field].is_required() or field == "concepts":  # methods: no default of its own (the
+            continue  # entry points' "all"); concepts: required by the API (an AnnData has no spec)
+        default = fields[field].get_default(call_default_factory=True)
+        if cli_names == api_names == (field,) and not isinstance(default, list):
+            assert cli[field].default == default == api[field].default, field
+    assert cli["methods"].default == api["methods"].default == "all"
+    for field, parse in (("seeds", lambda v: [int(x) for x in v.split(",")]), ("settings", lambda v: v.split(","))):
+        default = fields[field].get_default(call_default_factory=True)
+        assert parse(cli[field].default) == list(api[field].default) == default, field
