@@ -136,20 +136,20 @@ def run(
         cell_parts=cell_parts, truth_samples=truth_samples,
     )
     if (crowded := config.oversubscription()) is not None:
-        err_console.print(f"warning: {crowded}", highlight=False)
+        err_console.print(f"warning: {crowded}", highlight=False, soft_wrap=True)
     stored = dataset_names(config)  # spec names; two specs with one name fail here
     run_dir = out or Path("runs") / "_".join(dict.fromkeys(stored.values()))
     check_out_dir(run_dir)
     if not force_out:
         check_run_out(run_dir, flag="--out", force="pass --force-out")
-    err_console.print(f"run directory: {run_dir}", highlight=False)
+    err_console.print(f"run directory: {run_dir}", highlight=False, soft_wrap=True)
     try:
         outcomes = run_grid(config, run_dir, retry_failed=retry_failed, executor=executor, ray_address=ray_address,
                             start_method=start_method, claim_timeout_s=claim_timeout * 3600)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     counts = summarize_outcomes(outcomes)
-    err_console.print("cells: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    err_console.print("cells: " + ", ".join(f"{v} {k}" for k, v in counts.items()), soft_wrap=True)
     if report:
         _report(run_dir, None)
     # nothing to show: every cell failed, or was stopped in its own process (a rerun resumes it)
@@ -452,7 +452,7 @@ def download(
                              progress=err_console.is_terminal)
     for p in paths:
         console.print(f"{p}")
-    err_console.print(f"{key}: {len(paths)} file(s) in {dest}, where the loader looks")
+    err_console.print(f"{key}: {len(paths)} file(s) in {dest}, where the loader looks", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -471,4 +471,4 @@ def prepare(
         raise BenchError(f"prepare knows ICI_response only; {dataset!r} is read from its h5ad directly")
     target = out or data_dirs(data_dir)[0]
     path = prepare_ici_response(counts, metadata, target)
-    console.print(f"wrote {path}")
+    console.print(f"wrote {path}", highlight=False, soft_wrap=True)

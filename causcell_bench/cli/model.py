@@ -201,7 +201,7 @@ def experiment(
         name, out, preset=preset, seed=seed, methods=comma_list(methods), device=device, params=params, options=options,
     )
     console.print(Path(result["report"]).read_text(), markup=False, highlight=False)
-    err_console.print(f"written: {result['report']}")
+    err_console.print(f"written: {result['report']}", highlight=False, soft_wrap=True)
 
 
 def _experiment_module(name: str) -> Any:
