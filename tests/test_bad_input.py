@@ -594,3 +594,12 @@ def test_a_notice_about_the_data_is_shown_once(inputs: Path, tmp_path: Path) -> 
     assert r.exit_code == 0, r.stderr
     notices = [line for line in r.stderr.splitlines() if "have no counts at all" in line]
     assert len(notices) == 1 and notices[0].startswith("warning: zerocells: 6 cell(s)"), r.stderr
+
+
+def test_the_oversubscription_warning_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CAUSCELL_BENCH_THREADS", raising=False)  # the suite's one thread would override --threads
+    r = CliRunner().invoke(app, [*RUN, "--jobs", "2", "--threads", "64", "--dataset", "nosuchdataset",
+                                 "--out", str(tmp_path / "r")])
+    warning = [line for line in r.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warning) == 1 and warning[0].endswith("lower --jobs or --threads"), r.stderr
+    assert r.exit_code == 2 and "nosuchdataset" in r.stderr
