@@ -347,6 +347,10 @@ CASES: list[tuple[str, list[str], int, str]] = [
      2, "not among this run's methods"),
     ("list-unknown", ["list", "things"], 2, "cannot list"),
     ("list-unknown-format", ["list", "metrics", "--format", "xml"], 2, "--format 'xml': choose table, csv or json"),
+    ("list-methods-unknown-format", ["list", "methods", "--format", "yaml"], 2, "--format 'yaml': choose table"),
+    ("out-at-the-datasets-folder", [*RUN, *TINY, "--out", "{d}"], 2, "holds other files"),
+    ("experiment-refused-leaves-no-folder", ["experiment", "causal_consistency", "--out", "{o}/fresh", "--device",
+                                            "cpu", "--set", "concept=tissue"], 2, "not a concept"),
 ]
 if not torch.cuda.is_available():
     CASES.append(("cuda-without-gpu", [*RUN, "--device", "cuda", *TINY, "--out", "{o}/r"], 2, "sees no CUDA GPU"))
@@ -383,6 +387,8 @@ def test_bad_input_gets_one_clear_line(inputs: Path, tmp_path: Path, args: list[
     assert {k: v for k, v in after.items() if k in before} == before  # no input file changed
     if argv[0] == "run":
         assert not list((tmp_path / "out").rglob("config.json"))  # a rejected run wrote nothing
+    if argv[0] == "experiment" and "{o}" in " ".join(args):
+        assert not list((tmp_path / "out").iterdir())  # nor a refused experiment, not even an empty folder
 
 
 def test_full_disk_and_read_only_while_writing_the_report(inputs: Path, tmp_path: Path,
