@@ -18,26 +18,21 @@ The same for a type seen stimulated in training (CD4T, or B when CD4T is held ou
 """
 import json
 import sys
-import time
 
 import numpy as np
 import torch
 
 from causcell_bench.threads import apply_thread_budget
 apply_thread_budget(1)
-from causcell_bench.methods.causcell import CausCell
 from causcell_bench.metrics.distribution import change_scores
 from causcell_bench.models.causcell.diffusion import reverse_diffusion, sampling_timesteps
-from kang_holdout import dense, kang_holdout
+from kang_holdout import dense, fit_quick, kang_holdout
 
 value, seed = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 0
 k = kang_holdout(value, sys.argv[3] if len(sys.argv) > 3 else None)
-full, train, src, real, spec, pop, pert = k.full, k.train, k.source, k.real, k.spec, k.cell_type, k.condition
-seen = "CD4T" if value != "CD4T" else "B"
-seen_src = full[(pop == seen) & (pert == "control")].copy()
-seen_real = dense(full[(pop == seen) & (pert == "stimulated")].X)
-m = CausCell(preset="quick", device="cpu")
-t0 = time.time(); m.fit(train, spec, seed=seed); fit_s = time.time() - t0
+train, src, real, spec = k.train, k.source, k.real, k.spec
+seen_src, seen_real = k.seen()
+m, fit_s = fit_quick(k, seed)
 model = m._model(); net = model.inference_net
 ts = sampling_timesteps("ddim", net.n_timesteps, 50)
 c = spec.concepts.index("condition")

@@ -12,26 +12,21 @@ Pearson r of the changes on the DEGs) and a JSON summary. results/real_holdout/k
 numbers, docs/causcell.md what they say."""
 import json
 import sys
-import time
 
 import torch
 
 from causcell_bench.threads import apply_thread_budget
 apply_thread_budget(1)
-from causcell_bench.methods.causcell import CausCell
 from causcell_bench.metrics.distribution import change_scores
 from causcell_bench.models.causcell.diffusion import reverse_diffusion, sampling_timesteps
-from kang_holdout import dense, kang_holdout
+from kang_holdout import dense, fit_quick, kang_holdout
 
 value, seed = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 0
 k = kang_holdout(value, sys.argv[3] if len(sys.argv) > 3 else None)
-full, train, src, real, spec, pop, pert = k.full, k.train, k.source, k.real, k.spec, k.cell_type, k.condition
+train, src, real, spec = k.train, k.source, k.real, k.spec
 srcx = dense(src.X)
-# a seen type for comparison: CD4T control -> stimulated (both in training) unless CD4T is held
-seen = "CD4T" if value != "CD4T" else "B"
-seen_src = full[(pop == seen) & (pert == "control")].copy(); seen_real = dense(full[(pop == seen) & (pert == "stimulated")].X)
-m = CausCell(preset="quick", device="cpu")
-t0 = time.time(); m.fit(train, spec, seed=seed); fit_s = time.time() - t0
+seen_src, seen_real = k.seen()  # CD4T control -> stimulated (both in training) unless CD4T is held
+m, fit_s = fit_quick(k, seed)
 model = m._model(); net = model.inference_net
 ts = sampling_timesteps("ddim", net.n_timesteps, 50)
 

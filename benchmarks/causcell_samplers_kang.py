@@ -13,16 +13,14 @@ import time
 from causcell_bench.threads import apply_thread_budget
 
 apply_thread_budget(1)
-from causcell_bench.methods.causcell import CausCell
 from causcell_bench.metrics.distribution import change_scores
-from kang_holdout import dense, kang_holdout
+from kang_holdout import dense, fit_quick, kang_holdout
 
 value = sys.argv[1]
 k = kang_holdout(value, sys.argv[2] if len(sys.argv) > 2 else None)
 train, src, real, spec = k.train, k.source, k.real, k.spec
 srcx = dense(src.X)
-m = CausCell(preset="quick", device="cpu")
-t0 = time.time(); m.fit(train, spec, seed=0); fit_s = time.time() - t0
+m, fit_s = fit_quick(k, 0)
 rows = []
 for name, kw in [("ddim-50", dict(sampler="ddim", steps=50)), ("ddim-200", dict(sampler="ddim", steps=200)),
                  ("ancestral-1000", dict(sampler="ancestral"))]:

@@ -30,6 +30,30 @@ class KangHoldout:
     spec: DatasetSpec
     condition: np.ndarray
     cell_type: np.ndarray
+    held: str = ""  # the held-out type
+
+    @property
+    def seen_type(self) -> str:
+        """A type seen stimulated in training, for comparison: CD4T, or B when CD4T is the one held out."""
+        return "CD4T" if self.held != "CD4T" else "B"
+
+    def seen(self) -> tuple[ad.AnnData, np.ndarray]:
+        """(control cells, stimulated cells dense) of :attr:`seen_type`."""
+        of = self.cell_type == self.seen_type
+        return (self.full[of & (self.condition == "control")].copy(),
+                dense(self.full[of & (self.condition == "stimulated")].X))
+
+
+def fit_quick(k: KangHoldout, seed: int = 0) -> tuple[Any, float]:
+    """CausCell `quick` fitted (on the CPU) to the training cells; returns (method, fit wall seconds)."""
+    import time
+
+    from causcell_bench.methods.causcell import CausCell
+
+    m = CausCell(preset="quick", device="cpu")
+    t0 = time.time()
+    m.fit(k.train, k.spec, seed=seed)
+    return m, time.time() - t0
 
 
 def kang_holdout(cell_type: str, path: str | None = None) -> KangHoldout:
@@ -42,4 +66,4 @@ def kang_holdout(cell_type: str, path: str | None = None) -> KangHoldout:
     full = ad.AnnData(X=log_cp10k(counts[:, genes]), obs=obs, var=pd.DataFrame(index=a.var_names[genes]))
     spec = DatasetSpec(name="kang", source="x.h5ad", concepts=["condition", "cell_type"], edges=[], counts_layer=None)
     return KangHoldout(full=full, train=full[~held].copy(), source=full[(pop == cell_type) & ~held].copy(),
-                       real=dense(full[held].X), spec=spec, condition=cond, cell_type=pop)
+                       real=dense(full[held].X), spec=spec, condition=cond, cell_type=pop, held=cell_type)
