@@ -167,30 +167,36 @@ def test_a_real_full_tmpfs(tmp_path: Path) -> None:
 CLI = str(Path(sys.executable).with_name("causcell-bench"))
 
 
-SWALLOWING = """
+SWALLOWING_PATCH = """
 import os, signal, sys
-from causcell_bench.cli import app
+from causcell_bench.methods.controls import NegativeControl
 from causcell_bench.methods.references import GroupMean
 
-fit = GroupMean.fit
+def swallowing(fit):
+    def wrapped(self, *a, **k):  # a library that catches the KeyboardInterrupt and carries on
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+        except KeyboardInterrupt:
+            pass
+        return fit(self, *a, **k)
+    return wrapped
 
-def swallowing_fit(self, *a, **k):  # a library that catches the KeyboardInterrupt and carries on
-    try:
-        os.kill(os.getpid(), signal.SIGINT)
-    except KeyboardInterrupt:
-        pass
-    return fit(self, *a, **k)
-
-GroupMean.fit = swallowing_fit
-app(sys.argv[1:])
+GroupMean.fit = swallowing(GroupMean.fit)
+NegativeControl.fit = swallowing(NegativeControl.fit)
 """
 
 
+def _run_script(tmp_path: Path, text: str, *args: str) -> subprocess.CompletedProcess:
+    """Run ``text`` as a script in its own process: signals reach only the main thread, and a test
+    worker may not run tests there."""
+    (tmp_path / "script.py").write_text(text)
+    return subprocess.run([sys.executable, str(tmp_path / "script.py"), *args], capture_output=True, text=True,
+                          timeout=300, check=False, env={**os.environ, "CAUSCELL_BENCH_THREADS": "1"})
+
+
 def test_a_swallowed_interrupt_ends_the_command_and_saves_nothing(tmp_path: Path) -> None:
-    # in its own process: signals reach only the main thread, and a test worker may not run tests there
-    (tmp_path / "swallow.py").write_text(SWALLOWING)
-    r = subprocess.run([sys.executable, str(tmp_path / "swallow.py"), "train", "--method", "group_mean", *TINY,
-                        "--out", str(tmp_path / "m")], capture_output=True, text=True, timeout=300, check=False)
+    r = _run_script(tmp_path, SWALLOWING_PATCH + "from causcell_bench.cli import app\napp(sys.argv[1:])\n",
+                    "train", "--method", "group_mean", *TINY, "--out", str(tmp_path / "m"))
     assert r.returncode == 130 and r.stderr.strip() == "interrupted", r.stderr[-2000:]
     assert not (tmp_path / "m").exists()
 
@@ -231,53 +237,26 @@ entry.main()
 
 def test_an_interrupt_typer_turns_into_a_silent_exit_is_still_named(tmp_path: Path) -> None:
     # the auditor's case: Ctrl-C 0.35-0.5 s after start exited 130 with nothing on stderr
-    (tmp_path / "silent.py").write_text(TYPER_SILENT)
-    r = subprocess.run([sys.executable, str(tmp_path / "silent.py")], capture_output=True, text=True, timeout=120,
-                       check=False)
+    r = _run_script(tmp_path, TYPER_SILENT)
     assert r.returncode == 130 and r.stderr == "interrupted\n", r.stderr[-2000:]
-
-
-SWALLOWING_PATCH = """
-import os, signal, sys
-from causcell_bench.methods.controls import NegativeControl
-from causcell_bench.methods.references import GroupMean
-
-def swallowing(fit):
-    def wrapped(self, *a, **k):  # a library that catches the KeyboardInterrupt and carries on
-        try:
-            os.kill(os.getpid(), signal.SIGINT)
-        except KeyboardInterrupt:
-            pass
-        return fit(self, *a, **k)
-    return wrapped
-
-GroupMean.fit = swallowing(GroupMean.fit)
-NegativeControl.fit = swallowing(NegativeControl.fit)
-"""
 
 
 def test_a_cell_whose_interrupt_a_library_swallowed_is_recorded_as_interrupted_not_ok(tmp_path: Path) -> None:
     """The cell's own process gets the Ctrl-C (a terminal signals the whole process group) and the
     library carries on: the cell must not be stored as an ok result of a cut-short fit."""
-    script = SWALLOWING_PATCH + "from causcell_bench.cli import app\napp(sys.argv[1:])\n"
-    (tmp_path / "cell.py").write_text(script)
     out = tmp_path / "run"
-    r = subprocess.run([sys.executable, str(tmp_path / "cell.py"), "run", "--methods", "group_mean", "--dataset",
-                        "synthetic", *TINY, "--settings", "ID", "--folds", "0", "--start-method", "fork",
-                        "--out", str(out)], capture_output=True, text=True, timeout=300, check=False,
-                       env={**os.environ, "CAUSCELL_BENCH_THREADS": "1"})
+    r = _run_script(tmp_path, SWALLOWING_PATCH + "from causcell_bench.cli import app\napp(sys.argv[1:])\n",
+                    "run", "--methods", "group_mean", "--dataset", "synthetic", *TINY, "--settings", "ID",
+                    "--folds", "0", "--start-method", "fork", "--out", str(out))
     records = [json.loads(p.read_text()) for p in (out / "cells").rglob("*.json")]
     assert [rec["status"] for rec in records] == ["interrupted"], (r.stderr[-2000:], records)
     assert r.returncode == 1 and "1 interrupted" in r.stderr, r.stderr[-2000:]  # nothing to show: not a success
 
 
 def test_an_experiment_whose_interrupt_a_library_swallowed_writes_nothing(tmp_path: Path) -> None:
-    script = SWALLOWING_PATCH + "from causcell_bench.entry import main\nmain()\n"
-    (tmp_path / "exp.py").write_text(script)
     out = tmp_path / "exp"
-    r = subprocess.run([sys.executable, str(tmp_path / "exp.py"), "experiment", "causal_consistency", "--out",
-                        str(out), "--methods", "negative_control", "--device", "cpu", "--set", "n_cells=300",
-                        "--set", "n_genes=40", "--set", 'values=["age_1"]'], capture_output=True, text=True,
-                       timeout=300, check=False, env={**os.environ, "CAUSCELL_BENCH_THREADS": "1"})
+    r = _run_script(tmp_path, SWALLOWING_PATCH + "from causcell_bench.entry import main\nmain()\n",
+                    "experiment", "causal_consistency", "--out", str(out), "--methods", "negative_control",
+                    "--device", "cpu", "--set", "n_cells=300", "--set", "n_genes=40", "--set", 'values=["age_1"]')
     assert r.returncode == 130 and r.stderr.strip().endswith("interrupted"), r.stderr[-2000:]
     assert not (out / "results.json").exists() and not (out / "report.md").exists()
