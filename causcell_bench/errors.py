@@ -26,13 +26,12 @@ class MissingConceptError(DataError):
 
 
 class NotCountsError(DataError):
-    """The values given as counts are not integers; ``where`` names them (``X``, a layer) and ``example``
-    holds a few. Callers that cannot offer the spec's ``round_counts`` (``counterfactual --input``) restate
-    the advice in their terms."""
+    """The values given as counts are not integers; ``example`` holds a few (may be empty). Callers that
+    cannot offer the spec's ``round_counts`` (``counterfactual --input``) restate the advice in their terms."""
 
-    def __init__(self, message: str, where: str, example: list[float]) -> None:
+    def __init__(self, message: str, example: list[float]) -> None:
         super().__init__(message)
-        self.where, self.example = where, example
+        self.example = example
 
 
 class NotFittedError(BenchError):

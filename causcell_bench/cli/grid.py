@@ -268,7 +268,7 @@ def check(
         for p in problems:
             err_console.print(Text(p, style="red"), highlight=False, soft_wrap=True)
         # a reference of another dataset or setting is one finding, not a regression of the run
-        rows = [p for p in problems if p.startswith(("regressed", "changed", "missing", "improved"))]
+        rows = [p for p in problems if p.startswith(("regressed", "changed", "missing"))]
         tail = (f"{len(rows)} value(s) differ from {reference}" if rows else
                 f"the reference {reference} does not fit this run (above)")
         err_console.print(tail, highlight=False, soft_wrap=True)

@@ -510,7 +510,7 @@ def _find_counts(adata: AnnData, spec: DatasetSpec) -> Any:
         f"{spec.name}: no raw counts found: layer {spec.counts_layer!r} is missing (layers: {list(adata.layers)}) "
         "and neither X nor raw.X holds non-negative integers. Set counts_layer in the spec to the raw-count "
         "layer, or set round_counts = true in the dataset's TOML spec if the counts are legitimately non-integer",
-        "X", [],
+        [],
     )
 
 

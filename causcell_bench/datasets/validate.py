@@ -73,7 +73,7 @@ def check_counts(x: Any, what: str = "counts", *, require_integer: bool = True) 
                 f"{what} is not integer-valued (e.g. {frac.tolist()}); the benchmark needs raw counts. "
                 "Point counts_layer at the raw-count layer, or set round_counts = true in the dataset's TOML "
                 "spec if the values are legitimately non-integer (e.g. volume-normalised MERFISH)",
-                what, frac.tolist(),
+                frac.tolist(),
             )
 
 
