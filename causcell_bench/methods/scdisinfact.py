@@ -27,6 +27,7 @@ out); ``convergence_["training"]`` says where training stopped and why.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -89,7 +90,8 @@ def epoch_cap(n_cells: int, epochs: int, epoch_cells: int | None, min_epochs: in
         return int(epochs)
     if int(epoch_cells) < 1 or int(min_epochs) < 1:
         raise BenchError(f"scDisInFact: epoch_cells and min_epochs must be >= 1, got {epoch_cells}, {min_epochs}")
-    return int(max(min(int(epochs), -(-int(epoch_cells) // max(int(n_cells), 1))), min(int(min_epochs), int(epochs))))
+    falling = math.ceil(int(epoch_cells) / max(int(n_cells), 1))
+    return max(min(int(epochs), falling), min(int(min_epochs), int(epochs)))  # the floor never above the cap
 
 
 class ScDisInFact(Method):
