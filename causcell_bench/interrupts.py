@@ -19,12 +19,17 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-_STATE = {"hit": False, "said": False}
+_STATE: dict[str, Any] = {"hit": False, "said": False, "signal": None}
 
 
 def interrupted() -> bool:
     """Whether a SIGINT or SIGTERM arrived while :func:`watching` was active."""
     return _STATE["hit"]
+
+
+def interrupt_signal() -> str | None:
+    """The name of the last signal :func:`watching` recorded (``SIGINT``, ``SIGTERM``), or None."""
+    return _STATE["signal"]
 
 
 def check_interrupt() -> None:
@@ -42,7 +47,7 @@ def announce() -> None:
 
 
 def _handler(signum: int, frame: Any) -> None:
-    _STATE["hit"] = True
+    _STATE["hit"], _STATE["signal"] = True, signal.Signals(signum).name
     if frame is not None and "gc_callback" in frame.f_code.co_name:
         # raised inside a garbage-collector callback (JAX registers one) the exception would only be
         # printed as "ignored": deliver the signal again once the callback has returned
@@ -55,7 +60,7 @@ def _handler(signum: int, frame: Any) -> None:
 def watching() -> Iterator[None]:
     """Record SIGINT/SIGTERM (and raise KeyboardInterrupt on them) for the duration of the block; the
     flag starts clear. In a thread other than the main one, signals cannot be handled: a no-op."""
-    _STATE["hit"] = _STATE["said"] = False
+    _STATE.update(hit=False, said=False, signal=None)
     if threading.current_thread() is not threading.main_thread():
         yield
         return

@@ -16,7 +16,7 @@ from typing import Any
 from causcell_bench.config import RunConfig
 from causcell_bench.grid.data import DATA_CACHE
 from causcell_bench.grid.record import INTERRUPTED_NOTE, CellKey, CellRecord, RunStamp, cell_hash
-from causcell_bench.interrupts import check_interrupt, interrupted, watching
+from causcell_bench.interrupts import check_interrupt, interrupt_signal, interrupted, watching
 from causcell_bench.progress import CellProgressWriter, cell_output_to, log_path
 from causcell_bench.store import ResultStore
 
@@ -88,7 +88,8 @@ def execute_cell(config: RunConfig, key: CellKey, run_dir: str | Path, threads: 
     except (KeyboardInterrupt, SystemExit) as e:
         # stopped, not failed (Lightning turns SIGTERM into a SystemExit): the record says so and the
         # next run reruns the cell
-        store.write_record(CellRecord.interrupted(config, key, f"{INTERRUPTED_NOTE} ({type(e).__name__})",
+        how = interrupt_signal() or type(e).__name__  # the signal when the cell's own handler saw it
+        store.write_record(CellRecord.interrupted(config, key, f"{INTERRUPTED_NOTE} ({how})",
                                                   threads=threads, total_s=time.perf_counter() - t0, stamp=stamp))
         raise
     except Exception as e:  # noqa: BLE001 - a failing method is recorded and the grid goes on
