@@ -20,29 +20,23 @@ import json
 import sys
 import time
 
-import numpy as np
 import torch
 
 from causcell_bench.threads import apply_thread_budget
 apply_thread_budget(1)
 from causcell_bench.methods.references import AdditiveShift
 from causcell_bench.metrics.distribution import change_scores
-from causcell_bench.models.causcell.diffusion import reverse_diffusion, sampling_timesteps
-from kang_holdout import dense, fit_quick, kang_holdout
+from kang_holdout import ddim, dense, fit_quick, from_argv, training_latents
 
-value, seed = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 0
-k = kang_holdout(value, sys.argv[3] if len(sys.argv) > 3 else None)
+value, seed, k = from_argv(sys.argv)
 train, src, real, spec = k.train, k.source, k.real, k.spec
 seen_src, seen_real = k.seen()
 m, fit_s = fit_quick(k, seed)
 add = AdditiveShift(preset="quick"); add.fit(train, spec, seed=seed)
 model = m._model(); net = model.inference_net
-ts = sampling_timesteps("ddim", net.n_timesteps, 50)
 c, ct = spec.concepts.index("condition"), spec.concepts.index("cell_type")
-_, z_tr = model.encode(dense(train.X))
-tc, tp = train.obs["condition"].astype(str).to_numpy(), train.obs["cell_type"].astype(str).to_numpy()
+z_tr, tc, tp, both = training_latents(model, k)
 proto_c = {v: z_tr[tc == v, c].mean(0) for v in ("control", "stimulated")}
-both = [t for t in np.unique(tp) if ((tp == t) & (tc == "stimulated")).any() and ((tp == t) & (tc == "control")).any()]
 proto_t = {t: z_tr[tp == t, ct].mean(0) for t in both}
 
 
@@ -55,15 +49,8 @@ def tokens(z, cell_type=None, cond=None):
     return torch.as_tensor(out, dtype=torch.float32)
 
 
-def run(den, n):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn((n, net.n_genes), generator=g)
-    with torch.no_grad():
-        return reverse_diffusion(den, x, ts, net.schedule, sampler="ddim", generator=g).numpy()
-
-
 def chain(zz):
-    return run(lambda xt, t: net.denoiser(xt, t, zz), zz.shape[0])
+    return ddim(net, lambda xt, t: net.denoiser(xt, t, zz), zz.shape[0], seed)
 
 
 rows = []
@@ -79,7 +66,7 @@ for label, s, r in [("held", src, real), ("seen", seen_src, seen_real)]:
 
     t1 = time.time()
     outs = {"plain": chain(torch.as_tensor(z_cf, dtype=torch.float32)),
-            "compose_step": run(step, z.shape[0])}
+            "compose_step": ddim(net, step, z.shape[0], seed)}
     base = chain(zf)
     outs["compose_end"] = base + sum(chain(a) - chain(b) for a, b in pairs) / len(pairs)
     outs["additive_shift"] = add.generate(s, {"condition": "stimulated"}, seed=seed)

@@ -25,32 +25,23 @@ import torch
 from causcell_bench.threads import apply_thread_budget
 apply_thread_budget(1)
 from causcell_bench.metrics.distribution import change_scores
-from causcell_bench.models.causcell.diffusion import reverse_diffusion, sampling_timesteps
-from kang_holdout import dense, fit_quick, kang_holdout
+from kang_holdout import ddim, dense, fit_quick, from_argv, training_latents
 
-value, seed = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 0
-k = kang_holdout(value, sys.argv[3] if len(sys.argv) > 3 else None)
-train, src, real, spec = k.train, k.source, k.real, k.spec
+value, seed, k = from_argv(sys.argv)
+src, real, spec = k.source, k.real, k.spec
 seen_src, seen_real = k.seen()
 m, fit_s = fit_quick(k, seed)
 model = m._model(); net = model.inference_net
-ts = sampling_timesteps("ddim", net.n_timesteps, 50)
 c = spec.concepts.index("condition")
-_, z_tr = model.encode(dense(train.X))
-tc, tp = train.obs["condition"].astype(str).to_numpy(), train.obs["cell_type"].astype(str).to_numpy()
+z_tr, tc, tp, both = training_latents(model, k)
 zc_stim, zc_ctrl = z_tr[tc == "stimulated", c].mean(0), z_tr[tc == "control", c].mean(0)
-both = [t for t in np.unique(tp) if ((tp == t) & (tc == "stimulated")).any() and ((tp == t) & (tc == "control")).any()]
 matched = np.mean([z_tr[(tp == t) & (tc == "stimulated"), c].mean(0) - z_tr[(tp == t) & (tc == "control"), c].mean(0)
                    for t in both], axis=0)
 
 
 def chain(zz):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn((zz.shape[0], net.n_genes), generator=g)
     zz = torch.as_tensor(zz, dtype=torch.float32)
-    with torch.no_grad():
-        return reverse_diffusion(lambda xt, t: net.denoiser(xt, t, zz), x, ts, net.schedule,
-                                 sampler="ddim", generator=g).numpy()
+    return ddim(net, lambda xt, t: net.denoiser(xt, t, zz), zz.shape[0], seed)
 
 
 rows = []

@@ -18,30 +18,23 @@ import torch
 from causcell_bench.threads import apply_thread_budget
 apply_thread_budget(1)
 from causcell_bench.metrics.distribution import change_scores
-from causcell_bench.models.causcell.diffusion import reverse_diffusion, sampling_timesteps
-from kang_holdout import dense, fit_quick, kang_holdout
+from kang_holdout import ddim, dense, fit_quick, from_argv
 
-value, seed = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 0
-k = kang_holdout(value, sys.argv[3] if len(sys.argv) > 3 else None)
-train, src, real, spec = k.train, k.source, k.real, k.spec
-srcx = dense(src.X)
+value, seed, k = from_argv(sys.argv)
+src, real = k.source, k.real
 seen_src, seen_real = k.seen()  # CD4T control -> stimulated (both in training) unless CD4T is held
 m, fit_s = fit_quick(k, seed)
-model = m._model(); net = model.inference_net
-ts = sampling_timesteps("ddim", net.n_timesteps, 50)
+net = m._model().inference_net
 
 def chain(z, z_cf, w, kind):
     z = torch.as_tensor(z, dtype=torch.float32); z_cf = torch.as_tensor(z_cf, dtype=torch.float32)
     if kind == "embed":
         z_cf = z + w * (z_cf - z)
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn((z.shape[0], net.n_genes), generator=g)
     if kind == "guide" and w != 1:
         den = lambda xt, t: net.denoiser(xt, t, z) + w * (net.denoiser(xt, t, z_cf) - net.denoiser(xt, t, z))
     else:
         den = lambda xt, t: net.denoiser(xt, t, z_cf)
-    with torch.no_grad():
-        return reverse_diffusion(den, x, ts, net.schedule, sampler="ddim", generator=g).numpy()
+    return ddim(net, den, z.shape[0], seed)
 
 rows = []
 for label, s, r in [("held", src, real), ("seen", seen_src, seen_real)]:

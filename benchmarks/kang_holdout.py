@@ -67,3 +67,34 @@ def kang_holdout(cell_type: str, path: str | None = None) -> KangHoldout:
     spec = DatasetSpec(name="kang", source="x.h5ad", concepts=["condition", "cell_type"], edges=[], counts_layer=None)
     return KangHoldout(full=full, train=full[~held].copy(), source=full[(pop == cell_type) & ~held].copy(),
                        real=dense(full[held].X), spec=spec, condition=cond, cell_type=pop, held=cell_type)
+
+
+def from_argv(argv: list[str]) -> tuple[str, int, KangHoldout]:
+    """``TYPE [SEED] [PATH]`` of the CausCell-on-Kang scripts: (held-out type, seed, its KangHoldout)."""
+    value, seed = argv[1], int(argv[2]) if len(argv) > 2 else 0
+    return value, seed, kang_holdout(value, argv[3] if len(argv) > 3 else None)
+
+
+def ddim(net: Any, denoise: Any, n: int, seed: int, steps: int = 50) -> np.ndarray:
+    """One DDIM chain of ``steps`` (the grid's sampler) for ``n`` cells from noise seeded with ``seed``;
+    ``denoise(x_t, t)`` gives the x0 estimate (a variant may combine several)."""
+    import torch
+
+    from causcell_bench.models.causcell.diffusion import reverse_diffusion, sampling_timesteps
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn((n, net.n_genes), generator=g)
+    ts = sampling_timesteps("ddim", net.n_timesteps, steps)
+    with torch.no_grad():
+        return reverse_diffusion(denoise, x, ts, net.schedule, sampler="ddim", generator=g).numpy()
+
+
+def training_latents(model: Any, k: KangHoldout) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """(z of the training cells (posterior means), their condition, their cell type, the types seen both
+    stimulated and as controls in training)."""
+    _, z = model.encode(dense(k.train.X))
+    cond = k.train.obs["condition"].astype(str).to_numpy()
+    pop = k.train.obs["cell_type"].astype(str).to_numpy()
+    both = [t for t in np.unique(pop) if ((pop == t) & (cond == "stimulated")).any()
+            and ((pop == t) & (cond == "control")).any()]
+    return z, cond, pop, both
